@@ -1,0 +1,66 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# rkvm top-level Makefile. The two commands a newcomer needs:
+#
+#   make demo    build everything, boot Bochs (emulated VMX), insmod rkvm, run the demo guest
+#   make check   build everything and run every test (host unit tests, QEMU and Bochs VMs)
+#
+# Both install what is missing first (scripts/deps.sh) and reuse the cached test kernel.
+# Kbuild (not this file) describes the module itself; this file wraps `make -C $KDIR M=$PWD`.
+
+SHELL := /bin/bash
+TOP := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+ENV := source $(TOP)/scripts/env.sh
+
+# The VM runner's knobs (see scripts/vm-run.py --help).
+EMULATOR ?= qemu
+CPUS ?= 1
+RUN ?= true
+EXTRA ?=
+MODARGS ?= backend=none
+TIMEOUT ?=
+
+.PHONY: all deps kernel module userspace selftests hosttest demo check vm-run clean
+
+all: module userspace selftests
+
+deps:
+	@$(TOP)/scripts/deps.sh
+
+# The cached test kernel; prints nothing when warm.
+kernel: deps
+	@$(TOP)/scripts/kernel.sh >/dev/null
+
+# KDIR: the kernel build tree to build against (default: the cached test kernel).
+module: kernel
+	@$(ENV); kdir=$${KDIR:-$$($(TOP)/scripts/kernel.sh)/linux}; \
+	  say "module: building rkvm.ko against $$kdir"; \
+	  $(MAKE) -C $$kdir $$(kmake_args) M=$(TOP) modules
+
+userspace: deps
+	@$(ENV); say "userspace: cargo build --release (static)"; \
+	  cd $(TOP)/userspace && cargo build --release --quiet
+
+selftests: kernel
+	@$(ENV); kdir=$$($(TOP)/scripts/kernel.sh); \
+	  $(MAKE) -s -C $(TOP)/selftests KHDR=$$kdir/usr/include
+
+# Host unit tests of the pure files of the module (no kernel needed).
+hosttest:
+	@cd $(TOP)/rust/tests && cargo test --quiet
+
+vm-run: module userspace selftests
+	@python3 $(TOP)/scripts/vm-run.py --emulator $(EMULATOR) --cpus $(CPUS) \
+	  --modargs '$(MODARGS)' --run '$(RUN)' $(if $(EXTRA),--extra $(EXTRA)) \
+	  $(if $(TIMEOUT),--timeout $(TIMEOUT))
+
+demo: module userspace selftests
+	@$(TOP)/scripts/demo.sh
+
+check: module userspace selftests
+	@$(TOP)/scripts/check.sh
+
+clean:
+	@$(ENV); kdir=$$($(TOP)/scripts/kernel.sh 2>/dev/null)/linux; \
+	  [ -d $$kdir ] && $(MAKE) -s -C $$kdir M=$(TOP) clean || true
+	rm -rf $(TOP)/userspace/target $(TOP)/rust/tests/target $(TOP)/selftests/build

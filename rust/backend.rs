@@ -1,0 +1,78 @@
+//! The backend interface between the generic vm/vcpu code and what runs guests.
+//!
+//! This is rkvm's `kvm_x86_ops`: [`Backend`] is chosen once at module load (`backend=`), and each
+//! vCPU gets a [`BackendVcpu`] from it. The ioctl layer (`vm.rs`, `vcpu.rs`) validates user input
+//! the way upstream's generic x86 code does and only then calls the backend, so every backend
+//! sees well-formed requests. `none.rs` implements it without entering guests; the VMX backend
+//! (`vmx/`) and any later one (SVM) implement the same traits.
+
+use crate::ffi::bindings;
+use crate::memslot::Memslot;
+use crate::x86::cr::Limits;
+use kernel::prelude::*;
+use kernel::sync::Arc;
+
+/// A way of running guests (upstream: `struct kvm_x86_ops`).
+pub(crate) trait Backend: Send + Sync {
+    /// The name given in `backend=`.
+    fn name(&self) -> &'static str;
+
+    /// The backend's answer to `KVM_CHECK_EXTENSION` for caps that depend on it, or `None` to
+    /// let the generic table in `caps.rs` answer (upstream: `kvm_vm_ioctl_check_extension`).
+    fn check_extension(&self, _cap: u32) -> Option<isize> {
+        None
+    }
+
+    /// The control-register, EFER and address-width limits guests of this backend live under.
+    fn limits(&self) -> Limits;
+
+    /// Creates the backend part of vCPU `id` in its RESET state (upstream: `vcpu_create`
+    /// followed by `vcpu_reset`).
+    fn create_vcpu(&self, id: u32) -> Result<KBox<dyn BackendVcpu>>;
+}
+
+/// The backend half of one vCPU. Every call is made with the vCPU's mutex held.
+pub(crate) trait BackendVcpu: Send {
+    /// `KVM_GET_REGS`.
+    fn get_regs(&self, regs: &mut bindings::kvm_regs);
+    /// `KVM_SET_REGS` (RFLAGS bit 1 already forced on).
+    fn set_regs(&mut self, regs: &bindings::kvm_regs);
+    /// `KVM_GET_SREGS`.
+    fn get_sregs(&self, sregs: &mut bindings::kvm_sregs);
+    /// `KVM_SET_SREGS`, already validated against [`Backend::limits`].
+    fn set_sregs(&mut self, sregs: &bindings::kvm_sregs);
+    /// Runs the guest until an exit that needs userspace, filling `run` (upstream: `vcpu_run`).
+    fn run(&mut self, ctx: &mut RunContext<'_>) -> Result;
+}
+
+/// Boxes a backend vCPU as a trait object (6.12's `KBox` has no unsizing coercion).
+pub(crate) fn boxed<V: BackendVcpu + 'static>(v: V) -> Result<KBox<dyn BackendVcpu>> {
+    let b = KBox::new(v, GFP_KERNEL_ACCOUNT)?;
+    // SAFETY: the pointer comes from `into_raw` of a live box of the same allocator and is only
+    // unsized (same address, vtable added), so `from_raw` takes back ownership of that box.
+    Ok(unsafe { KBox::from_raw(KBox::into_raw(b) as *mut dyn BackendVcpu) })
+}
+
+/// What a backend needs from the generic layer during `KVM_RUN`.
+#[allow(dead_code)] // Read by backends that enter guests.
+pub(crate) struct RunContext<'a> {
+    /// The vCPU's shared `struct kvm_run` page (userspace may write it concurrently).
+    pub(crate) run: *mut bindings::kvm_run,
+    /// Looks up the memory slot holding a guest frame.
+    pub(crate) slot_of: &'a dyn Fn(u64) -> Option<Memslot>,
+}
+
+/// Picks the backend named by the `backend=` module parameter.
+pub(crate) fn select(name: &[u8]) -> Result<Arc<dyn Backend>> {
+    match name {
+        b"none" => {
+            let b: Arc<dyn Backend> = Arc::new(crate::none::NoneBackend, GFP_KERNEL)?;
+            pr_info!("backend={}: every ioctl that does not enter a guest; KVM_RUN fails with ENOEXEC\n", b.name());
+            Ok(b)
+        }
+        _ => {
+            pr_err!("unknown backend= value (available: none)\n");
+            Err(EINVAL)
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! `KVM_CHECK_EXTENSION`: which capabilities rkvm has, on the device fd and on VM fds.
+//!
+//! Upstream answers in two steps: `kvm_vm_ioctl_check_extension_generic` (virt/kvm/kvm_main.c)
+//! for what the generic code provides, then the arch's `kvm_vm_ioctl_check_extension`
+//! (arch/x86/kvm/x86.c). rkvm does the same with [`check_extension`] here and
+//! [`Backend::check_extension`]. The answers are honest: a cap is reported only when what it
+//! promises works, so clients take their fallback paths for everything else (answer 0).
+
+use crate::backend::Backend;
+use crate::ffi::bindings as b;
+use crate::memslot;
+
+/// Most vCPUs a VM may have (`KVM_CAP_MAX_VCPUS`).
+pub(crate) const MAX_VCPUS: u32 = 64;
+/// vCPU ids are below this (`KVM_CAP_MAX_VCPU_ID`).
+pub(crate) const MAX_VCPU_ID: u32 = 1024;
+
+/// The answer to `KVM_CHECK_EXTENSION(cap)`; unknown or unimplemented caps answer 0.
+pub(crate) fn check_extension(backend: &dyn Backend, cap: usize) -> isize {
+    let Ok(cap) = u32::try_from(cap) else {
+        return 0;
+    };
+    if let Some(answer) = backend.check_extension(cap) {
+        return answer;
+    }
+    match cap {
+        // Implemented by the generic vm/vcpu code for every backend.
+        b::KVM_CAP_USER_MEMORY
+        | b::KVM_CAP_DESTROY_MEMORY_REGION_WORKS
+        | b::KVM_CAP_READONLY_MEM
+        | b::KVM_CAP_SET_TSS_ADDR
+        | b::KVM_CAP_SET_IDENTITY_MAP_ADDR
+        | b::KVM_CAP_IMMEDIATE_EXIT
+        | b::KVM_CAP_CHECK_EXTENSION_VM => 1,
+        b::KVM_CAP_NR_VCPUS => crate::ffi::num_online_cpus().min(MAX_VCPUS) as isize,
+        b::KVM_CAP_MAX_VCPUS => MAX_VCPUS as isize,
+        b::KVM_CAP_MAX_VCPU_ID => MAX_VCPU_ID as isize,
+        b::KVM_CAP_NR_MEMSLOTS => memslot::USER_MEM_SLOTS as isize,
+        // Bit mask of the accepted KVM_CREATE_VM types: only the default x86 VM.
+        b::KVM_CAP_VM_TYPES => 1 << b::KVM_X86_DEFAULT_VM,
+        _ => 0,
+    }
+}

@@ -1,0 +1,76 @@
+//! The device fd: `/dev/rkvm` (or `/dev/kvm`), upstream's `kvm_dev_ioctl`.
+//!
+//! Opening the misc device gives a file with no state of its own; its ioctls answer questions
+//! about the hypervisor and create VMs. Unknown ioctls get `EINVAL`, as upstream x86's
+//! `kvm_arch_dev_ioctl` default.
+
+use crate::backend::Backend;
+use crate::caps;
+use crate::ffi::bindings as b;
+use crate::ffi::miscdev::{MiscFops, MiscKind, Registration};
+use crate::{vcpu, vm};
+use kernel::c_str;
+use kernel::prelude::*;
+use kernel::sync::Arc;
+
+/// What the registered device carries: the backend chosen at load time.
+pub(crate) struct DeviceData {
+    backend: Arc<dyn Backend>,
+}
+
+/// The device's file kind.
+struct DevFile;
+
+impl MiscKind for DevFile {
+    type Data = DeviceData;
+
+    /// `kvm_dev_ioctl`.
+    fn ioctl(dev: &DeviceData, cmd: u32, arg: usize) -> Result<isize> {
+        match cmd {
+            b::KVM_GET_API_VERSION => {
+                if arg != 0 {
+                    return Err(EINVAL);
+                }
+                Ok(b::KVM_API_VERSION as isize)
+            }
+            b::KVM_CREATE_VM => vm::create(&dev.backend, arg).map(|fd| fd as isize),
+            b::KVM_CHECK_EXTENSION => Ok(caps::check_extension(&*dev.backend, arg)),
+            b::KVM_GET_VCPU_MMAP_SIZE => {
+                if arg != 0 {
+                    return Err(EINVAL);
+                }
+                Ok(vcpu::MMAP_SIZE as isize)
+            }
+            _ => Err(EINVAL),
+        }
+    }
+}
+
+static DEV_FOPS: MiscFops = MiscFops::new::<DevFile>(&crate::THIS_MODULE);
+
+/// Mode of the device node: root only, like an unconfigured `/dev/kvm`.
+const DEV_MODE: u16 = 0o600;
+
+/// Registers the device under `devname` (`rkvm`, or `kvm` for drop-in use).
+pub(crate) fn register(devname: &[u8], backend: Arc<dyn Backend>) -> Result<Registration<DeviceData>> {
+    let data = DeviceData { backend };
+    match devname {
+        b"rkvm" => {
+            Registration::register::<DevFile>(c_str!("rkvm"), b::MISC_DYNAMIC_MINOR as i32, DEV_MODE, &DEV_FOPS, data)
+        }
+        // The real KVM's node: same name and fixed minor, so exactly one of the two can own it.
+        b"kvm" => Registration::register::<DevFile>(c_str!("kvm"), b::KVM_MINOR as i32, DEV_MODE, &DEV_FOPS, data)
+            .inspect_err(|e| {
+                if *e == EBUSY {
+                    pr_err!(
+                        "devname=kvm refused: /dev/kvm (misc minor {}) is already registered by the kernel's KVM; unload kvm_intel/kvm_amd first\n",
+                        b::KVM_MINOR
+                    );
+                }
+            }),
+        _ => {
+            pr_err!("devname must be rkvm or kvm\n");
+            Err(EINVAL)
+        }
+    }
+}

@@ -1,0 +1,78 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * What rkvm's module-private bindings are generated from.
+ *
+ * Kbuild runs bindgen over this header with the kernel's own C flags (see ../../Kbuild), so every
+ * struct layout, constant and ioctl number rkvm uses comes from the real kernel headers. Only the
+ * items matched by the allowlist in ../../Kbuild are emitted (plus what they depend on).
+ *
+ * Function-like macros (the _IO* ioctl encodings, some flag sets) cannot be evaluated by bindgen,
+ * so they are captured below as `const` variables named RKVM_CONST_<NAME>, which bindgen evaluates;
+ * Kbuild renames them to <NAME> in the generated Rust, as the kernel's own bindings do with
+ * RUST_CONST_HELPER_.
+ */
+#include <linux/anon_inodes.h>
+#include <linux/file.h>
+#include <linux/fs.h>
+#include <linux/miscdevice.h>
+#include <linux/mm.h>
+#include <linux/mm_types.h>
+#include <linux/sched/mm.h>
+#include <linux/uaccess.h>
+#include <linux/kvm.h>
+#include <asm/msr-index.h>
+#include <asm/vmx.h>
+
+#include "helpers.h"
+
+#define RKVM_CONST(type, name) const type RKVM_CONST_##name = name
+
+/* /dev/kvm (system) ioctls */
+RKVM_CONST(unsigned int, KVM_GET_API_VERSION);
+RKVM_CONST(unsigned int, KVM_CREATE_VM);
+RKVM_CONST(unsigned int, KVM_CHECK_EXTENSION);
+RKVM_CONST(unsigned int, KVM_GET_VCPU_MMAP_SIZE);
+RKVM_CONST(unsigned int, KVM_GET_MSR_INDEX_LIST);
+RKVM_CONST(unsigned int, KVM_GET_SUPPORTED_CPUID);
+
+/* VM ioctls */
+RKVM_CONST(unsigned int, KVM_CREATE_VCPU);
+RKVM_CONST(unsigned int, KVM_SET_USER_MEMORY_REGION);
+RKVM_CONST(unsigned int, KVM_SET_TSS_ADDR);
+RKVM_CONST(unsigned int, KVM_SET_IDENTITY_MAP_ADDR);
+
+/* vCPU ioctls */
+RKVM_CONST(unsigned int, KVM_RUN);
+RKVM_CONST(unsigned int, KVM_GET_REGS);
+RKVM_CONST(unsigned int, KVM_SET_REGS);
+RKVM_CONST(unsigned int, KVM_GET_SREGS);
+RKVM_CONST(unsigned int, KVM_SET_SREGS);
+
+/* file and mm flags that are macros over other macros */
+RKVM_CONST(unsigned int, O_RDWR);
+RKVM_CONST(unsigned int, O_CLOEXEC);
+RKVM_CONST(unsigned int, VM_FAULT_SIGBUS);
+RKVM_CONST(unsigned long, PAGE_SIZE);
+RKVM_CONST(unsigned int, PAGE_SHIFT);
+
+/* architectural bits (function-like macros in the headers), checked against rust/x86/ */
+RKVM_CONST(unsigned long, X86_CR0_PE);
+RKVM_CONST(unsigned long, X86_CR0_ET);
+RKVM_CONST(unsigned long, X86_CR0_NW);
+RKVM_CONST(unsigned long, X86_CR0_CD);
+RKVM_CONST(unsigned long, X86_CR0_PG);
+RKVM_CONST(unsigned long, X86_CR4_PAE);
+RKVM_CONST(unsigned long, X86_CR4_UMIP);
+RKVM_CONST(unsigned long, X86_CR4_LA57);
+RKVM_CONST(unsigned long, X86_CR4_VMXE);
+RKVM_CONST(unsigned long, X86_CR4_FSGSBASE);
+RKVM_CONST(unsigned long, X86_CR4_PCIDE);
+RKVM_CONST(unsigned long, X86_CR4_OSXSAVE);
+RKVM_CONST(unsigned long, X86_CR4_SMEP);
+RKVM_CONST(unsigned long, X86_CR4_SMAP);
+RKVM_CONST(unsigned long, X86_CR4_PKE);
+RKVM_CONST(unsigned long, X86_CR4_LAM_SUP);
+RKVM_CONST(unsigned long long, EFER_SCE);
+RKVM_CONST(unsigned long long, EFER_LME);
+RKVM_CONST(unsigned long long, EFER_LMA);
+RKVM_CONST(unsigned long long, EFER_NX);

@@ -1,0 +1,69 @@
+//! The `none` backend: a vCPU that holds architectural state but never enters a guest.
+//!
+//! It supports every ioctl that does not run the guest, with exactly the observable behaviour the
+//! VMX backend has (segments round-trip through the VMX access-rights encoding), so the whole
+//! ioctl surface can be tested and studied on machines without VT-x (QEMU TCG). `KVM_RUN` fails
+//! with `ENOEXEC`, the errno api.rst gives for a vCPU that cannot run ("the vcpu hasn't been
+//! initialized").
+
+use crate::backend::{Backend, BackendVcpu, RunContext};
+use crate::ffi::bindings;
+use crate::x86::cr::Limits;
+use crate::x86::segment;
+use kernel::prelude::*;
+
+/// The backend itself: stateless.
+pub(crate) struct NoneBackend;
+
+impl Backend for NoneBackend {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+
+    fn limits(&self) -> Limits {
+        Limits::ARCH
+    }
+
+    fn create_vcpu(&self, _id: u32) -> Result<KBox<dyn BackendVcpu>> {
+        let mut v = NoneVcpu {
+            regs: Default::default(),
+            sregs: Default::default(),
+        };
+        crate::vcpu::reset_state(&mut v.regs, &mut v.sregs);
+        crate::backend::boxed(v)
+    }
+}
+
+/// A vCPU's state, stored as KVM_GET_REGS / KVM_GET_SREGS report it.
+struct NoneVcpu {
+    regs: bindings::kvm_regs,
+    sregs: bindings::kvm_sregs,
+}
+
+impl BackendVcpu for NoneVcpu {
+    fn get_regs(&self, regs: &mut bindings::kvm_regs) {
+        *regs = self.regs;
+    }
+
+    fn set_regs(&mut self, regs: &bindings::kvm_regs) {
+        self.regs = *regs;
+    }
+
+    fn get_sregs(&self, sregs: &mut bindings::kvm_sregs) {
+        *sregs = self.sregs;
+    }
+
+    fn set_sregs(&mut self, sregs: &bindings::kvm_sregs) {
+        use segment::Which::{Ldtr, Other};
+        let mut s = *sregs;
+        for seg in [&mut s.cs, &mut s.ds, &mut s.es, &mut s.fs, &mut s.gs, &mut s.ss, &mut s.tr] {
+            crate::vcpu::normalize_segment(seg, Other);
+        }
+        crate::vcpu::normalize_segment(&mut s.ldt, Ldtr);
+        self.sregs = s;
+    }
+
+    fn run(&mut self, _ctx: &mut RunContext<'_>) -> Result {
+        Err(ENOEXEC)
+    }
+}

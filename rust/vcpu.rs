@@ -1,0 +1,293 @@
+//! The vCPU: its fd (upstream's `kvm_vcpu_ioctl`), its `struct kvm_run` mapping, and the
+//! architectural state ioctls.
+//!
+//! A vCPU fd owns a [`VcpuFile`]: one reference to the VM (so the VM lives while any vCPU fd
+//! does) and one to the [`Vcpu`], which the VM also owns. Every ioctl takes the vCPU's mutex
+//! (upstream's `vcpu->mutex`); `KVM_RUN` holds it for the whole run, so state ioctls from other
+//! threads wait instead of racing the guest.
+//!
+//! The fd can be mmap'ed: page 0 is `struct kvm_run`, page 1 (`KVM_PIO_PAGE_OFFSET`) the PIO
+//! data page. The pages are allocated with the vCPU and faulted in on access (upstream's
+//! `kvm_vcpu_fault`); unlike upstream, a mapping that reaches past them is refused at mmap time
+//! with `EINVAL` instead of failing later with SIGBUS.
+
+use crate::backend::{BackendVcpu, RunContext};
+use crate::ffi::bindings as b;
+use crate::ffi::fileops::{self, FileKind, Fops};
+use crate::ffi::uapi::{read_user, write_user};
+use crate::vm::Vm;
+use crate::x86::{cr, segment};
+use kernel::page::Page;
+use kernel::fmt;
+use kernel::prelude::*;
+use kernel::str::CString;
+use kernel::sync::{Arc, Mutex};
+
+/// Pages of the vCPU mmap: `struct kvm_run` and the PIO data page.
+pub(crate) const MMAP_PAGES: usize = 2;
+/// `KVM_GET_VCPU_MMAP_SIZE`.
+pub(crate) const MMAP_SIZE: usize = MMAP_PAGES * b::PAGE_SIZE as usize;
+
+// The pure x86 files restate architectural constants; they must agree with the kernel headers.
+const _: () = {
+    assert!(cr::CR0_PE == b::X86_CR0_PE as u64);
+    assert!(cr::CR0_ET == b::X86_CR0_ET as u64);
+    assert!(cr::CR0_NW == b::X86_CR0_NW as u64);
+    assert!(cr::CR0_CD == b::X86_CR0_CD as u64);
+    assert!(cr::CR0_PG == b::X86_CR0_PG as u64);
+    assert!(cr::CR4_PAE == b::X86_CR4_PAE as u64);
+    assert!(
+        cr::CR4_KNOWN
+            == 0x7ff
+                | b::X86_CR4_UMIP as u64
+                | b::X86_CR4_LA57 as u64
+                | b::X86_CR4_VMXE as u64
+                | b::X86_CR4_FSGSBASE as u64
+                | b::X86_CR4_PCIDE as u64
+                | b::X86_CR4_OSXSAVE as u64
+                | b::X86_CR4_SMEP as u64
+                | b::X86_CR4_SMAP as u64
+                | b::X86_CR4_PKE as u64
+                | b::X86_CR4_LAM_SUP as u64
+    );
+    assert!(cr::EFER_SCE == b::EFER_SCE as u64);
+    assert!(cr::EFER_LME == b::EFER_LME as u64);
+    assert!(cr::EFER_LMA == b::EFER_LMA as u64);
+    assert!(cr::EFER_NX == b::EFER_NX as u64);
+    assert!(crate::memslot::MEM_READONLY == b::KVM_MEM_READONLY);
+    assert!(crate::memslot::MEM_LOG_DIRTY_PAGES == b::KVM_MEM_LOG_DIRTY_PAGES);
+    assert!(crate::memslot::PAGE_SIZE == b::PAGE_SIZE as u64);
+    assert!(b::KVM_PIO_PAGE_OFFSET == 1);
+};
+
+/// A virtual CPU (upstream: `struct kvm_vcpu`).
+#[pin_data]
+pub(crate) struct Vcpu {
+    /// The id given to `KVM_CREATE_VCPU`.
+    pub(crate) id: u32,
+    /// `struct kvm_run`, shared with userspace through mmap.
+    run_page: Page,
+    /// The PIO data page (`kvm_run->io.data_offset` points into it).
+    pio_page: Page,
+    /// The backend's state, under the vCPU mutex.
+    #[pin]
+    arch: Mutex<KBox<dyn BackendVcpu>>,
+}
+
+impl Vcpu {
+    /// Allocates vCPU `id` in its RESET state.
+    pub(crate) fn new(backend: &dyn crate::backend::Backend, id: u32) -> Result<Arc<Vcpu>> {
+        let zeroed = GFP_KERNEL_ACCOUNT | __GFP_ZERO;
+        let arch = backend.create_vcpu(id)?;
+        Arc::pin_init(
+            try_pin_init!(Vcpu {
+                id,
+                run_page: Page::alloc_page(zeroed)?,
+                pio_page: Page::alloc_page(zeroed)?,
+                arch <- kernel::new_mutex!(arch),
+            }),
+            GFP_KERNEL_ACCOUNT,
+        )
+    }
+
+    /// The `struct page` backing page `pgoff` of the vCPU mmap.
+    fn mmap_page(&self, pgoff: u64) -> Option<*mut b::page> {
+        let page = match pgoff {
+            0 => &self.run_page,
+            p if p == u64::from(b::KVM_PIO_PAGE_OFFSET) => &self.pio_page,
+            _ => return None,
+        };
+        Some(page.as_ptr().cast())
+    }
+
+    /// The kernel address of `struct kvm_run`.
+    fn run_struct(&self) -> *mut b::kvm_run {
+        // SAFETY: `run_page` is a live page allocated by us; `page_address` of a lowmem page
+        // (every page on x86-64) is its permanent direct-map address.
+        unsafe { b::rkvm_page_address(self.run_page.as_ptr().cast()).cast() }
+    }
+}
+
+/// What a vCPU fd's `private_data` owns.
+pub(crate) struct VcpuFile {
+    vm: Arc<Vm>,
+    vcpu: Arc<Vcpu>,
+}
+
+struct VcpuKind;
+
+static VCPU_FOPS: Fops = Fops::new::<VcpuKind>(&crate::THIS_MODULE);
+
+/// Creates the fd of a new vCPU (upstream: `create_vcpu_fd`), named `kvm-vcpu:<id>`.
+pub(crate) fn create_fd(vm: Arc<Vm>, vcpu: Arc<Vcpu>) -> Result<i32> {
+    let name = CString::try_from_fmt(fmt!("kvm-vcpu:{}", vcpu.id))?;
+    let file = KBox::new(VcpuFile { vm, vcpu }, GFP_KERNEL_ACCOUNT)?;
+    fileops::create_fd::<VcpuKind>(&VCPU_FOPS, &name, file)
+}
+
+impl FileKind for VcpuKind {
+    type Data = KBox<VcpuFile>;
+    const MMAP: bool = true;
+
+    /// `kvm_vcpu_ioctl`.
+    fn ioctl(f: &VcpuFile, cmd: u32, arg: usize) -> Result<isize> {
+        if !f.vm.is_current_mm() {
+            return Err(EIO);
+        }
+        if kernel::ioctl::_IOC_TYPE(cmd) != b::KVMIO {
+            return Err(EINVAL);
+        }
+        let mut arch = f.vcpu.arch.lock();
+        match cmd {
+            b::KVM_RUN => {
+                if arg != 0 {
+                    return Err(EINVAL);
+                }
+                run(f, &mut **arch)?;
+                Ok(0)
+            }
+            b::KVM_GET_REGS => {
+                let mut regs = b::kvm_regs::default();
+                arch.get_regs(&mut regs);
+                write_user(arg, &regs)?;
+                Ok(0)
+            }
+            b::KVM_SET_REGS => {
+                let mut regs: b::kvm_regs = read_user(arg)?;
+                regs.rflags |= segment::reset::RFLAGS;
+                arch.set_regs(&regs);
+                Ok(0)
+            }
+            b::KVM_GET_SREGS => {
+                let mut sregs = b::kvm_sregs::default();
+                arch.get_sregs(&mut sregs);
+                write_user(arg, &sregs)?;
+                Ok(0)
+            }
+            b::KVM_SET_SREGS => {
+                let sregs: b::kvm_sregs = read_user(arg)?;
+                let limits = f.vm.backend.limits();
+                if !limits.sregs_valid(sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer, sregs.cs.l != 0)
+                    || !limits.apic_base_valid(sregs.apic_base)
+                {
+                    return Err(EINVAL);
+                }
+                arch.set_sregs(&sregs);
+                Ok(0)
+            }
+            // Upstream x86's `kvm_arch_vcpu_ioctl` default.
+            _ => Err(EINVAL),
+        }
+    }
+
+    fn mmap(f: &VcpuFile, pgoff: u64, pages: u64) -> Result {
+        let _ = f;
+        match pgoff.checked_add(pages) {
+            Some(end) if end <= MMAP_PAGES as u64 => Ok(()),
+            _ => Err(EINVAL),
+        }
+    }
+
+    /// `kvm_vcpu_fault`: the page, with a reference for the mapping.
+    fn fault(f: &VcpuFile, pgoff: u64) -> Option<*mut b::page> {
+        let page = f.vcpu.mmap_page(pgoff)?;
+        // SAFETY: `page` is one of the vCPU's live pages; the mapping gets its own reference.
+        unsafe { b::rkvm_get_page(page) };
+        Some(page)
+    }
+}
+
+/// `KVM_RUN` (upstream: `kvm_arch_vcpu_ioctl_run`): the checks upstream makes before entering
+/// the guest, then the backend's run loop.
+fn run(f: &VcpuFile, arch: &mut dyn BackendVcpu) -> Result {
+    let run = f.vcpu.run_struct();
+    // SAFETY: `run` is the vCPU's own page, mapped for its whole life. Userspace may write the
+    // page concurrently, so each field is read once, volatile (upstream's READ_ONCE), and the
+    // fields read here are plain integers for which any value is valid.
+    let (valid_regs, dirty_regs, cr8, immediate_exit) = unsafe {
+        core::ptr::addr_of_mut!((*run).flags).write_volatile(0);
+        (
+            core::ptr::addr_of!((*run).kvm_valid_regs).read_volatile(),
+            core::ptr::addr_of!((*run).kvm_dirty_regs).read_volatile(),
+            core::ptr::addr_of!((*run).cr8).read_volatile(),
+            core::ptr::addr_of!((*run).immediate_exit__unsafe).read_volatile(),
+        )
+    };
+    // No KVM_CAP_SYNC_REGS yet: no sync-register field is valid.
+    if valid_regs != 0 || dirty_regs != 0 {
+        return Err(EINVAL);
+    }
+    // Userspace irqchip: TPR comes from kvm_run->cr8, 4 bits.
+    if cr8 > 15 {
+        return Err(EINVAL);
+    }
+    if immediate_exit != 0 {
+        return Err(EINTR);
+    }
+    if kernel::current!().signal_pending() {
+        // SAFETY: as above; `exit_reason` is a plain integer field of our page.
+        unsafe { core::ptr::addr_of_mut!((*run).exit_reason).write_volatile(b::KVM_EXIT_INTR) };
+        return Err(EINTR);
+    }
+    let vm = &f.vm;
+    let slot_of = |gfn: u64| vm.slot_of(gfn);
+    let mut ctx = RunContext { run, slot_of: &slot_of };
+    arch.run(&mut ctx)
+}
+
+/// Fills `regs` and `sregs` with the architectural RESET state upstream reports for a new vCPU
+/// (`kvm_vcpu_reset` + `vmx_vcpu_reset`), for backends to start from.
+pub(crate) fn reset_state(regs: &mut b::kvm_regs, sregs: &mut b::kvm_sregs) {
+    use segment::reset;
+    *regs = b::kvm_regs { rip: reset::RIP, rflags: reset::RFLAGS, rdx: reset::RDX, ..Default::default() };
+    *sregs = b::kvm_sregs::default();
+    sregs.cs = to_kvm_segment(&reset::CS);
+    for s in [&mut sregs.ds, &mut sregs.es, &mut sregs.fs, &mut sregs.gs, &mut sregs.ss] {
+        *s = to_kvm_segment(&reset::DATA);
+    }
+    sregs.tr = to_kvm_segment(&reset::tr());
+    sregs.ldt = to_kvm_segment(&reset::ldtr());
+    sregs.gdt.limit = reset::DTABLE_LIMIT;
+    sregs.idt.limit = reset::DTABLE_LIMIT;
+    sregs.cr0 = reset::CR0;
+}
+
+/// Applies the VMX access-rights round trip to a segment being stored (see `x86/segment.rs`).
+pub(crate) fn normalize_segment(seg: &mut b::kvm_segment, which: segment::Which) {
+    *seg = to_kvm_segment(&segment::normalize(&from_kvm_segment(seg), which));
+}
+
+fn to_kvm_segment(s: &segment::Segment) -> b::kvm_segment {
+    b::kvm_segment {
+        base: s.base,
+        limit: s.limit,
+        selector: s.selector,
+        type_: s.type_,
+        present: s.present,
+        dpl: s.dpl,
+        db: s.db,
+        s: s.s,
+        l: s.l,
+        g: s.g,
+        avl: s.avl,
+        unusable: s.unusable,
+        padding: 0,
+    }
+}
+
+fn from_kvm_segment(s: &b::kvm_segment) -> segment::Segment {
+    segment::Segment {
+        base: s.base,
+        limit: s.limit,
+        selector: s.selector,
+        type_: s.type_,
+        present: s.present,
+        dpl: s.dpl,
+        db: s.db,
+        s: s.s,
+        l: s.l,
+        g: s.g,
+        avl: s.avl,
+        unusable: s.unusable,
+    }
+}

@@ -1,0 +1,238 @@
+//! The VM: its fd (upstream's `kvm_vm_ioctl`) and the `struct kvm` analogue behind it.
+//!
+//! A [`Vm`] is created by `KVM_CREATE_VM` on the device fd and lives in an `Arc`: the VM fd holds
+//! one reference and every vCPU fd holds another, so the VM outlives all of them, whatever order
+//! they are closed in (upstream: `kvm_get_kvm` / `kvm_put_kvm`). The VM owns its vCPUs (upstream's
+//! `kvm->vcpu_array`); they are freed with it. The VM remembers the creating process's `mm`, and
+//! ioctls from any other address space get `EIO`, as upstream.
+//!
+//! Locks, as upstream: `state` is `kvm->lock` (vCPU creation, VM-wide settings), `slots` is
+//! `kvm->slots_lock` (memory slots).
+
+use crate::backend::Backend;
+use crate::caps;
+use crate::ffi::bindings as b;
+use crate::ffi::fileops::{self, FileKind, Fops};
+use crate::ffi::uapi::read_user;
+use crate::memslot::{self, GfnRange, Memslot, Memslots, SlotError, SlotVec};
+use crate::vcpu::{self, Vcpu};
+use kernel::c_str;
+use kernel::prelude::*;
+use kernel::sync::{Arc, ArcBorrow, Mutex};
+
+/// The memory slots of a VM, stored in kernel vectors.
+pub(crate) type Slots = Memslots<KVec<Memslot>, KVec<GfnRange>>;
+
+/// A reference on the creating process's `mm_struct` (upstream: `mmgrab(current->mm)` in
+/// `kvm_create_vm`), used only to recognise ioctls from that address space.
+///
+/// # Invariants
+///
+/// `0` holds an `mm_count` reference taken with `mmgrab`, dropped in `drop`.
+struct MmRef(*mut b::mm_struct);
+
+// SAFETY: the pointer is only compared, never dereferenced, and the reference it holds may be
+// dropped from any thread.
+unsafe impl Send for MmRef {}
+// SAFETY: as above; shared access only compares the pointer.
+unsafe impl Sync for MmRef {}
+
+impl MmRef {
+    fn current() -> Result<Self> {
+        let mm = crate::ffi::current_mm();
+        if mm.is_null() {
+            // A kernel thread has no address space to run a VM in.
+            return Err(EINVAL);
+        }
+        // SAFETY: `mm` is the calling task's live mm, so taking a count reference is valid.
+        unsafe { b::rkvm_mmgrab(mm) };
+        Ok(MmRef(mm))
+    }
+
+    fn is_current(&self) -> bool {
+        self.0 == crate::ffi::current_mm()
+    }
+}
+
+impl Drop for MmRef {
+    fn drop(&mut self) {
+        // SAFETY: by the type invariant we hold one `mm_count` reference, dropped once here.
+        unsafe { b::rkvm_mmdrop(self.0) };
+    }
+}
+
+/// VM-wide state under `kvm->lock`.
+struct VmState {
+    /// The vCPUs, in creation order (upstream: `kvm->vcpu_array`).
+    vcpus: KVec<Arc<Vcpu>>,
+    /// `KVM_SET_TSS_ADDR` (used by a backend without unrestricted guest for real mode).
+    tss_addr: Option<u64>,
+    /// `KVM_SET_IDENTITY_MAP_ADDR` (likewise).
+    identity_map_addr: Option<u64>,
+}
+
+/// A virtual machine (upstream: `struct kvm`).
+#[pin_data]
+pub(crate) struct Vm {
+    pub(crate) backend: Arc<dyn Backend>,
+    mm: MmRef,
+    #[pin]
+    state: Mutex<VmState>,
+    #[pin]
+    slots: Mutex<Slots>,
+}
+
+/// The VM fd's file kind: `private_data` owns one reference to the [`Vm`].
+struct VmFile;
+
+static VM_FOPS: Fops = Fops::new::<VmFile>(&crate::THIS_MODULE);
+
+impl FileKind for VmFile {
+    type Data = Arc<Vm>;
+
+    fn ioctl(vm: ArcBorrow<'_, Vm>, cmd: u32, arg: usize) -> Result<isize> {
+        Vm::ioctl(vm, cmd, arg)
+    }
+}
+
+/// `KVM_CREATE_VM` (upstream: `kvm_dev_ioctl_create_vm`): returns the new VM fd.
+pub(crate) fn create(backend: &Arc<dyn Backend>, vm_type: usize) -> Result<i32> {
+    if vm_type != b::KVM_X86_DEFAULT_VM as usize {
+        return Err(EINVAL);
+    }
+    let vm = Arc::pin_init(
+        try_pin_init!(Vm {
+            backend: backend.clone(),
+            mm: MmRef::current()?,
+            state <- kernel::new_mutex!(VmState { vcpus: KVec::new(), tss_addr: None, identity_map_addr: None }),
+            slots <- kernel::new_mutex!(Memslots::new(KVec::new(), KVec::new())),
+        }),
+        GFP_KERNEL_ACCOUNT,
+    )?;
+    fileops::create_fd::<VmFile>(&VM_FOPS, c_str!("kvm-vm"), vm)
+}
+
+impl Vm {
+    /// `kvm_vm_ioctl`.
+    fn ioctl(vm: ArcBorrow<'_, Vm>, cmd: u32, arg: usize) -> Result<isize> {
+        if !vm.mm.is_current() {
+            return Err(EIO);
+        }
+        match cmd {
+            b::KVM_CREATE_VCPU => Vm::create_vcpu(vm, arg).map(|fd| fd as isize),
+            b::KVM_SET_USER_MEMORY_REGION => {
+                let region: b::kvm_userspace_memory_region = read_user(arg)?;
+                vm.set_memory_region(&region)?;
+                Ok(0)
+            }
+            b::KVM_SET_TSS_ADDR => {
+                // Upstream x86: the three pages at `addr` must lie below 4 GiB.
+                if arg > (3 * b::PAGE_SIZE as usize).wrapping_neg() as u32 as usize {
+                    return Err(EINVAL);
+                }
+                vm.state.lock().tss_addr = Some(arg as u64);
+                Ok(0)
+            }
+            b::KVM_SET_IDENTITY_MAP_ADDR => {
+                let mut state = vm.state.lock();
+                if !state.vcpus.is_empty() {
+                    return Err(EINVAL);
+                }
+                state.identity_map_addr = Some(read_user::<u64>(arg)?);
+                Ok(0)
+            }
+            b::KVM_CHECK_EXTENSION => Ok(caps::check_extension(&*vm.backend, arg)),
+            // Upstream x86's `kvm_arch_vm_ioctl` default.
+            _ => Err(ENOTTY),
+        }
+    }
+
+    /// `KVM_CREATE_VCPU` (upstream: `kvm_vm_ioctl_create_vcpu`): returns the new vCPU fd.
+    fn create_vcpu(vm: ArcBorrow<'_, Vm>, id: usize) -> Result<i32> {
+        if id >= caps::MAX_VCPU_ID as usize {
+            return Err(EINVAL);
+        }
+        let id = id as u32;
+        let mut state = vm.state.lock();
+        if state.vcpus.len() >= caps::MAX_VCPUS as usize {
+            return Err(EINVAL);
+        }
+        if state.vcpus.iter().any(|v| v.id == id) {
+            return Err(EEXIST);
+        }
+        let vcpu = Vcpu::new(&*vm.backend, id)?;
+        // Reserve the array slot first so that, once the fd exists, nothing can fail.
+        state.vcpus.reserve(1, GFP_KERNEL_ACCOUNT)?;
+        let fd = vcpu::create_fd(vm.into(), vcpu.clone())?;
+        // Cannot fail: capacity was reserved above, so `push` does not allocate.
+        let _ = state.vcpus.push(vcpu, GFP_NOWAIT);
+        Ok(fd)
+    }
+
+    /// `KVM_SET_USER_MEMORY_REGION` (upstream: `kvm_set_memory_region`).
+    fn set_memory_region(&self, r: &b::kvm_userspace_memory_region) -> Result {
+        let req = memslot::Region {
+            slot: r.slot,
+            flags: r.flags,
+            guest_phys_addr: r.guest_phys_addr,
+            memory_size: r.memory_size,
+            userspace_addr: r.userspace_addr,
+        };
+        let mut slots = self.slots.lock();
+        let change = slots.check(&req, crate::ffi::access_ok).map_err(slot_errno)?;
+        slots.commit(change).map_err(slot_errno)
+    }
+
+    /// Whether the caller runs in the address space that created the VM.
+    pub(crate) fn is_current_mm(&self) -> bool {
+        self.mm.is_current()
+    }
+
+    /// The memory slot holding guest frame `gfn`, if any.
+    #[allow(dead_code)]
+    pub(crate) fn slot_of(&self, gfn: u64) -> Option<Memslot> {
+        self.slots.lock().find(gfn).copied()
+    }
+}
+
+fn slot_errno(e: SlotError) -> Error {
+    match e {
+        SlotError::Invalid => EINVAL,
+        SlotError::Exists => EEXIST,
+        SlotError::NoMemory => ENOMEM,
+    }
+}
+
+/// Kernel vectors as slot storage. Inserts and removals shift elements in place.
+impl<T> SlotVec<T> for KVec<T> {
+    fn as_slice(&self) -> &[T] {
+        KVec::as_slice(self)
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [T] {
+        KVec::as_mut_slice(self)
+    }
+
+    fn reserve_one(&mut self) -> core::result::Result<(), SlotError> {
+        self.reserve(1, GFP_KERNEL_ACCOUNT).map_err(|_| SlotError::NoMemory)
+    }
+
+    fn insert(&mut self, index: usize, value: T) {
+        // Capacity was reserved by `reserve_one`, so `push` does not allocate and cannot fail.
+        if self.push(value, GFP_NOWAIT).is_ok() {
+            KVec::as_mut_slice(self)[index..].rotate_right(1);
+        }
+    }
+
+    fn remove(&mut self, index: usize) -> T {
+        let len = self.len();
+        KVec::as_mut_slice(self)[index..].rotate_left(1);
+        // SAFETY: `len - 1 < len` is initialised; after reading it out we shrink the length so
+        // it is not dropped twice.
+        unsafe {
+            let v = core::ptr::read(self.as_ptr().add(len - 1));
+            self.set_len(len - 1);
+            v
+        }
+    }
+}
