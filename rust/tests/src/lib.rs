@@ -1,0 +1,14 @@
+//! Host unit tests of rkvm's kernel-independent files.
+//!
+//! The module's pure files are compiled here unchanged (through `#[path]`), so what is tested is
+//! exactly what the kernel build compiles.
+
+#[path = "../../memslot.rs"]
+pub mod memslot;
+#[path = "../../x86/mod.rs"]
+pub mod x86;
+
+#[cfg(test)]
+mod memslot_tests;
+#[cfg(test)]
+mod x86_tests;
