@@ -26,21 +26,57 @@ pub(crate) trait Backend: Send + Sync {
     /// The control-register, EFER and address-width limits guests of this backend live under.
     fn limits(&self) -> Limits;
 
-    /// Creates the backend part of vCPU `id` in its RESET state (upstream: `vcpu_create`
-    /// followed by `vcpu_reset`).
-    fn create_vcpu(&self, id: u32) -> Result<KBox<dyn BackendVcpu>>;
+    /// Creates the backend part of a new VM (upstream: `vm_init`), e.g. its EPT.
+    fn create_vm(&self) -> Result<KBox<dyn BackendVm>>;
+
+    /// Creates the backend part of vCPU `id` of `vm` in its RESET state (upstream:
+    /// `vcpu_create` followed by `vcpu_reset`).
+    fn create_vcpu(&self, vm: &dyn BackendVm, id: u32) -> Result<KBox<dyn BackendVcpu>>;
+}
+
+/// The backend half of one VM.
+pub(crate) trait BackendVm: Send + Sync {
+    /// For the backend to find its own type again (`create_vcpu`, `run`).
+    fn as_any(&self) -> &dyn core::any::Any;
+
+    /// Makes guest frame `gfn` of `slot` accessible to the guest (upstream: the TDP fault
+    /// handler, `kvm_tdp_page_fault`). Called with the VM's slots lock held, so the slot cannot
+    /// change meanwhile.
+    fn map(&self, _slot: &Memslot, _gfn: u64) -> Result {
+        Err(ENOEXEC)
+    }
+
+    /// A slot is being deleted or moved: drop every guest mapping of it, flush, and release its
+    /// pages, before the change becomes visible (upstream: `kvm_arch_flush_shadow_memslot`).
+    fn unmap_slot(&self, _slot: &Memslot) {}
+}
+
+/// The backend VM of backends that keep no per-VM state.
+pub(crate) struct NoVmState;
+
+impl BackendVm for NoVmState {
+    fn as_any(&self) -> &dyn core::any::Any {
+        self
+    }
+}
+
+/// Boxes a backend VM as a trait object (see [`boxed`]).
+pub(crate) fn boxed_vm<V: BackendVm + 'static>(v: V) -> Result<KBox<dyn BackendVm>> {
+    let b = KBox::new(v, GFP_KERNEL_ACCOUNT)?;
+    // SAFETY: as in `boxed`: same allocation, pointer only unsized.
+    Ok(unsafe { KBox::from_raw(KBox::into_raw(b) as *mut dyn BackendVm) })
 }
 
 /// The backend half of one vCPU. Every call is made with the vCPU's mutex held.
 pub(crate) trait BackendVcpu: Send {
     /// `KVM_GET_REGS`.
-    fn get_regs(&self, regs: &mut bindings::kvm_regs);
+    fn get_regs(&mut self, regs: &mut bindings::kvm_regs) -> Result;
     /// `KVM_SET_REGS` (RFLAGS bit 1 already forced on).
-    fn set_regs(&mut self, regs: &bindings::kvm_regs);
+    fn set_regs(&mut self, regs: &bindings::kvm_regs) -> Result;
     /// `KVM_GET_SREGS`.
-    fn get_sregs(&self, sregs: &mut bindings::kvm_sregs);
+    fn get_sregs(&mut self, sregs: &mut bindings::kvm_sregs) -> Result;
     /// `KVM_SET_SREGS`, already validated against [`Backend::limits`].
-    fn set_sregs(&mut self, sregs: &bindings::kvm_sregs);
+    fn set_sregs(&mut self, sregs: &bindings::kvm_sregs) -> Result;
     /// Runs the guest until an exit that needs userspace, filling `run` (upstream: `vcpu_run`).
     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result;
 }
@@ -58,8 +94,10 @@ pub(crate) fn boxed<V: BackendVcpu + 'static>(v: V) -> Result<KBox<dyn BackendVc
 pub(crate) struct RunContext<'a> {
     /// The vCPU's shared `struct kvm_run` page (userspace may write it concurrently).
     pub(crate) run: *mut bindings::kvm_run,
-    /// Looks up the memory slot holding a guest frame.
-    pub(crate) slot_of: &'a dyn Fn(u64) -> Option<Memslot>,
+    /// The PIO data page (`kvm_run->io.data_offset` is its offset in the vCPU mmap).
+    pub(crate) pio: *mut u8,
+    /// The VM (memory slots, backend VM state).
+    pub(crate) vm: &'a crate::vm::Vm,
 }
 
 /// Picks the backend named by the `backend=` module parameter.
@@ -70,8 +108,9 @@ pub(crate) fn select(name: &[u8]) -> Result<Arc<dyn Backend>> {
             pr_info!("backend={}: every ioctl that does not enter a guest; KVM_RUN fails with ENOEXEC\n", b.name());
             Ok(b)
         }
+        b"vmx" => crate::vmx::VmxBackend::new(),
         _ => {
-            pr_err!("unknown backend= value (available: none)\n");
+            pr_err!("unknown backend= value (available: vmx, none)\n");
             Err(EINVAL)
         }
     }

@@ -24,7 +24,11 @@ impl Backend for NoneBackend {
         Limits::ARCH
     }
 
-    fn create_vcpu(&self, _id: u32) -> Result<KBox<dyn BackendVcpu>> {
+    fn create_vm(&self) -> Result<KBox<dyn crate::backend::BackendVm>> {
+        crate::backend::boxed_vm(crate::backend::NoVmState)
+    }
+
+    fn create_vcpu(&self, _vm: &dyn crate::backend::BackendVm, _id: u32) -> Result<KBox<dyn BackendVcpu>> {
         let mut v = NoneVcpu {
             regs: Default::default(),
             sregs: Default::default(),
@@ -41,26 +45,35 @@ struct NoneVcpu {
 }
 
 impl BackendVcpu for NoneVcpu {
-    fn get_regs(&self, regs: &mut bindings::kvm_regs) {
+    fn get_regs(&mut self, regs: &mut bindings::kvm_regs) -> Result {
         *regs = self.regs;
+        Ok(())
     }
 
-    fn set_regs(&mut self, regs: &bindings::kvm_regs) {
+    fn set_regs(&mut self, regs: &bindings::kvm_regs) -> Result {
         self.regs = *regs;
+        Ok(())
     }
 
-    fn get_sregs(&self, sregs: &mut bindings::kvm_sregs) {
+    fn get_sregs(&mut self, sregs: &mut bindings::kvm_sregs) -> Result {
         *sregs = self.sregs;
+        Ok(())
     }
 
-    fn set_sregs(&mut self, sregs: &bindings::kvm_sregs) {
+    fn set_sregs(&mut self, sregs: &bindings::kvm_sregs) -> Result {
         use segment::Which::{Ldtr, Other};
         let mut s = *sregs;
         for seg in [&mut s.cs, &mut s.ds, &mut s.es, &mut s.fs, &mut s.gs, &mut s.ss, &mut s.tr] {
             crate::vcpu::normalize_segment(seg, Other);
         }
         crate::vcpu::normalize_segment(&mut s.ldt, Ldtr);
+        crate::vcpu::normalize_interrupt_bitmap(&mut s.interrupt_bitmap);
+        if s.cr8 > 15 {
+            // Upstream's kvm_set_cr8 ignores an invalid TPR here.
+            s.cr8 = self.sregs.cr8;
+        }
         self.sregs = s;
+        Ok(())
     }
 
     fn run(&mut self, _ctx: &mut RunContext<'_>) -> Result {

@@ -27,6 +27,7 @@ mod memslot;
 mod none;
 mod vcpu;
 mod vm;
+mod vmx;
 #[allow(dead_code, unreachable_pub)]
 mod x86;
 

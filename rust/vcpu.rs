@@ -76,9 +76,13 @@ pub(crate) struct Vcpu {
 
 impl Vcpu {
     /// Allocates vCPU `id` in its RESET state.
-    pub(crate) fn new(backend: &dyn crate::backend::Backend, id: u32) -> Result<Arc<Vcpu>> {
+    pub(crate) fn new(
+        backend: &dyn crate::backend::Backend,
+        vm: &dyn crate::backend::BackendVm,
+        id: u32,
+    ) -> Result<Arc<Vcpu>> {
         let zeroed = GFP_KERNEL_ACCOUNT | __GFP_ZERO;
-        let arch = backend.create_vcpu(id)?;
+        let arch = backend.create_vcpu(vm, id)?;
         Arc::pin_init(
             try_pin_init!(Vcpu {
                 id,
@@ -105,6 +109,12 @@ impl Vcpu {
         // SAFETY: `run_page` is a live page allocated by us; `page_address` of a lowmem page
         // (every page on x86-64) is its permanent direct-map address.
         unsafe { b::rkvm_page_address(self.run_page.as_ptr().cast()).cast() }
+    }
+
+    /// The kernel address of the PIO data page.
+    fn pio_data(&self) -> *mut u8 {
+        // SAFETY: as for `run_struct`.
+        unsafe { b::rkvm_page_address(self.pio_page.as_ptr().cast()).cast() }
     }
 }
 
@@ -148,19 +158,19 @@ impl FileKind for VcpuKind {
             }
             b::KVM_GET_REGS => {
                 let mut regs = b::kvm_regs::default();
-                arch.get_regs(&mut regs);
+                arch.get_regs(&mut regs)?;
                 write_user(arg, &regs)?;
                 Ok(0)
             }
             b::KVM_SET_REGS => {
                 let mut regs: b::kvm_regs = read_user(arg)?;
                 regs.rflags |= segment::reset::RFLAGS;
-                arch.set_regs(&regs);
+                arch.set_regs(&regs)?;
                 Ok(0)
             }
             b::KVM_GET_SREGS => {
                 let mut sregs = b::kvm_sregs::default();
-                arch.get_sregs(&mut sregs);
+                arch.get_sregs(&mut sregs)?;
                 write_user(arg, &sregs)?;
                 Ok(0)
             }
@@ -172,7 +182,7 @@ impl FileKind for VcpuKind {
                 {
                     return Err(EINVAL);
                 }
-                arch.set_sregs(&sregs);
+                arch.set_sregs(&sregs)?;
                 Ok(0)
             }
             // Upstream x86's `kvm_arch_vcpu_ioctl` default.
@@ -229,9 +239,7 @@ fn run(f: &VcpuFile, arch: &mut dyn BackendVcpu) -> Result {
         unsafe { core::ptr::addr_of_mut!((*run).exit_reason).write_volatile(b::KVM_EXIT_INTR) };
         return Err(EINTR);
     }
-    let vm = &f.vm;
-    let slot_of = |gfn: u64| vm.slot_of(gfn);
-    let mut ctx = RunContext { run, slot_of: &slot_of };
+    let mut ctx = RunContext { run, pio: f.vcpu.pio_data(), vm: &f.vm };
     arch.run(&mut ctx)
 }
 
@@ -250,6 +258,20 @@ pub(crate) fn reset_state(regs: &mut b::kvm_regs, sregs: &mut b::kvm_sregs) {
     sregs.gdt.limit = reset::DTABLE_LIMIT;
     sregs.idt.limit = reset::DTABLE_LIMIT;
     sregs.cr0 = reset::CR0;
+}
+
+/// Keeps only the lowest pending vector of a KVM_SET_SREGS interrupt bitmap: upstream queues that
+/// one interrupt and reports only it back.
+pub(crate) fn normalize_interrupt_bitmap(bitmap: &mut [u64; 4]) {
+    let mut found = false;
+    for word in bitmap.iter_mut() {
+        if found {
+            *word = 0;
+        } else if *word != 0 {
+            *word &= word.wrapping_neg();
+            found = true;
+        }
+    }
 }
 
 /// Applies the VMX access-rights round trip to a segment being stored (see `x86/segment.rs`).

@@ -9,7 +9,7 @@
 //! Locks, as upstream: `state` is `kvm->lock` (vCPU creation, VM-wide settings), `slots` is
 //! `kvm->slots_lock` (memory slots).
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendVm};
 use crate::caps;
 use crate::ffi::bindings as b;
 use crate::ffi::fileops::{self, FileKind, Fops};
@@ -75,6 +75,8 @@ struct VmState {
 #[pin_data]
 pub(crate) struct Vm {
     pub(crate) backend: Arc<dyn Backend>,
+    /// The backend's per-VM state (EPT for VMX).
+    pub(crate) arch: KBox<dyn BackendVm>,
     mm: MmRef,
     #[pin]
     state: Mutex<VmState>,
@@ -103,6 +105,7 @@ pub(crate) fn create(backend: &Arc<dyn Backend>, vm_type: usize) -> Result<i32> 
     let vm = Arc::pin_init(
         try_pin_init!(Vm {
             backend: backend.clone(),
+            arch: backend.create_vm()?,
             mm: MmRef::current()?,
             state <- kernel::new_mutex!(VmState { vcpus: KVec::new(), tss_addr: None, identity_map_addr: None }),
             slots <- kernel::new_mutex!(Memslots::new(KVec::new(), KVec::new())),
@@ -160,7 +163,7 @@ impl Vm {
         if state.vcpus.iter().any(|v| v.id == id) {
             return Err(EEXIST);
         }
-        let vcpu = Vcpu::new(&*vm.backend, id)?;
+        let vcpu = Vcpu::new(&*vm.backend, &*vm.arch, id)?;
         // Reserve the array slot first so that, once the fd exists, nothing can fail.
         state.vcpus.reserve(1, GFP_KERNEL_ACCOUNT)?;
         let fd = vcpu::create_fd(vm.into(), vcpu.clone())?;
@@ -180,6 +183,11 @@ impl Vm {
         };
         let mut slots = self.slots.lock();
         let change = slots.check(&req, crate::ffi::access_ok).map_err(slot_errno)?;
+        // Guest mappings of a slot that goes away or moves are dropped first (upstream:
+        // kvm_invalidate_memslot before kvm_commit_memory_region).
+        if let memslot::Change::Delete(old) | memslot::Change::Move { old, .. } = change {
+            self.arch.unmap_slot(&old);
+        }
         slots.commit(change).map_err(slot_errno)
     }
 
@@ -188,11 +196,27 @@ impl Vm {
         self.mm.is_current()
     }
 
-    /// The memory slot holding guest frame `gfn`, if any.
-    #[allow(dead_code)]
-    pub(crate) fn slot_of(&self, gfn: u64) -> Option<Memslot> {
-        self.slots.lock().find(gfn).copied()
+    /// Handles a guest access to frame `gfn` that found no mapping: maps it from its slot
+    /// (under the slots lock, so a concurrent delete waits), or reports that no slot backs it
+    /// (the access is MMIO). A write to a read-only slot is MMIO too.
+    pub(crate) fn fault_in(&self, gfn: u64, write: bool) -> Result<Fault> {
+        let slots = self.slots.lock();
+        match slots.find(gfn) {
+            Some(slot) if !(write && slot.readonly()) => {
+                self.arch.map(slot, gfn)?;
+                Ok(Fault::Mapped)
+            }
+            _ => Ok(Fault::Mmio),
+        }
     }
+}
+
+/// The outcome of [`Vm::fault_in`].
+pub(crate) enum Fault {
+    /// The frame is now mapped; re-enter the guest.
+    Mapped,
+    /// No slot (or a read-only slot, for a write): emulate as MMIO.
+    Mmio,
 }
 
 fn slot_errno(e: SlotError) -> Error {

@@ -64,3 +64,176 @@ unsigned int rkvm_num_online_cpus(void)
 {
 	return num_online_cpus();
 }
+
+/* --- for the VMX backend ---------------------------------------------------------------------- */
+#include <linux/cpuhotplug.h>
+#include <linux/io.h>
+#include <linux/mm.h>
+#include <linux/preempt.h>
+#include <linux/sched/signal.h>
+#include <linux/smp.h>
+#include <asm/cpu_entry_area.h>
+#include <asm/desc.h>
+#include <asm/fpu/api.h>
+#include <asm/msr.h>
+#include <asm/special_insns.h>
+#include <asm/tlbflush.h>
+
+int rkvm_rdmsr_safe(u32 msr, u64 *val)
+{
+	return rdmsrl_safe(msr, val);
+}
+
+int rkvm_wrmsr_safe(u32 msr, u64 val)
+{
+	return wrmsrl_safe(msr, val);
+}
+
+unsigned long rkvm_read_cr0(void)
+{
+	return read_cr0();
+}
+
+unsigned long rkvm_read_cr3(void)
+{
+	return __read_cr3();
+}
+
+unsigned long rkvm_read_cr4(void)
+{
+	return __read_cr4();
+}
+
+void rkvm_cr4_set_bits(unsigned long mask)
+{
+	cr4_set_bits(mask);
+}
+
+void rkvm_cr4_clear_bits(unsigned long mask)
+{
+	cr4_clear_bits(mask);
+}
+
+unsigned long rkvm_host_gdt_base(void)
+{
+	return (unsigned long)get_current_gdt_ro();
+}
+
+unsigned long rkvm_host_idt_base(void)
+{
+	struct desc_ptr dt;
+
+	store_idt(&dt);
+	return dt.address;
+}
+
+unsigned long rkvm_host_tss_base(void)
+{
+	return (unsigned long)&get_cpu_entry_area(smp_processor_id())->tss.x86_tss;
+}
+
+void rkvm_restore_host_descriptors(void)
+{
+	invalidate_tss_limit();
+	load_fixmap_gdt(raw_smp_processor_id());
+}
+
+int rkvm_smp_processor_id(void)
+{
+	return smp_processor_id();
+}
+
+unsigned int rkvm_nr_cpu_ids(void)
+{
+	return nr_cpu_ids;
+}
+
+void rkvm_preempt_disable(void)
+{
+	preempt_disable();
+}
+
+void rkvm_preempt_enable(void)
+{
+	preempt_enable();
+}
+
+void rkvm_local_irq_disable(void)
+{
+	local_irq_disable();
+}
+
+void rkvm_local_irq_enable(void)
+{
+	local_irq_enable();
+}
+
+bool rkvm_need_resched(void)
+{
+	return need_resched();
+}
+
+void rkvm_cond_resched(void)
+{
+	cond_resched();
+}
+
+bool rkvm_signal_pending(void)
+{
+	return signal_pending(current);
+}
+
+void rkvm_on_each_cpu(void (*fn)(void *), void *info)
+{
+	on_each_cpu(fn, info, 1);
+}
+
+int rkvm_cpuhp_setup(int (*online)(unsigned int), int (*offline)(unsigned int))
+{
+	return cpuhp_setup_state(CPUHP_AP_ONLINE_DYN, "rkvm:online", online, offline);
+}
+
+void rkvm_cpuhp_remove(int state)
+{
+	cpuhp_remove_state(state);
+}
+
+u64 rkvm_virt_to_phys(void *addr)
+{
+	return __pa(addr);
+}
+
+u64 rkvm_page_to_phys(struct page *page)
+{
+	return page_to_phys(page);
+}
+
+void *rkvm_phys_to_virt(u64 pa)
+{
+	return __va(pa);
+}
+
+struct page *rkvm_pin_user_page(unsigned long hva, bool write)
+{
+	struct page *page;
+	unsigned int flags = FOLL_LONGTERM | (write ? FOLL_WRITE : 0);
+
+	if (pin_user_pages_unlocked(hva, 1, &page, flags) != 1)
+		return NULL;
+	return page;
+}
+
+void rkvm_unpin_user_page(struct page *page)
+{
+	unpin_user_page(page);
+}
+
+void rkvm_fpu_begin(void)
+{
+	kernel_fpu_begin();
+}
+
+void rkvm_fpu_end(void)
+{
+	kernel_fpu_end();
+}

@@ -32,3 +32,54 @@ void *rkvm_page_address(struct page *page);
 unsigned int rkvm_num_online_cpus(void);
 
 #endif
+
+/* --- for the VMX backend ---------------------------------------------------------------------- */
+
+/* MSR access that returns -EIO instead of faulting (Bochs lacks some MSRs real CPUs have). */
+int rkvm_rdmsr_safe(u32 msr, u64 *val);
+int rkvm_wrmsr_safe(u32 msr, u64 val);
+
+/* Control registers of this CPU, and CR4 updates through the kernel's shadow. */
+unsigned long rkvm_read_cr0(void);
+unsigned long rkvm_read_cr3(void);
+unsigned long rkvm_read_cr4(void);
+void rkvm_cr4_set_bits(unsigned long mask);
+void rkvm_cr4_clear_bits(unsigned long mask);
+
+/* Per-CPU host state the VMCS host area needs (upstream: vmx_set_constant_host_state and
+ * vmx_vcpu_load_vmcs). */
+unsigned long rkvm_host_gdt_base(void);
+unsigned long rkvm_host_idt_base(void);
+unsigned long rkvm_host_tss_base(void);
+/* After a VM exit: TR limit and GDT limit were reset by the CPU (upstream: vmx_prepare_switch_to_host). */
+void rkvm_restore_host_descriptors(void);
+
+/* Scheduling and interrupt control around guest entry. */
+int rkvm_smp_processor_id(void);
+unsigned int rkvm_nr_cpu_ids(void);
+void rkvm_preempt_disable(void);
+void rkvm_preempt_enable(void);
+void rkvm_local_irq_disable(void);
+void rkvm_local_irq_enable(void);
+bool rkvm_need_resched(void);
+void rkvm_cond_resched(void);
+bool rkvm_signal_pending(void);
+
+/* Run fn(info) on every online CPU and wait. */
+void rkvm_on_each_cpu(void (*fn)(void *), void *info);
+/* CPU hotplug: online/offline callbacks (returns the dynamic state or -errno). */
+int rkvm_cpuhp_setup(int (*online)(unsigned int), int (*offline)(unsigned int));
+void rkvm_cpuhp_remove(int state);
+
+/* Physical address of a direct-map kernel address / of a page. */
+u64 rkvm_virt_to_phys(void *addr);
+u64 rkvm_page_to_phys(struct page *page);
+void *rkvm_phys_to_virt(u64 pa);
+
+/* Pin one page of the current process for a guest mapping (FOLL_LONGTERM, optionally writable). */
+struct page *rkvm_pin_user_page(unsigned long hva, bool write);
+void rkvm_unpin_user_page(struct page *page);
+
+/* FPU: save the user's registers so the guest may use them (kernel_fpu_begin/end). */
+void rkvm_fpu_begin(void);
+void rkvm_fpu_end(void);

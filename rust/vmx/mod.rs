@@ -1,0 +1,268 @@
+//! The VMX backend (Intel VT-x): rkvm's `kvm_intel`.
+//!
+//! - `config.rs` (pure): capability MSRs → the VMCS configuration every vCPU uses.
+//! - this file: detection, the per-CPU VMXON regions, VMXON/VMXOFF on every CPU including CPUs
+//!   that come online later (CPU hotplug), and the [`Backend`] implementation.
+//! - `vmcs.rs`: VMCS regions and their loading; `insn.rs`: the VMX instructions.
+//! - `ept.rs`: EPT tables built on demand from the memory slots.
+//! - `entry.rs`: the assembly around VMLAUNCH/VMRESUME.
+//! - `vcpu.rs`: a vCPU's VMCS set-up, its run loop (host state around entry) and exit handling.
+//!
+//! Global state lives in one [`VmxGlobal`], reachable from the CPU-hotplug callbacks through
+//! [`GLOBAL`]; it exists from backend creation until the module unloads (every VM and vCPU holds
+//! a module reference, so none outlives it).
+
+#[allow(unreachable_pub)] // pure file, also compiled by the host tests
+pub(crate) mod config;
+mod entry;
+pub(crate) mod ept;
+mod insn;
+pub(crate) mod vcpu;
+pub(crate) mod vmcs;
+
+use crate::backend::{Backend, BackendVcpu, BackendVm};
+use crate::ffi::bindings as b;
+use crate::x86::cr::{self as xcr, Limits};
+use config::{CapMsrs, VmcsConfig, Want, Wants};
+use core::sync::atomic::{AtomicPtr, Ordering};
+use kernel::page::Page;
+use kernel::prelude::*;
+use kernel::sync::Arc;
+
+/// State shared by all VMX CPUs, vCPUs and VMs.
+#[pin_data]
+pub(crate) struct VmxGlobal {
+    /// The VMCS configuration derived from the capability MSRs.
+    pub(crate) config: VmcsConfig,
+    /// One VMXON region per possible CPU id.
+    regions: KVec<Page>,
+    /// Every live VMCS (for CPU offlining).
+    #[pin]
+    pub(crate) registry: vmcs::Registry,
+}
+
+/// The live [`VmxGlobal`], for callbacks that get nothing but a CPU number.
+static GLOBAL: AtomicPtr<VmxGlobal> = AtomicPtr::new(core::ptr::null_mut());
+
+/// The global VMX state.
+///
+/// Only called by code of live vCPUs, VMs and the hotplug callbacks, all of which exist only
+/// while the backend does.
+pub(crate) fn global() -> &'static VmxGlobal {
+    // SAFETY: `GLOBAL` is set before any VM, vCPU or hotplug callback can exist and cleared only
+    // after they are all gone (see `VmxBackend::drop`); the pointee is kept alive by the backend.
+    unsafe { &*GLOBAL.load(Ordering::Acquire) }
+}
+
+/// The id of the CPU we run on (preemption must be disabled, or the thread pinned).
+pub(crate) fn this_cpu() -> i32 {
+    // SAFETY: reads the per-CPU id; callers are not preemptible here.
+    unsafe { b::rkvm_smp_processor_id() }
+}
+
+/// Physical address of a page we own.
+pub(crate) fn page_pa(page: &Page) -> u64 {
+    // SAFETY: `page` is a live page; `page_to_phys` only computes.
+    unsafe { b::rkvm_page_to_phys(page.as_ptr().cast()) }
+}
+
+fn rdmsr(msr: u32) -> Option<u64> {
+    let mut v = 0u64;
+    // SAFETY: the faulting-safe accessor returns an error instead of faulting on absent MSRs.
+    (unsafe { b::rkvm_rdmsr_safe(msr, &mut v) } == 0).then_some(v)
+}
+
+/// The VMX backend.
+pub(crate) struct VmxBackend {
+    g: Arc<VmxGlobal>,
+    hotplug_state: i32,
+}
+
+fn wants() -> Wants {
+    Wants {
+        pin: Want {
+            required: b::PIN_BASED_EXT_INTR_MASK | b::PIN_BASED_NMI_EXITING,
+            optional: b::PIN_BASED_VIRTUAL_NMIS,
+            forbidden: 0,
+        },
+        proc: Want {
+            required: b::CPU_BASED_HLT_EXITING
+                | b::CPU_BASED_UNCOND_IO_EXITING
+                | b::CPU_BASED_MOV_DR_EXITING
+                | b::CPU_BASED_MWAIT_EXITING
+                | b::CPU_BASED_MONITOR_EXITING
+                | b::CPU_BASED_RDPMC_EXITING
+                | b::CPU_BASED_CR8_LOAD_EXITING
+                | b::CPU_BASED_CR8_STORE_EXITING
+                | b::CPU_BASED_ACTIVATE_SECONDARY_CONTROLS,
+            optional: 0,
+            // With EPT the guest owns CR3; these must be clearable (TRUE_PROCBASED_CTLS).
+            forbidden: b::CPU_BASED_CR3_LOAD_EXITING | b::CPU_BASED_CR3_STORE_EXITING,
+        },
+        proc2: Want {
+            required: b::SECONDARY_EXEC_ENABLE_EPT | b::SECONDARY_EXEC_UNRESTRICTED_GUEST,
+            optional: b::SECONDARY_EXEC_ENABLE_RDTSCP,
+            forbidden: 0,
+        },
+        exit: Want {
+            required: b::VM_EXIT_HOST_ADDR_SPACE_SIZE | b::VM_EXIT_SAVE_IA32_EFER | b::VM_EXIT_LOAD_IA32_EFER,
+            optional: b::VM_EXIT_SAVE_IA32_PAT | b::VM_EXIT_LOAD_IA32_PAT,
+            forbidden: 0,
+        },
+        entry: Want {
+            required: b::VM_ENTRY_LOAD_IA32_EFER,
+            optional: b::VM_ENTRY_LOAD_IA32_PAT,
+            forbidden: 0,
+        },
+    }
+}
+
+impl VmxBackend {
+    /// Detects VMX, derives the configuration and enters VMX operation on every CPU.
+    pub(crate) fn new() -> Result<Arc<dyn Backend>> {
+        let [_, _, ecx, _] = insn::cpuid(1, 0);
+        if ecx & (1 << 5) == 0 {
+            pr_err!("no VMX on this CPU: load with backend=none to use rkvm without a guest\n");
+            return Err(ENODEV);
+        }
+        let fc = rdmsr(b::MSR_IA32_FEAT_CTL).unwrap_or(0);
+        let need = b::FEAT_CTL_LOCKED | b::FEAT_CTL_VMX_ENABLED_OUTSIDE_SMX;
+        if fc & need != need {
+            pr_err!("VMX is disabled by the firmware (IA32_FEATURE_CONTROL={:#x})\n", fc);
+            return Err(ENODEV);
+        }
+        // SAFETY: reading CR4 has no side effects.
+        if unsafe { b::rkvm_read_cr4() } as u64 & xcr::CR4_VMXE != 0 {
+            pr_err!("VMX is already in use by another hypervisor (CR4.VMXE set, e.g. kvm_intel)\n");
+            return Err(EBUSY);
+        }
+        let msrs = read_cap_msrs().ok_or(ENODEV)?;
+        let config = VmcsConfig::new(&msrs, &wants()).map_err(|e| {
+            pr_err!("this CPU's VMX lacks what rkvm needs: {:?}\n", e);
+            ENODEV
+        })?;
+
+        let ncpus = (unsafe { b::rkvm_nr_cpu_ids() }) as usize;
+        let mut regions = KVec::with_capacity(ncpus, GFP_KERNEL)?;
+        for _ in 0..ncpus {
+            let page = Page::alloc_page(GFP_KERNEL | __GFP_ZERO)?;
+            // SAFETY: writing 4 bytes from a local array into our fresh page.
+            unsafe { page.write_raw(config.revision_id.to_ne_bytes().as_ptr(), 0, 4)? };
+            regions.push(page, GFP_KERNEL)?;
+        }
+        let g = Arc::pin_init(
+            pin_init!(VmxGlobal { config, regions, registry <- kernel::new_mutex!(KVec::new()) }),
+            GFP_KERNEL,
+        )?;
+        GLOBAL.store(&*g as *const VmxGlobal as *mut VmxGlobal, Ordering::Release);
+        // Runs `cpu_online` on every online CPU now and on every CPU that comes online later.
+        // SAFETY: the callbacks are valid for the module's lifetime; GLOBAL is set.
+        let state = unsafe { b::rkvm_cpuhp_setup(Some(cpu_online), Some(cpu_offline)) };
+        if state < 0 {
+            GLOBAL.store(core::ptr::null_mut(), Ordering::Release);
+            pr_err!("VMXON failed on some CPU ({})\n", state);
+            return Err(Error::from_errno(state));
+        }
+        pr_info!(
+            "backend=vmx: VMCS rev {:#x}, pin {:#x} proc {:#x} proc2 {:#x} exit {:#x} entry {:#x}\n",
+            config.revision_id, config.pin, config.proc, config.proc2, config.exit, config.entry
+        );
+        let backend: Arc<dyn Backend> = Arc::new(VmxBackend { g, hotplug_state: state }, GFP_KERNEL)?;
+        Ok(backend)
+    }
+}
+
+impl Drop for VmxBackend {
+    fn drop(&mut self) {
+        // Runs `cpu_offline` (VMCLEAR + VMXOFF) on every online CPU.
+        // SAFETY: the state was returned by `rkvm_cpuhp_setup`; no VM or vCPU is left.
+        unsafe { b::rkvm_cpuhp_remove(self.hotplug_state) };
+        GLOBAL.store(core::ptr::null_mut(), Ordering::Release);
+        let _ = &self.g;
+    }
+}
+
+fn read_cap_msrs() -> Option<CapMsrs> {
+    let basic = rdmsr(b::MSR_IA32_VMX_BASIC)?;
+    let true_ctls = basic & config::BASIC_TRUE_CTLS != 0;
+    let pick = |t: u32, f: u32| rdmsr(if true_ctls { t } else { f });
+    let proc = pick(b::MSR_IA32_VMX_TRUE_PROCBASED_CTLS, b::MSR_IA32_VMX_PROCBASED_CTLS)?;
+    let has2 = (proc >> 32) as u32 & b::CPU_BASED_ACTIVATE_SECONDARY_CONTROLS != 0;
+    let proc2 = if has2 { rdmsr(b::MSR_IA32_VMX_PROCBASED_CTLS2)? } else { 0 };
+    Some(CapMsrs {
+        basic,
+        pin: pick(b::MSR_IA32_VMX_TRUE_PINBASED_CTLS, b::MSR_IA32_VMX_PINBASED_CTLS)?,
+        proc,
+        proc2,
+        exit: pick(b::MSR_IA32_VMX_TRUE_EXIT_CTLS, b::MSR_IA32_VMX_EXIT_CTLS)?,
+        entry: pick(b::MSR_IA32_VMX_TRUE_ENTRY_CTLS, b::MSR_IA32_VMX_ENTRY_CTLS)?,
+        ept_vpid: if has2 { rdmsr(b::MSR_IA32_VMX_EPT_VPID_CAP).unwrap_or(0) } else { 0 },
+        cr0_fixed: (rdmsr(b::MSR_IA32_VMX_CR0_FIXED0)?, rdmsr(b::MSR_IA32_VMX_CR0_FIXED1)?),
+        cr4_fixed: (rdmsr(b::MSR_IA32_VMX_CR4_FIXED0)?, rdmsr(b::MSR_IA32_VMX_CR4_FIXED1)?),
+    })
+}
+
+/// CPU hotplug "online" callback: enter VMX operation on `cpu` (we run on it).
+unsafe extern "C" fn cpu_online(cpu: kernel::ffi::c_uint) -> kernel::ffi::c_int {
+    let g = global();
+    let Some(region) = g.regions.get(cpu as usize) else { return EINVAL.to_errno() };
+    // SAFETY: hotplug callbacks for AP states run on `cpu` itself; CR4.VMXE is owned by
+    // whichever hypervisor is loaded, and we checked at init that none was. The region is this
+    // CPU's alone and lives until after VMXOFF.
+    unsafe {
+        b::rkvm_preempt_disable();
+        b::rkvm_cr4_set_bits(b::X86_CR4_VMXE as _);
+        let r = insn::vmxon(page_pa(region));
+        if r.is_err() {
+            b::rkvm_cr4_clear_bits(b::X86_CR4_VMXE as _);
+        }
+        b::rkvm_preempt_enable();
+        if r.is_err() {
+            pr_err!("VMXON failed on CPU {}\n", cpu);
+            return EIO.to_errno();
+        }
+    }
+    0
+}
+
+/// CPU hotplug "offline" callback (and module unload): VMCLEAR what is loaded here, VMXOFF.
+unsafe extern "C" fn cpu_offline(_cpu: kernel::ffi::c_uint) -> kernel::ffi::c_int {
+    let g = global();
+    // SAFETY: runs on the CPU going offline, which is in VMX operation (its online callback
+    // succeeded); after VMCLEARing every VMCS active here nothing depends on VMX operation.
+    unsafe {
+        b::rkvm_preempt_disable();
+        vmcs::clear_all_on_this_cpu(&g.registry);
+        insn::vmxoff();
+        b::rkvm_cr4_clear_bits(b::X86_CR4_VMXE as _);
+        b::rkvm_preempt_enable();
+    }
+    0
+}
+
+impl Backend for VmxBackend {
+    fn name(&self) -> &'static str {
+        "vmx"
+    }
+
+    fn limits(&self) -> Limits {
+        let mut l = Limits::ARCH;
+        // Only CR4 bits the CPU accepts in VMX non-root operation (and not VMXE: no nesting).
+        l.cr4_allowed &= self.g.config.cr4_fixed.1 & !(xcr::CR4_VMXE);
+        l
+    }
+
+    fn create_vm(&self) -> Result<KBox<dyn BackendVm>> {
+        let vm = ept::VmxVm::new()?;
+        // SAFETY: only the pointer type changes (unsized to the trait object); the VM stays in
+        // the same allocation and is never moved out of its box, so it stays pinned.
+        let raw = KBox::into_raw(unsafe { Pin::into_inner_unchecked(vm) });
+        // SAFETY: `raw` comes from `into_raw` of a box of the same allocator.
+        Ok(unsafe { KBox::from_raw(raw as *mut dyn BackendVm) })
+    }
+
+    fn create_vcpu(&self, vm: &dyn BackendVm, id: u32) -> Result<KBox<dyn BackendVcpu>> {
+        let vm = vm.as_any().downcast_ref::<ept::VmxVm>().ok_or(EINVAL)?;
+        crate::backend::boxed(vcpu::VmxVcpu::new(&self.g.config, vm.eptp(), id)?)
+    }
+}

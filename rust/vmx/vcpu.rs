@@ -1,0 +1,727 @@
+//! A VMX vCPU: its VMCS set-up, state access, the run loop and exit handling (upstream:
+//! `vmx_vcpu_create`, `init_vmcs`, `vmx_vcpu_run`, `vmx_handle_exit` and the exit handlers).
+//!
+//! State lives where the CPU keeps it: segments, control registers, RIP/RSP/RFLAGS in the VMCS;
+//! the other general-purpose registers, CR2 and the FPU image in this struct (the entry code and
+//! the run loop switch them).
+//!
+//! One iteration of [`VmxVcpu::run`] (numbers as in DESIGN-SKETCH's KVM_RUN steps):
+//! 1. complete the previous exit (advance RIP past OUT; load IN data into RAX),
+//! 2. signal pending → `KVM_EXIT_INTR`/`EINTR`; `need_resched` → reschedule,
+//! 3. preemption off; VMCS loaded here (VMCLEAR on the old CPU by IPI); host fields refreshed,
+//! 4. host state the VMCS does not switch saved (FPU, KERNEL_GS_BASE, DR7, DS/ES), guest's loaded,
+//! 5. interrupts off, CR2 switched, enter; on exit the guest's GPRs and CR2 are saved,
+//! 6. host state restored; interrupts on (a pending host interrupt is serviced now); preemption on,
+//! 7. the exit is handled in the kernel (loop) or reported in `kvm_run` (return to userspace).
+
+use super::config::VmcsConfig;
+use super::entry::{self, GuestRegs, RAX, RBX, RCX, RDX, RSP};
+use super::vmcs::{self, field as f, Vmcs};
+use super::{insn, rdmsr};
+use crate::backend::{BackendVcpu, RunContext};
+use crate::ffi::bindings as b;
+use crate::vm::Fault;
+use crate::x86::cr;
+use crate::x86::segment::{self, Which};
+use kernel::prelude::*;
+
+/// The FXSAVE image of the guest's x87/SSE state.
+#[repr(C, align(16))]
+struct FxArea([u8; 512]);
+
+/// An I/O exit whose instruction completes on the next `KVM_RUN` (upstream:
+/// `complete_fast_pio_in` / `complete_fast_pio_out`).
+#[derive(Clone, Copy)]
+enum PendingIo {
+    Out,
+    In { size: u32 },
+}
+
+/// Exit information read while the VMCS was current.
+struct ExitInfo {
+    reason: u32,
+    qualification: u64,
+    instr_len: u64,
+    intr_info: u32,
+    gpa: u64,
+}
+
+/// A VMX vCPU.
+pub(crate) struct VmxVcpu {
+    id: u32,
+    vmcs: KBox<Vmcs>,
+    regs: GuestRegs,
+    cr2: u64,
+    efer: u64,
+    cr8: u64,
+    apic_base: u64,
+    interrupt_bitmap: [u64; 4],
+    fpu: KBox<FxArea>,
+    pending: Option<PendingIo>,
+    config: VmcsConfig,
+    /// The CPU the VMCS was last loaded on.
+    last_cpu: i32,
+}
+
+/// Segment registers in `struct kvm_sregs` order with their VMCS fields
+/// (selector, base, limit, access rights).
+const SEGMENTS: [(vmcs::Field, vmcs::Field, vmcs::Field, vmcs::Field); 8] = [
+    (f::GUEST_CS_SELECTOR, f::GUEST_CS_BASE, f::GUEST_CS_LIMIT, f::GUEST_CS_AR_BYTES),
+    (f::GUEST_DS_SELECTOR, f::GUEST_DS_BASE, f::GUEST_DS_LIMIT, f::GUEST_DS_AR_BYTES),
+    (f::GUEST_ES_SELECTOR, f::GUEST_ES_BASE, f::GUEST_ES_LIMIT, f::GUEST_ES_AR_BYTES),
+    (f::GUEST_FS_SELECTOR, f::GUEST_FS_BASE, f::GUEST_FS_LIMIT, f::GUEST_FS_AR_BYTES),
+    (f::GUEST_GS_SELECTOR, f::GUEST_GS_BASE, f::GUEST_GS_LIMIT, f::GUEST_GS_AR_BYTES),
+    (f::GUEST_SS_SELECTOR, f::GUEST_SS_BASE, f::GUEST_SS_LIMIT, f::GUEST_SS_AR_BYTES),
+    (f::GUEST_TR_SELECTOR, f::GUEST_TR_BASE, f::GUEST_TR_LIMIT, f::GUEST_TR_AR_BYTES),
+    (f::GUEST_LDTR_SELECTOR, f::GUEST_LDTR_BASE, f::GUEST_LDTR_LIMIT, f::GUEST_LDTR_AR_BYTES),
+];
+
+/// Basic exit reasons (SDM vol. 3 appendix C; `uapi/asm/vmx.h`).
+mod reason {
+    use crate::ffi::bindings as b;
+    pub(super) const EXCEPTION_NMI: u32 = b::EXIT_REASON_EXCEPTION_NMI;
+    pub(super) const EXTERNAL_INTERRUPT: u32 = b::EXIT_REASON_EXTERNAL_INTERRUPT;
+    pub(super) const TRIPLE_FAULT: u32 = b::EXIT_REASON_TRIPLE_FAULT;
+    pub(super) const CPUID: u32 = b::EXIT_REASON_CPUID;
+    pub(super) const HLT: u32 = b::EXIT_REASON_HLT;
+    pub(super) const CR_ACCESS: u32 = b::EXIT_REASON_CR_ACCESS;
+    pub(super) const DR_ACCESS: u32 = b::EXIT_REASON_DR_ACCESS;
+    pub(super) const IO_INSTRUCTION: u32 = b::EXIT_REASON_IO_INSTRUCTION;
+    pub(super) const MSR_READ: u32 = b::EXIT_REASON_MSR_READ;
+    pub(super) const MSR_WRITE: u32 = b::EXIT_REASON_MSR_WRITE;
+    pub(super) const EPT_VIOLATION: u32 = b::EXIT_REASON_EPT_VIOLATION;
+}
+
+/// What to do after an exit.
+enum Next {
+    /// Re-enter the guest.
+    Resume,
+    /// Return to userspace with `kvm_run` filled.
+    User,
+}
+
+/// Vector numbers of the exceptions the backend injects.
+const GP: u32 = 13;
+const UD: u32 = 6;
+
+impl VmxVcpu {
+    /// Creates vCPU `id` with a VMCS set up for `config` and the VM's EPT, in RESET state.
+    pub(crate) fn new(config: &VmcsConfig, eptp: u64, id: u32) -> Result<VmxVcpu> {
+        let vmcs = Vmcs::new(config.revision_id)?;
+        // A freshly initialised FXSAVE image: FCW 0x37f, MXCSR 0x1f80 (upstream: fpstate_init).
+        let mut fx = FxArea([0; 512]);
+        fx.0[0] = 0x7f; // FCW = 0x037f
+        fx.0[1] = 0x03;
+        fx.0[24] = 0x80; // MXCSR = 0x1f80
+        fx.0[25] = 0x1f;
+        let mut v = VmxVcpu {
+            id,
+            vmcs,
+            regs: GuestRegs::default(),
+            cr2: 0,
+            efer: 0,
+            cr8: 0,
+            apic_base: 0,
+            interrupt_bitmap: [0; 4],
+            fpu: KBox::new(fx, GFP_KERNEL_ACCOUNT)?,
+            pending: None,
+            config: *config,
+            last_cpu: -1,
+        };
+        let mut regs = b::kvm_regs::default();
+        let mut sregs = b::kvm_sregs::default();
+        crate::vcpu::reset_state(&mut regs, &mut sregs);
+        v.with_vmcs(|v| {
+            v.init_vmcs(eptp);
+            v.write_regs(&regs);
+            v.write_sregs(&sregs);
+        })?;
+        Ok(v)
+    }
+
+    /// Runs `f` with this vCPU's VMCS current on this CPU and preemption disabled
+    /// (upstream: `vcpu_load` / `vcpu_put`).
+    fn with_vmcs<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> Result<R> {
+        // SAFETY: balanced with `rkvm_preempt_enable` below; `load` is called with preemption
+        // disabled on a CPU in VMX operation (every online CPU is), under the vCPU mutex.
+        unsafe {
+            b::rkvm_preempt_disable();
+            let loaded = self.vmcs.load();
+            if let Err(e) = loaded {
+                b::rkvm_preempt_enable();
+                return Err(e);
+            }
+            if loaded == Ok(true) {
+                self.last_cpu = super::this_cpu();
+                self.write_per_cpu_host_state();
+            }
+        }
+        let r = f(self);
+        // SAFETY: balances the disable above.
+        unsafe { b::rkvm_preempt_enable() };
+        Ok(r)
+    }
+
+    /// Host-state fields that are the same on every CPU (upstream: `vmx_set_constant_host_state`)
+    /// and the execution controls (upstream: `init_vmcs`).
+    fn init_vmcs(&mut self, eptp: u64) {
+        let c = &self.config;
+        vmcs::write(f::PIN_BASED_VM_EXEC_CONTROL, c.pin.into());
+        vmcs::write(f::CPU_BASED_VM_EXEC_CONTROL, c.proc.into());
+        vmcs::write(f::SECONDARY_VM_EXEC_CONTROL, c.proc2.into());
+        vmcs::write(f::VM_EXIT_CONTROLS, c.exit.into());
+        vmcs::write(f::VM_ENTRY_CONTROLS, c.entry.into());
+        vmcs::write(f::EXCEPTION_BITMAP, 0);
+        vmcs::write(f::PAGE_FAULT_ERROR_CODE_MASK, 0);
+        vmcs::write(f::PAGE_FAULT_ERROR_CODE_MATCH, 0);
+        vmcs::write(f::CR3_TARGET_COUNT, 0);
+        vmcs::write(f::VM_EXIT_MSR_STORE_COUNT, 0);
+        vmcs::write(f::VM_EXIT_MSR_LOAD_COUNT, 0);
+        vmcs::write(f::VM_ENTRY_MSR_LOAD_COUNT, 0);
+        vmcs::write(f::VM_ENTRY_INTR_INFO_FIELD, 0);
+        vmcs::write(f::VMCS_LINK_POINTER, u64::MAX);
+        vmcs::write(f::EPT_POINTER, eptp);
+        // The host owns every CR0/CR4 bit: guest writes exit, guest reads see the shadow.
+        vmcs::write(f::CR0_GUEST_HOST_MASK, u64::MAX);
+        vmcs::write(f::CR4_GUEST_HOST_MASK, u64::MAX);
+
+        // SAFETY: reading this CPU's control registers and MSRs has no side effects.
+        unsafe {
+            vmcs::write(f::HOST_CR0, b::rkvm_read_cr0() as u64);
+            vmcs::write(f::HOST_IDTR_BASE, b::rkvm_host_idt_base() as u64);
+        }
+        let sel = insn::host_selectors();
+        vmcs::write(f::HOST_CS_SELECTOR, sel[0].into());
+        vmcs::write(f::HOST_SS_SELECTOR, sel[1].into());
+        vmcs::write(f::HOST_TR_SELECTOR, sel[6].into());
+        vmcs::write(f::HOST_RIP, entry::exit_rip());
+        vmcs::write(f::HOST_IA32_SYSENTER_CS, rdmsr(b::MSR_IA32_SYSENTER_CS).unwrap_or(0));
+        vmcs::write(f::HOST_IA32_SYSENTER_EIP, rdmsr(b::MSR_IA32_SYSENTER_EIP).unwrap_or(0));
+        vmcs::write(f::HOST_IA32_EFER, rdmsr(b::MSR_EFER).unwrap_or(0));
+        if c.exit & b::VM_EXIT_LOAD_IA32_PAT != 0 {
+            vmcs::write(f::HOST_IA32_PAT, rdmsr(b::MSR_IA32_CR_PAT).unwrap_or(0));
+        }
+        if c.entry & b::VM_ENTRY_LOAD_IA32_PAT != 0 {
+            vmcs::write(f::GUEST_IA32_PAT, 0x0007_0406_0007_0406);
+        }
+        vmcs::write(f::GUEST_ACTIVITY_STATE, 0);
+        vmcs::write(f::GUEST_INTERRUPTIBILITY_INFO, 0);
+        vmcs::write(f::GUEST_PENDING_DBG_EXCEPTIONS, 0);
+        vmcs::write(f::GUEST_DR7, 0x400);
+        vmcs::write(f::GUEST_IA32_DEBUGCTL, 0);
+        vmcs::write(f::GUEST_SYSENTER_CS, 0);
+        vmcs::write(f::GUEST_SYSENTER_ESP, 0);
+        vmcs::write(f::GUEST_SYSENTER_EIP, 0);
+    }
+
+    /// Host-state fields that differ per CPU (upstream: `vmx_vcpu_load_vmcs`).
+    fn write_per_cpu_host_state(&mut self) {
+        // SAFETY: these read this CPU's descriptor tables and MSRs.
+        unsafe {
+            vmcs::write(f::HOST_TR_BASE, b::rkvm_host_tss_base() as u64);
+            vmcs::write(f::HOST_GDTR_BASE, b::rkvm_host_gdt_base() as u64);
+        }
+        vmcs::write(f::HOST_IA32_SYSENTER_ESP, rdmsr(b::MSR_IA32_SYSENTER_ESP).unwrap_or(0));
+    }
+
+    fn write_regs(&mut self, r: &b::kvm_regs) {
+        let g = &mut self.regs.gpr;
+        g[RAX] = r.rax;
+        g[RBX] = r.rbx;
+        g[RCX] = r.rcx;
+        g[RDX] = r.rdx;
+        g[5] = r.rbp;
+        g[6] = r.rsi;
+        g[7] = r.rdi;
+        for (i, v) in [r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15].into_iter().enumerate() {
+            g[8 + i] = v;
+        }
+        vmcs::write(f::GUEST_RSP, r.rsp);
+        vmcs::write(f::GUEST_RIP, r.rip);
+        vmcs::write(f::GUEST_RFLAGS, r.rflags);
+    }
+
+    fn read_regs(&self, r: &mut b::kvm_regs) {
+        let g = &self.regs.gpr;
+        *r = b::kvm_regs {
+            rax: g[RAX],
+            rbx: g[RBX],
+            rcx: g[RCX],
+            rdx: g[RDX],
+            rsi: g[6],
+            rdi: g[7],
+            rsp: vmcs::read(f::GUEST_RSP),
+            rbp: g[5],
+            r8: g[8],
+            r9: g[9],
+            r10: g[10],
+            r11: g[11],
+            r12: g[12],
+            r13: g[13],
+            r14: g[14],
+            r15: g[15],
+            rip: vmcs::read(f::GUEST_RIP),
+            rflags: vmcs::read(f::GUEST_RFLAGS),
+        };
+    }
+
+    fn set_cr0(&mut self, cr0: u64) {
+        vmcs::write(f::CR0_READ_SHADOW, cr0);
+        vmcs::write(f::GUEST_CR0, self.config.hw_cr0(cr0, true));
+    }
+
+    fn set_cr4(&mut self, cr4: u64) {
+        vmcs::write(f::CR4_READ_SHADOW, cr4);
+        vmcs::write(f::GUEST_CR4, self.config.hw_cr4(cr4));
+    }
+
+    fn set_efer(&mut self, efer: u64) {
+        self.efer = efer;
+        vmcs::write(f::GUEST_IA32_EFER, efer);
+        let mut entry = vmcs::read(f::VM_ENTRY_CONTROLS) as u32;
+        if efer & cr::EFER_LMA != 0 {
+            entry |= b::VM_ENTRY_IA32E_MODE;
+        } else {
+            entry &= !b::VM_ENTRY_IA32E_MODE;
+        }
+        vmcs::write(f::VM_ENTRY_CONTROLS, entry.into());
+    }
+
+    fn write_sregs(&mut self, s: &b::kvm_sregs) {
+        let segs = [&s.cs, &s.ds, &s.es, &s.fs, &s.gs, &s.ss, &s.tr, &s.ldt];
+        for (i, (sel, base, limit, ar)) in SEGMENTS.iter().enumerate() {
+            let seg = segs[i];
+            let which = if i == 7 { Which::Ldtr } else { Which::Other };
+            let pure = segment::Segment {
+                base: seg.base,
+                limit: seg.limit,
+                selector: seg.selector,
+                type_: seg.type_,
+                present: seg.present,
+                dpl: seg.dpl,
+                db: seg.db,
+                s: seg.s,
+                l: seg.l,
+                g: seg.g,
+                avl: seg.avl,
+                unusable: seg.unusable,
+            };
+            vmcs::write(*sel, seg.selector.into());
+            vmcs::write(*base, seg.base);
+            vmcs::write(*limit, seg.limit.into());
+            vmcs::write(*ar, segment::to_ar(&pure, which).into());
+        }
+        vmcs::write(f::GUEST_GDTR_BASE, s.gdt.base);
+        vmcs::write(f::GUEST_GDTR_LIMIT, s.gdt.limit.into());
+        vmcs::write(f::GUEST_IDTR_BASE, s.idt.base);
+        vmcs::write(f::GUEST_IDTR_LIMIT, s.idt.limit.into());
+        self.cr2 = s.cr2;
+        vmcs::write(f::GUEST_CR3, s.cr3);
+        self.set_efer(s.efer);
+        self.set_cr0(s.cr0);
+        self.set_cr4(s.cr4);
+        if s.cr8 <= 15 {
+            self.cr8 = s.cr8;
+        }
+        self.apic_base = s.apic_base;
+        self.interrupt_bitmap = s.interrupt_bitmap;
+        crate::vcpu::normalize_interrupt_bitmap(&mut self.interrupt_bitmap);
+    }
+
+    fn read_sregs(&self, s: &mut b::kvm_sregs) {
+        *s = b::kvm_sregs::default();
+        let mut out = [b::kvm_segment::default(); 8];
+        for (i, (sel, base, limit, ar)) in SEGMENTS.iter().enumerate() {
+            let seg = segment::from_ar(vmcs::read(*base), vmcs::read(*limit) as u32, vmcs::read(*sel) as u16, vmcs::read(*ar) as u32);
+            out[i] = b::kvm_segment {
+                base: seg.base,
+                limit: seg.limit,
+                selector: seg.selector,
+                type_: seg.type_,
+                present: seg.present,
+                dpl: seg.dpl,
+                db: seg.db,
+                s: seg.s,
+                l: seg.l,
+                g: seg.g,
+                avl: seg.avl,
+                unusable: seg.unusable,
+                padding: 0,
+            };
+        }
+        [s.cs, s.ds, s.es, s.fs, s.gs, s.ss, s.tr, s.ldt] = out;
+        s.gdt.base = vmcs::read(f::GUEST_GDTR_BASE);
+        s.gdt.limit = vmcs::read(f::GUEST_GDTR_LIMIT) as u16;
+        s.idt.base = vmcs::read(f::GUEST_IDTR_BASE);
+        s.idt.limit = vmcs::read(f::GUEST_IDTR_LIMIT) as u16;
+        s.cr0 = vmcs::read(f::CR0_READ_SHADOW);
+        s.cr2 = self.cr2;
+        s.cr3 = vmcs::read(f::GUEST_CR3);
+        s.cr4 = vmcs::read(f::CR4_READ_SHADOW);
+        s.cr8 = self.cr8;
+        s.efer = self.efer;
+        s.apic_base = self.apic_base;
+        s.interrupt_bitmap = self.interrupt_bitmap;
+    }
+
+    /// Advances RIP past the instruction that exited.
+    fn skip_instruction(&mut self, len: u64) {
+        let rip = vmcs::read(f::GUEST_RIP);
+        // Outside 64-bit mode RIP wraps at 32 bits.
+        let rip = if self.efer & cr::EFER_LMA != 0 { rip.wrapping_add(len) } else { (rip + len) & 0xffff_ffff };
+        vmcs::write(f::GUEST_RIP, rip);
+    }
+
+    /// Queues a hardware exception for the next entry (with error code 0 for #GP).
+    fn inject_exception(&mut self, vector: u32) {
+        let has_error = vector == GP;
+        let info = (1 << 31) | (3 << 8) | vector | if has_error { 1 << 11 } else { 0 };
+        vmcs::write(f::VM_ENTRY_INTR_INFO_FIELD, info.into());
+        vmcs::write(f::VM_ENTRY_EXCEPTION_ERROR_CODE, 0);
+    }
+
+    /// Completes the I/O exit userspace has just handled.
+    fn complete_pending(&mut self, pio: *const u8) {
+        let Some(p) = self.pending.take() else { return };
+        if let PendingIo::In { size } = p {
+            let mut data = [0u8; 8];
+            // SAFETY: `pio` is the vCPU's PIO page; `size` ≤ 4 bytes at offset 0.
+            unsafe { core::ptr::copy_nonoverlapping(pio, data.as_mut_ptr(), size as usize) };
+            let v = u64::from_le_bytes(data);
+            let rax = &mut self.regs.gpr[RAX];
+            *rax = match size {
+                1 => (*rax & !0xff) | v,
+                2 => (*rax & !0xffff) | v,
+                _ => v & 0xffff_ffff,
+            };
+        }
+        let len = vmcs::read(f::VM_EXIT_INSTRUCTION_LEN);
+        self.skip_instruction(len);
+    }
+
+    /// One guest entry and exit (steps 3–6 of the module doc). Returns the exit information,
+    /// or `None` if VMLAUNCH/VMRESUME failed (the VM-instruction error is in `fail`).
+    fn enter_once(&mut self, fail: &mut u32) -> Result<Option<ExitInfo>> {
+        // SAFETY: preemption stays disabled until the matching enable at the end.
+        unsafe { b::rkvm_preempt_disable() };
+        // SAFETY: preemption disabled; this CPU is in VMX operation; vCPU mutex held.
+        match unsafe { self.vmcs.load() } {
+            Ok(new_cpu) => {
+                if new_cpu {
+                    self.last_cpu = super::this_cpu();
+                    self.write_per_cpu_host_state();
+                }
+            }
+            Err(e) => {
+                // SAFETY: balances the disable above.
+                unsafe { b::rkvm_preempt_enable() };
+                return Err(e);
+            }
+        }
+        // Host state that changes per task or over time (upstream: vmx_prepare_switch_to_guest).
+        let sel = insn::host_selectors();
+        // SAFETY: reading this CPU's CR3/CR4 and base MSRs has no side effects.
+        unsafe {
+            vmcs::write(f::HOST_CR3, b::rkvm_read_cr3() as u64);
+            vmcs::write(f::HOST_CR4, b::rkvm_read_cr4() as u64);
+        }
+        // Host selectors must have RPL and TI clear; a user's DS/ES/FS/GS may not.
+        let host_sel = |s: u16| if s & 7 != 0 { 0 } else { s };
+        vmcs::write(f::HOST_DS_SELECTOR, host_sel(sel[2]).into());
+        vmcs::write(f::HOST_ES_SELECTOR, host_sel(sel[3]).into());
+        vmcs::write(f::HOST_FS_SELECTOR, host_sel(sel[4]).into());
+        vmcs::write(f::HOST_GS_SELECTOR, host_sel(sel[5]).into());
+        vmcs::write(f::HOST_FS_BASE, rdmsr(b::MSR_FS_BASE).unwrap_or(0));
+        vmcs::write(f::HOST_GS_BASE, rdmsr(b::MSR_GS_BASE).unwrap_or(0));
+
+        // SAFETY: the FPU section brackets the guest's use of x87/SSE registers; the user's state
+        // is saved by kernel_fpu_begin and reloaded on return to userspace. Preemption is off.
+        unsafe {
+            b::rkvm_fpu_begin();
+            insn::fxrstor(self.fpu.0.as_ptr());
+        }
+        let host_kgs = rdmsr(b::MSR_KERNEL_GS_BASE).unwrap_or(0);
+        let host_dr7 = insn::read_dr7();
+
+        // SAFETY: interrupts are re-enabled below on every path.
+        unsafe { b::rkvm_local_irq_disable() };
+        // SAFETY: interrupts are off until the entry, so no host fault observes the guest CR2;
+        // the VMCS is current with this CPU's host state; `launched` tracks VMLAUNCH.
+        let exited = unsafe {
+            insn::write_cr2(self.cr2);
+            entry::enter(&mut self.regs, self.vmcs.launched)
+        };
+        self.cr2 = insn::read_cr2();
+        let info = if exited {
+            self.vmcs.launched = true;
+            let info = ExitInfo {
+                reason: vmcs::read(f::VM_EXIT_REASON) as u32,
+                qualification: vmcs::read(f::EXIT_QUALIFICATION),
+                instr_len: vmcs::read(f::VM_EXIT_INSTRUCTION_LEN),
+                intr_info: vmcs::read(f::VM_EXIT_INTR_INFO) as u32,
+                gpa: vmcs::read(f::GUEST_PHYSICAL_ADDRESS),
+            };
+            // An NMI that arrived in the guest is the host's: run its handler now, as if it
+            // had arrived here (upstream: vmx_do_nmi_irqoff).
+            if info.reason == reason::EXCEPTION_NMI && (info.intr_info >> 8) & 7 == 2 {
+                // SAFETY: interrupts are off; vector 2 is the kernel's NMI entry.
+                unsafe { core::arch::asm!("int 2") };
+            }
+            Some(info)
+        } else {
+            *fail = vmcs::read(f::VM_INSTRUCTION_ERROR) as u32;
+            None
+        };
+        // SAFETY: restore what the VM exit reset or the guest may have changed: the TR and GDT
+        // limits, DR7 (reset to 0x400 by the exit), KERNEL_GS_BASE (guest SWAPGS).
+        unsafe {
+            b::rkvm_restore_host_descriptors();
+            if host_dr7 != 0x400 {
+                insn::write_dr7(host_dr7);
+            }
+            if rdmsr(b::MSR_KERNEL_GS_BASE) != Some(host_kgs) {
+                b::rkvm_wrmsr_safe(b::MSR_KERNEL_GS_BASE, host_kgs);
+            }
+            b::rkvm_local_irq_enable();
+            insn::fxsave(self.fpu.0.as_mut_ptr());
+            b::rkvm_fpu_end();
+            b::rkvm_preempt_enable();
+        }
+        Ok(info)
+    }
+
+    /// Handles one exit (upstream: `vmx_handle_exit` → `kvm_vmx_exit_handlers`).
+    fn handle_exit(&mut self, ctx: &mut RunContext<'_>, e: &ExitInfo) -> Result<Next> {
+        let run = ctx.run;
+        // Entry failures: invalid guest state, MSR loading, machine check during entry.
+        if e.reason & (1 << 31) != 0 {
+            // SAFETY: `run` is the vCPU's kvm_run page (plain integer fields).
+            unsafe {
+                (*run).exit_reason = b::KVM_EXIT_FAIL_ENTRY;
+                (*run).__bindgen_anon_1.fail_entry.hardware_entry_failure_reason = u64::from(e.reason & 0xffff);
+                (*run).__bindgen_anon_1.fail_entry.cpu = self.last_cpu as u32;
+            }
+            return Ok(Next::User);
+        }
+        match e.reason & 0xffff {
+            reason::EXTERNAL_INTERRUPT => Ok(Next::Resume),
+            reason::EXCEPTION_NMI if (e.intr_info >> 8) & 7 == 2 => Ok(Next::Resume),
+            reason::TRIPLE_FAULT => {
+                // SAFETY: as above.
+                unsafe { (*run).exit_reason = b::KVM_EXIT_SHUTDOWN };
+                Ok(Next::User)
+            }
+            reason::HLT => {
+                self.with_vmcs(|v| v.skip_instruction(e.instr_len))?;
+                // SAFETY: as above.
+                unsafe { (*run).exit_reason = b::KVM_EXIT_HLT };
+                Ok(Next::User)
+            }
+            reason::CPUID => {
+                self.emulate_cpuid();
+                self.with_vmcs(|v| v.skip_instruction(e.instr_len))?;
+                Ok(Next::Resume)
+            }
+            reason::MSR_READ | reason::MSR_WRITE => {
+                // No MSR is emulated yet: every guest RDMSR/WRMSR gets #GP (as upstream for an
+                // MSR it does not know).
+                self.with_vmcs(|v| v.inject_exception(GP))?;
+                Ok(Next::Resume)
+            }
+            reason::DR_ACCESS => {
+                self.with_vmcs(|v| v.skip_instruction(e.instr_len))?;
+                Ok(Next::Resume)
+            }
+            reason::CR_ACCESS => self.handle_cr(e),
+            reason::IO_INSTRUCTION => self.handle_io(ctx, e),
+            reason::EPT_VIOLATION => {
+                let write = e.qualification & 2 != 0;
+                match ctx.vm.fault_in(e.gpa >> crate::memslot::PAGE_SHIFT, write)? {
+                    Fault::Mapped => Ok(Next::Resume),
+                    Fault::Mmio => {
+                        // MMIO emulation (instruction decoding) is not implemented yet.
+                        self.internal_error(run, b::KVM_INTERNAL_ERROR_EMULATION, e);
+                        Ok(Next::User)
+                    }
+                }
+            }
+            18..=27 | 36 | 39 | 50 | 53 | 55 => {
+                // VMX instructions, MWAIT/MONITOR, INVEPT/INVVPID, XSETBV: not for this guest.
+                self.with_vmcs(|v| v.inject_exception(if e.reason == 55 { GP } else { UD }))?;
+                Ok(Next::Resume)
+            }
+            _ => {
+                self.internal_error(run, b::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON, e);
+                Ok(Next::User)
+            }
+        }
+    }
+
+    fn internal_error(&self, run: *mut b::kvm_run, suberror: u32, e: &ExitInfo) {
+        // SAFETY: `run` is the vCPU's kvm_run page; the internal struct is plain data.
+        unsafe {
+            (*run).exit_reason = b::KVM_EXIT_INTERNAL_ERROR;
+            let i = &mut (*run).__bindgen_anon_1.internal;
+            i.suberror = suberror;
+            i.ndata = 2;
+            i.data[0] = u64::from(e.reason);
+            i.data[1] = e.qualification;
+        }
+    }
+
+    fn emulate_cpuid(&mut self) {
+        let leaf = self.regs.gpr[RAX] as u32;
+        let sub = self.regs.gpr[RCX] as u32;
+        let mut r = insn::cpuid(leaf, sub);
+        if leaf == 1 {
+            r[1] = (r[1] & 0x00ff_ffff) | (self.id << 24); // initial APIC id
+            r[2] &= !(1 << 5); // no VMX for the guest
+            r[2] |= 1 << 31; // running under a hypervisor
+        }
+        for (i, reg) in [RAX, RBX, RCX, RDX].into_iter().enumerate() {
+            self.regs.gpr[reg] = u64::from(r[i]);
+        }
+    }
+
+    fn handle_cr(&mut self, e: &ExitInfo) -> Result<Next> {
+        let q = e.qualification;
+        let crn = q & 15;
+        let access = (q >> 4) & 3;
+        let gpr = ((q >> 8) & 15) as usize;
+        let lim = crate::x86::cr::Limits::ARCH;
+        self.with_vmcs(|v| {
+            let val = if gpr == RSP { vmcs::read(f::GUEST_RSP) } else { v.regs.gpr[gpr] };
+            let ok = match (access, crn) {
+                (0, 0) => v.write_cr0_checked(val, &lim),
+                (0, 4) => lim.cr4_valid(val) && { v.set_cr4(val); true },
+                (0, 8) => val <= 15 && { v.cr8 = val; true },
+                (1, 8) => {
+                    if gpr == RSP { vmcs::write(f::GUEST_RSP, v.cr8) } else { v.regs.gpr[gpr] = v.cr8 }
+                    true
+                }
+                (2, _) => {
+                    // CLTS
+                    let cr0 = vmcs::read(f::CR0_READ_SHADOW) & !8;
+                    v.set_cr0(cr0);
+                    true
+                }
+                (3, _) => {
+                    // LMSW: low four bits, PE cannot be cleared.
+                    let old = vmcs::read(f::CR0_READ_SHADOW);
+                    let src = (q >> 16) & 0xf;
+                    let cr0 = (old & !0xe) | (src & 0xf) | (old & 1);
+                    v.write_cr0_checked(cr0, &lim)
+                }
+                _ => false,
+            };
+            if ok {
+                v.skip_instruction(e.instr_len);
+            } else {
+                v.inject_exception(GP);
+            }
+        })?;
+        Ok(Next::Resume)
+    }
+
+    /// A guest MOV to CR0: validity, and entering or leaving long mode (EFER.LMA follows
+    /// EFER.LME and CR0.PG, as the CPU would do it).
+    fn write_cr0_checked(&mut self, cr0: u64, lim: &crate::x86::cr::Limits) -> bool {
+        if !lim.cr0_valid(cr0) {
+            return false;
+        }
+        let pg = cr0 & cr::CR0_PG != 0;
+        if self.efer & cr::EFER_LME != 0 {
+            let cr4 = vmcs::read(f::CR4_READ_SHADOW);
+            if pg && cr4 & cr::CR4_PAE == 0 {
+                return false;
+            }
+            let efer = if pg { self.efer | cr::EFER_LMA } else { self.efer & !cr::EFER_LMA };
+            self.set_efer(efer);
+        }
+        self.set_cr0(cr0);
+        true
+    }
+
+    fn handle_io(&mut self, ctx: &mut RunContext<'_>, e: &ExitInfo) -> Result<Next> {
+        let q = e.qualification;
+        let size = (q & 7) as u32 + 1;
+        let is_in = q & 8 != 0;
+        let string = q & 16 != 0;
+        let port = (q >> 16) as u16;
+        if string {
+            // INS/OUTS need guest linear-address translation: not implemented yet.
+            self.internal_error(ctx.run, b::KVM_INTERNAL_ERROR_EMULATION, e);
+            return Ok(Next::User);
+        }
+        if !is_in {
+            let data = self.regs.gpr[RAX].to_le_bytes();
+            // SAFETY: `pio` is the vCPU's PIO page, at least 4 bytes.
+            unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), ctx.pio, size as usize) };
+        }
+        // SAFETY: `run` is the vCPU's kvm_run page; the io struct is plain data.
+        unsafe {
+            (*ctx.run).exit_reason = b::KVM_EXIT_IO;
+            let io = &mut (*ctx.run).__bindgen_anon_1.io;
+            io.direction = if is_in { b::KVM_EXIT_IO_IN } else { b::KVM_EXIT_IO_OUT } as u8;
+            io.size = size as u8;
+            io.port = port;
+            io.count = 1;
+            io.data_offset = u64::from(b::KVM_PIO_PAGE_OFFSET) * u64::from(b::PAGE_SIZE as u32);
+        }
+        self.pending = Some(if is_in { PendingIo::In { size } } else { PendingIo::Out });
+        Ok(Next::User)
+    }
+}
+
+impl BackendVcpu for VmxVcpu {
+    fn get_regs(&mut self, regs: &mut b::kvm_regs) -> Result {
+        self.with_vmcs(|v| v.read_regs(regs))
+    }
+
+    fn set_regs(&mut self, regs: &b::kvm_regs) -> Result {
+        self.with_vmcs(|v| v.write_regs(regs))
+    }
+
+    fn get_sregs(&mut self, sregs: &mut b::kvm_sregs) -> Result {
+        self.with_vmcs(|v| v.read_sregs(sregs))
+    }
+
+    fn set_sregs(&mut self, sregs: &b::kvm_sregs) -> Result {
+        self.with_vmcs(|v| v.write_sregs(sregs))
+    }
+
+    fn run(&mut self, ctx: &mut RunContext<'_>) -> Result {
+        let pio = ctx.pio;
+        self.with_vmcs(|v| v.complete_pending(pio))?;
+        loop {
+            // SAFETY: querying the current task's state.
+            if unsafe { b::rkvm_signal_pending() } {
+                // SAFETY: `run` is the vCPU's kvm_run page.
+                unsafe { (*ctx.run).exit_reason = b::KVM_EXIT_INTR };
+                return Err(EINTR);
+            }
+            // SAFETY: may sleep; we hold no spinlock and preemption is enabled here.
+            unsafe {
+                if b::rkvm_need_resched() {
+                    b::rkvm_cond_resched();
+                }
+            }
+            let mut fail = 0;
+            match self.enter_once(&mut fail)? {
+                Some(info) => {
+                    if let Next::User = self.handle_exit(ctx, &info)? {
+                        return Ok(());
+                    }
+                }
+                None => {
+                    // SAFETY: `run` is the vCPU's kvm_run page.
+                    unsafe {
+                        (*ctx.run).exit_reason = b::KVM_EXIT_FAIL_ENTRY;
+                        (*ctx.run).__bindgen_anon_1.fail_entry.hardware_entry_failure_reason = u64::from(fail);
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
