@@ -13,7 +13,7 @@
 //!
 //! The backend (the `kvm_x86_ops` analogue, chosen with `backend=`) sits behind the vm/vcpu code.
 //! Module parameters are declared in `ffi/helpers.c` (6.12's `module!` has none):
-//! `backend=none` and `devname=rkvm|kvm`.
+//! `backend=vmx|none` and `devname=rkvm|kvm`.
 
 use kernel::prelude::*;
 

@@ -12,9 +12,9 @@
 
 #include "helpers.h"
 
-static char *backend = "none";
+static char *backend = "vmx";
 module_param(backend, charp, 0444);
-MODULE_PARM_DESC(backend, "Backend behind the vm/vcpu code: none (never enters a guest)");
+MODULE_PARM_DESC(backend, "What runs guests: vmx (Intel VT-x, default) or none (every ioctl but KVM_RUN)");
 
 static char *devname = "rkvm";
 module_param(devname, charp, 0444);

@@ -7,8 +7,13 @@
 pub mod memslot;
 #[path = "../../x86/mod.rs"]
 pub mod x86;
+/// The pure part of the VMX backend.
+#[path = "../../vmx/config.rs"]
+pub mod vmx_config;
 
 #[cfg(test)]
 mod memslot_tests;
+#[cfg(test)]
+mod vmx_config_tests;
 #[cfg(test)]
 mod x86_tests;
