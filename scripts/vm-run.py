@@ -1,0 +1,309 @@
+#!/usr/bin/env python3
+"""Boot the cached rkvm test kernel in an emulator, load rkvm, run a command, report.
+
+    scripts/vm-run.py --emulator qemu|bochs|vmx --cpus N --run 'command' [--extra FILE ...]
+                      [--modargs 'backend=none'] [--no-load] [--timeout S] [--kernel-dir DIR]
+
+(also `make vm-run EMULATOR=... CPUS=... RUN='...' EXTRA='...' MODARGS='...'`)
+
+The initramfs holds busybox, /lib/modules/rkvm.ko (and upstream kvm.ko, kvm-intel.ko and
+kvm-amd.ko for side-by-side runs), the userspace binaries in /bin, the selftests in /selftests
+and the EXTRA files in /extra (on PATH). /init loads rkvm with MODARGS unless --no-load, runs RUN
+with `sh -c`, and prints an end marker with RUN's exit status; the runner streams the console,
+stops the emulator at the marker and exits with that status.
+
+It fails (exit 124/125) on a timeout, on the emulator dying without the marker, and on any kernel
+splat printed after the kernel handed over to /init: WARNING:, BUG:, Oops, KASAN, lockdep reports,
+general protection faults, panics. (Bochs' CPU models make the kernel WARN twice during early
+boot, about legacy topology and the XSAVE size; those come before /init and are not ours.)
+
+Emulators: `qemu` (TCG; no VMX, so only backend=none makes sense there), `bochs` (emulated VMX
+with EPT, model corei7_skylake_x), `vmx` = the fastest VMX-capable choice: QEMU with
+`-accel kvm -cpu host` when this host's /dev/kvm works and the CPU has VMX, else Bochs.
+"""
+
+import argparse
+import fcntl
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MARKER = "@@RKVM-VM-RUN-EXIT@@"
+START = "@@RKVM-VM-RUN-START@@"
+SPLAT = re.compile(
+    r"WARNING:|BUG:|Oops|KASAN|possible recursive locking|possible circular locking|"
+    r"inconsistent lock state|lockdep|general protection|Kernel panic|kernel BUG|UBSAN|"
+    r"unreferenced object|segfault at .* in rkvm"
+)
+
+INIT = r"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+mount -t tmpfs tmp /tmp
+export PATH=/extra:/bin:/selftests HOME=/tmp
+. /etc/vm-run.env
+echo "@@RKVM-VM-RUN-START@@ $(uname -r) cpus=$(nproc)"
+status=0
+if [ "$LOAD" = 1 ]; then
+    insmod /lib/modules/rkvm.ko $MODARGS || { echo "vm-run: insmod rkvm.ko $MODARGS failed"; dmesg | tail -5; status=99; }
+fi
+if [ $status = 0 ]; then
+    sh /etc/vm-run.cmd
+    status=$?
+fi
+# Let the serial port drain before the marker and the power-off.
+sleep 1
+echo "@@RKVM-VM-RUN-EXIT@@ $status"
+sleep 1
+poweroff -f
+"""
+
+
+def log(msg):
+    print(f"vm-run: {msg}", file=sys.stderr, flush=True)
+
+
+def kernel_dir(args):
+    if args.kernel_dir:
+        return args.kernel_dir
+    out = subprocess.run([os.path.join(TOP, "scripts/kernel.sh")], check=True,
+                         stdout=subprocess.PIPE, text=True).stdout.strip()
+    return out.splitlines()[-1]
+
+
+def host_kvm_usable():
+    """Whether this host can run QEMU with -accel kvm for VMX guests (nested VMX)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            if " vmx" not in f.read():
+                return False
+        fd = os.open("/dev/kvm", os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        KVM_CREATE_VM = 0xAE01
+        vm = fcntl.ioctl(fd, KVM_CREATE_VM, 0)
+        os.close(vm)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def build_initramfs(work, kdir, args):
+    root = os.path.join(work, "root")
+    for d in ["bin", "dev", "proc", "sys", "tmp", "etc", "lib/modules", "selftests", "extra"]:
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    shutil.copy("/bin/busybox", os.path.join(root, "bin/busybox"))
+    ko = os.path.join(TOP, "rkvm.ko")
+    if os.path.exists(ko):
+        shutil.copy(ko, os.path.join(root, "lib/modules"))
+    elif not args.no_load:
+        sys.exit("vm-run: rkvm.ko is not built (make module)")
+    for m in ["kvm.ko", "kvm-intel.ko", "kvm-amd.ko"]:
+        p = os.path.join(kdir, "linux/arch/x86/kvm", m)
+        if os.path.exists(p):
+            shutil.copy(p, os.path.join(root, "lib/modules"))
+    rel = os.path.join(TOP, "userspace/target/release")
+    for b in ["rkvm-run", "rkvm-demo", "rkvm-kvmtest"]:
+        if os.path.exists(os.path.join(rel, b)):
+            shutil.copy(os.path.join(rel, b), os.path.join(root, "bin"))
+    st = os.path.join(TOP, "selftests/build")
+    if os.path.isdir(st):
+        for f in os.listdir(st):
+            shutil.copy(os.path.join(st, f), os.path.join(root, "selftests"))
+    for e in args.extra:
+        if not os.path.exists(e):
+            sys.exit(f"vm-run: EXTRA file {e} does not exist")
+        shutil.copy(e, os.path.join(root, "extra"))
+    with open(os.path.join(root, "init"), "w") as f:
+        f.write(INIT)
+    os.chmod(os.path.join(root, "init"), 0o755)
+    with open(os.path.join(root, "etc/vm-run.env"), "w") as f:
+        f.write(f"LOAD={0 if args.no_load else 1}\nMODARGS={shlex.quote(args.modargs)}\n")
+    with open(os.path.join(root, "etc/vm-run.cmd"), "w") as f:
+        f.write(args.run + "\n")
+    img = os.path.join(work, "initramfs.cpio.gz")
+    subprocess.run(f"cd {shlex.quote(root)} && find . | cpio -o -H newc --quiet | gzip -1 > {shlex.quote(img)}",
+                   shell=True, check=True)
+    return img
+
+
+CMDLINE = "console=ttyS0 panic=-1 loglevel=4 printk.time=1"
+
+
+def qemu_cmd(kdir, img, args, kvm):
+    cmd = ["qemu-system-x86_64", "-m", "1G", "-smp", str(args.cpus), "-nographic", "-no-reboot",
+           "-kernel", os.path.join(kdir, "bzImage"), "-initrd", img, "-append", CMDLINE]
+    if kvm:
+        cmd += ["-accel", "kvm", "-cpu", "host"]
+    else:
+        cmd += ["-accel", "tcg", "-cpu", "max"]
+    return cmd, None
+
+
+def bochs_cmd(kdir, img, args, work):
+    iso = os.path.join(work, "iso")
+    os.makedirs(os.path.join(iso, "isolinux"))
+    shutil.copy("/usr/lib/ISOLINUX/isolinux.bin", os.path.join(iso, "isolinux"))
+    shutil.copy("/usr/lib/syslinux/modules/bios/ldlinux.c32", os.path.join(iso, "isolinux"))
+    shutil.copy(os.path.join(kdir, "bzImage"), os.path.join(iso, "vmlinuz"))
+    shutil.copy(img, os.path.join(iso, "initrd.gz"))
+    with open(os.path.join(iso, "isolinux/isolinux.cfg"), "w") as f:
+        f.write(f"default linux\nprompt 0\nlabel linux\n  kernel /vmlinuz\n"
+                f"  append initrd=/initrd.gz {CMDLINE}\n")
+    isofile = os.path.join(work, "boot.iso")
+    subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-o", isofile, "-b", "isolinux/isolinux.bin",
+                    "-c", "isolinux/boot.cat", "-no-emul-boot", "-boot-load-size", "4",
+                    "-boot-info-table", iso], check=True, stderr=subprocess.DEVNULL)
+    serial = os.path.join(work, "serial.out")
+    rc = os.path.join(work, "bochsrc")
+    with open(rc, "w") as f:
+        f.write(f"""megs: 512
+cpu: model=corei7_skylake_x, count={args.cpus}, ips=50000000
+romimage: file=/usr/share/bochs/BIOS-bochs-latest
+vgaromimage: file=/usr/share/bochs/VGABIOS-lgpl-latest
+ata0-master: type=cdrom, path={isofile}, status=inserted
+boot: cdrom
+com1: enabled=1, mode=file, dev={serial}
+display_library: rfb, options="timeout=0"
+sound: driver=dummy
+log: {os.path.join(work, 'bochs.log')}
+clock: sync=none
+""")
+    cont = os.path.join(work, "cont")
+    with open(cont, "w") as f:
+        f.write("c\n")
+    return ["bochs", "-q", "-f", rc, "-rc", cont], serial
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--emulator", default="qemu", choices=["qemu", "bochs", "vmx"])
+    ap.add_argument("--cpus", type=int, default=1)
+    ap.add_argument("--run", default="true")
+    ap.add_argument("--extra", nargs="*", default=[])
+    ap.add_argument("--modargs", default="")
+    ap.add_argument("--no-load", action="store_true")
+    ap.add_argument("--timeout", type=int, default=0, help="seconds (default 300 qemu, 900 bochs)")
+    ap.add_argument("--kernel-dir")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = ap.parse_args()
+    args.extra = [e for x in args.extra for e in x.split()]
+
+    kdir = kernel_dir(args)
+    emulator = args.emulator
+    kvm = False
+    if emulator == "vmx":
+        kvm = host_kvm_usable()
+        emulator = "qemu" if kvm else "bochs"
+        log(f"VMX guests run in {'QEMU -accel kvm -cpu host (nested VMX)' if kvm else 'Bochs (emulated VMX + EPT)'}")
+    timeout = args.timeout or (300 if emulator == "qemu" else 900)
+
+    work = tempfile.mkdtemp(prefix="rkvm-vm-")
+    t0 = time.time()
+    try:
+        img = build_initramfs(work, kdir, args)
+        if emulator == "qemu":
+            cmd, serial = qemu_cmd(kdir, img, args, kvm)
+        else:
+            cmd, serial = bochs_cmd(kdir, img, args, work)
+        status = run(cmd, serial, timeout)
+    finally:
+        if args.keep:
+            log(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    log(f"{emulator} ({args.cpus} CPU{'s' if args.cpus > 1 else ''}) boot+run took {time.time() - t0:.1f} s")
+    sys.exit(status)
+
+
+def run(cmd, serial, timeout):
+    """Runs the emulator; streams its console; returns RUN's status or a failure code."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE if serial is None else subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT if serial is None else subprocess.DEVNULL)
+    lines = []
+    done = threading.Event()
+
+    def reader():
+        if serial is None:
+            buf = b""
+            for chunk in iter(lambda: proc.stdout.read1(4096), b""):
+                buf += chunk
+                *complete, buf = buf.split(b"\n")
+                for l in complete:
+                    lines.append(l.decode(errors="replace").rstrip("\r"))
+            if buf:
+                lines.append(buf.decode(errors="replace"))
+        else:
+            pos, buf = 0, b""
+            while not done.is_set():
+                try:
+                    with open(serial, "rb") as f:
+                        f.seek(pos)
+                        data = f.read()
+                        pos += len(data)
+                except FileNotFoundError:
+                    data = b""
+                buf += data
+                *complete, buf = buf.split(b"\n")
+                for l in complete:
+                    lines.append(l.decode(errors="replace").rstrip("\r"))
+                if not data:
+                    if proc.poll() is not None:
+                        break
+                    time.sleep(0.2)
+        done.set()
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    deadline = time.time() + timeout
+    shown, started, status, splats = 0, False, None, []
+    while True:
+        while shown < len(lines):
+            l = lines[shown]
+            shown += 1
+            print(l, flush=True)
+            if START in l:
+                started = True
+            elif l.startswith(MARKER):
+                status = int(l.split()[1])
+            elif started and SPLAT.search(l):
+                splats.append(l)
+        if status is not None:
+            break
+        if done.is_set() and shown >= len(lines):
+            break
+        if time.time() > deadline:
+            break
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    done.set()
+    if status is None:
+        if time.time() > deadline:
+            log(f"FAIL: timeout after {timeout} s without the end marker")
+        else:
+            log("FAIL: the emulator stopped without the end marker")
+        return 124
+    if splats:
+        log("FAIL: kernel splat on the console:")
+        for s in splats:
+            log(f"  {s}")
+        return 125
+    return status
+
+
+if __name__ == "__main__":
+    main()
