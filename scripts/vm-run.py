@@ -6,8 +6,8 @@
 
 (also `make vm-run EMULATOR=... CPUS=... RUN='...' EXTRA='...' MODARGS='...'`)
 
-The initramfs holds busybox, /lib/modules/rkvm.ko (and upstream kvm.ko, kvm-intel.ko and
-kvm-amd.ko for side-by-side runs), the userspace binaries in /bin, the selftests in /selftests
+The initramfs holds busybox, /lib/modules/rkvm.ko (and upstream irqbypass.ko, kvm.ko,
+kvm-intel.ko and kvm-amd.ko for side-by-side runs), the userspace binaries in /bin, the selftests in /selftests
 and the EXTRA files in /extra (on PATH). /init loads rkvm with MODARGS unless --no-load, runs RUN
 with `sh -c`, and prints an end marker with RUN's exit status; the runner streams the console,
 stops the emulator at the marker and exits with that status.
@@ -110,8 +110,9 @@ def build_initramfs(work, kdir, args):
         shutil.copy(ko, os.path.join(root, "lib/modules"))
     elif not args.no_load:
         sys.exit("vm-run: rkvm.ko is not built (make module)")
-    for m in ["kvm.ko", "kvm-intel.ko", "kvm-amd.ko"]:
-        p = os.path.join(kdir, "linux/arch/x86/kvm", m)
+    for m in ["arch/x86/kvm/kvm.ko", "arch/x86/kvm/kvm-intel.ko", "arch/x86/kvm/kvm-amd.ko",
+              "virt/lib/irqbypass.ko"]:
+        p = os.path.join(kdir, "linux", m)
         if os.path.exists(p):
             shutil.copy(p, os.path.join(root, "lib/modules"))
     rel = os.path.join(TOP, "userspace/target/release")

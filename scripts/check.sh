@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# `make check`: every test of rkvm, ending with the line "N passed, N failed[, N skipped]".
+#
+#   host   cargo test: the module's pure files (rust/tests), the userspace workspace
+#   qemu   QEMU TCG, 2 CPUs, backend=none: the selftests (whole ioctl surface, lifetimes,
+#          drop-in mode); and the refusal to load without VMX unless backend=none
+#   bochs  Bochs (emulated VMX + EPT), backend=vmx, 1 and 2 CPUs: the selftests against the VMX
+#          backend, the demo guest (must print 4 and KVM_EXIT_HLT)
+#
+# Every KTAP "ok"/"not ok" line and every cargo test counts; each VM run also counts as one test
+# of its own (it must boot, run and exit with the expected status, with no kernel splat).
+# Logs: build/check/. CHECK_ONLY=host|qemu|bochs runs one stage.
+set -uo pipefail
+. "$(dirname "$0")/env.sh"
+cd "$RKVM_TOP"
+logs=$RKVM_TOP/build/check
+rm -rf "$logs"; mkdir -p "$logs"
+pass=0 fail=0 skip=0
+start=$(date +%s)
+
+stage() { [ -z "${CHECK_ONLY:-}" ] || [ "$CHECK_ONLY" = "$1" ]; }
+
+count_cargo() {
+  local p f
+  p=$(grep -E '^test result:' "$1" | awk '{s+=$4} END {print s+0}')
+  f=$(grep -E '^test result:' "$1" | awk '{s+=$6} END {print s+0}')
+  if ! grep -q '^test result:' "$1"; then f=1; tail -20 "$1" >&2; fi
+  pass=$((pass + p)); fail=$((fail + f))
+  say "  $2: $p passed, $f failed"
+}
+
+count_ktap() {
+  local p f s
+  p=$(tr -d '\r' < "$1" | grep -cE '^ok [0-9]+ ')
+  s=$(tr -d '\r' < "$1" | grep -cE '^ok [0-9]+ .*# SKIP')
+  f=$(tr -d '\r' < "$1" | grep -cE '^not ok ')
+  p=$((p - s))
+  pass=$((pass + p)); fail=$((fail + f)); skip=$((skip + s))
+  say "  $2: $p passed, $f failed, $s skipped"
+  tr -d '\r' < "$1" | grep -E '^not ok ' | sed 's/^/    FAIL: /' >&2 || true
+}
+
+# vm_case NAME WANTED_STATUS vm-run-args...: one VM run, itself one test.
+vm_case() {
+  local name=$1 want=$2; shift 2
+  local log=$logs/$name.log rc t0=$(date +%s)
+  say "vm: $name"
+  python3 scripts/vm-run.py "$@" > "$log" 2>&1; rc=$?
+  if [ "$rc" = "$want" ]; then
+    pass=$((pass + 1)); say "  ok - $name ($(( $(date +%s) - t0 )) s)"
+  else
+    fail=$((fail + 1)); say "  FAIL - $name: exit $rc, wanted $want (log: $log)"
+    tail -25 "$log" | sed 's/^/    | /' >&2
+  fi
+}
+
+if stage host; then
+  say "host: cargo test"
+  (cd rust/tests && cargo test 2>&1) > "$logs/host-pure.log"; count_cargo "$logs/host-pure.log" "module pure files"
+  (cd userspace && cargo test --release 2>&1) > "$logs/host-userspace.log"; count_cargo "$logs/host-userspace.log" "userspace"
+fi
+
+if stage qemu; then
+  vm_case qemu-selftests 0 --emulator qemu --cpus 2 --modargs backend=none --run \
+    'test "$(nproc)" = 2 || echo "not ok - expected 2 CPUs, got $(nproc)"; /selftests/run_tests'
+  count_ktap "$logs/qemu-selftests.log" "selftests (QEMU, backend=none, 2 CPUs)"
+  # Without VMX, the default backend refuses to load, with one clear line; backend=none loads.
+  vm_case qemu-no-vmx-refusal 0 --emulator qemu --no-load --run \
+    'insmod /lib/modules/rkvm.ko 2>/dev/null && exit 1; dmesg | grep -q "rkvm: no VMX on this CPU" || exit 2; insmod /lib/modules/rkvm.ko backend=none && test -c /dev/rkvm'
+fi
+
+if stage bochs; then
+  for n in 1 2; do
+    vm_case "bochs-vmx-${n}cpu" 0 --emulator vmx --cpus "$n" --modargs backend=vmx --run \
+      "test \"\$(nproc)\" = $n || echo 'not ok - expected $n CPUs'; rkvm-demo > /tmp/demo.out 2>&1; cat /tmp/demo.out; \
+       if [ \"\$(cat /tmp/demo.out)\" = \"\$(printf '4\nKVM_EXIT_HLT')\" ]; then echo 'ok 1 - demo guest prints 4 and KVM_EXIT_HLT'; else echo 'not ok 1 - demo guest'; fi; \
+       /selftests/run_tests"
+    count_ktap "$logs/bochs-vmx-${n}cpu.log" "demo + selftests (Bochs, backend=vmx, $n CPU)"
+  done
+fi
+
+say "check took $(( $(date +%s) - start ))s; logs in $logs"
+line="$pass passed, $fail failed"
+[ "$skip" -gt 0 ] && line="$line, $skip skipped"
+echo "$line"
+[ "$fail" = 0 ]

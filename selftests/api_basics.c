@@ -1,0 +1,248 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The device and VM fds: API version, KVM_CHECK_EXTENSION (every answer, on both fds, and
+ * behaviourally where a cap promises something), KVM_CREATE_VM, KVM_GET_VCPU_MMAP_SIZE,
+ * KVM_CREATE_VCPU and its limits, unknown ioctls on each kind of fd, and ioctls from another
+ * address space.
+ *
+ * Upstream references: kvm_dev_ioctl, kvm_vm_ioctl_check_extension_generic,
+ * kvm_vm_ioctl_create_vcpu (virt/kvm/kvm_main.c), kvm_arch_dev_ioctl, kvm_arch_vm_ioctl,
+ * kvm_arch_vcpu_ioctl (arch/x86/kvm/x86.c: unknown → EINVAL / ENOTTY / EINVAL).
+ */
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include "rkvm_util.h"
+
+TEST(api_version)
+{
+	int kvm = open_dev();
+
+	CHECK(kvm >= 0);
+	CHECK(ioctl(kvm, KVM_GET_API_VERSION, 0) == 12);
+	CHECK_ERRNO(ioctl(kvm, KVM_GET_API_VERSION, 1), EINVAL);
+	close(kvm);
+}
+
+TEST(create_vm_types)
+{
+	int kvm = open_dev(), vm;
+	char link[64], target[64] = "";
+
+	vm = create_vm(kvm);
+	CHECK(vm >= 0);
+	CHECK(fcntl(vm, F_GETFD) & FD_CLOEXEC);
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", vm);
+	CHECK(readlink(link, target, sizeof(target) - 1) > 0);
+	CHECK(strcmp(target, "anon_inode:kvm-vm") == 0);
+	CHECK_ERRNO(ioctl(kvm, KVM_CREATE_VM, 1), EINVAL);
+	CHECK_ERRNO(ioctl(kvm, KVM_CREATE_VM, 0xff), EINVAL);
+	CHECK_ERRNO(ioctl(kvm, KVM_CREATE_VM, ~0UL), EINVAL);
+	close(vm);
+	close(kvm);
+}
+
+TEST(vcpu_mmap_size)
+{
+	int kvm = open_dev();
+	long sz = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
+
+	CHECK(sz >= (long)sizeof(struct kvm_run));
+	CHECK(sz % page_size() == 0);
+	if (!upstream())
+		CHECK(sz == 2 * page_size()); /* kvm_run + PIO page; no coalesced MMIO ring yet */
+	CHECK_ERRNO(ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 1), EINVAL);
+	close(kvm);
+}
+
+/* The caps rkvm reports, with their answers (-1: checked separately). */
+static const struct { int cap; long want; } caps[] = {
+	{ KVM_CAP_USER_MEMORY, 1 },
+	{ KVM_CAP_DESTROY_MEMORY_REGION_WORKS, 1 },
+	{ KVM_CAP_READONLY_MEM, 1 },
+	{ KVM_CAP_SET_TSS_ADDR, 1 },
+	{ KVM_CAP_SET_IDENTITY_MAP_ADDR, 1 },
+	{ KVM_CAP_IMMEDIATE_EXIT, 1 },
+	{ KVM_CAP_CHECK_EXTENSION_VM, 1 },
+	{ KVM_CAP_NR_VCPUS, -1 },
+	{ KVM_CAP_MAX_VCPUS, 64 },
+	{ KVM_CAP_MAX_VCPU_ID, 1024 },
+	{ KVM_CAP_NR_MEMSLOTS, 32764 },
+	{ KVM_CAP_VM_TYPES, 1 },
+};
+
+static long want_for(int cap)
+{
+	for (unsigned int i = 0; i < sizeof(caps) / sizeof(caps[0]); i++)
+		if (caps[i].cap == cap)
+			return caps[i].want;
+	return 0;
+}
+
+TEST(check_extension_table)
+{
+	int kvm = open_dev(), vm = create_vm(kvm);
+	long ncpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+	if (upstream())
+		SKIP("rkvm-specific answers");
+	for (int cap = 0; cap < 300; cap++) {
+		long want = want_for(cap);
+		long got = ioctl(kvm, KVM_CHECK_EXTENSION, cap);
+		long got_vm = ioctl(vm, KVM_CHECK_EXTENSION, cap);
+
+		if (cap == KVM_CAP_NR_VCPUS)
+			want = ncpus < 64 ? ncpus : 64;
+		if (got != want || got_vm != want) {
+			printf("# cap %d: dev fd %ld, vm fd %ld, wanted %ld\n", cap, got, got_vm, want);
+			ktap_failed_case = 1;
+		}
+	}
+	/* Out-of-range and negative cap numbers are simply unknown. */
+	CHECK(ioctl(kvm, KVM_CHECK_EXTENSION, -1L) == 0);
+	CHECK(ioctl(kvm, KVM_CHECK_EXTENSION, 1UL << 40) == 0);
+	close(vm);
+	close(kvm);
+}
+
+TEST(vcpu_ids_and_limits)
+{
+	int kvm = open_dev(), vm = create_vm(kvm);
+	long max_vcpus = ioctl(kvm, KVM_CHECK_EXTENSION, KVM_CAP_MAX_VCPUS);
+	long max_id = ioctl(kvm, KVM_CHECK_EXTENSION, KVM_CAP_MAX_VCPU_ID);
+	int fds[1024], n = 0, fd;
+	char link[64], target[64] = "";
+
+	CHECK(max_vcpus > 0 && max_vcpus <= 1024 && max_id >= max_vcpus);
+	CHECK_ERRNO(ioctl(vm, KVM_CREATE_VCPU, max_id), EINVAL);
+	CHECK_ERRNO(ioctl(vm, KVM_CREATE_VCPU, 1UL << 32), EINVAL);
+	fd = ioctl(vm, KVM_CREATE_VCPU, max_id - 1);
+	CHECK(fd >= 0);
+	fds[n++] = fd;
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+	CHECK(readlink(link, target, sizeof(target) - 1) > 0);
+	snprintf(link, sizeof(link), "anon_inode:kvm-vcpu:%ld", max_id - 1);
+	CHECK(strcmp(target, link) == 0);
+	CHECK_ERRNO(ioctl(vm, KVM_CREATE_VCPU, max_id - 1), EEXIST);
+	for (long id = 0; n < max_vcpus; id++) {
+		fd = ioctl(vm, KVM_CREATE_VCPU, id);
+		CHECK(fd >= 0);
+		if (fd < 0)
+			break;
+		fds[n++] = fd;
+	}
+	/* The VM is full: one more is EINVAL, even for a duplicate id (limit checked first). */
+	CHECK_ERRNO(ioctl(vm, KVM_CREATE_VCPU, max_vcpus + 1), EINVAL);
+	CHECK_ERRNO(ioctl(vm, KVM_CREATE_VCPU, 0), EINVAL);
+	/* Closing a vCPU fd does not free its id: the vCPU lives as long as the VM. */
+	close(fds[1]);
+	fds[1] = -1;
+	CHECK_ERRNO(ioctl(vm, KVM_CREATE_VCPU, 0), EINVAL);
+	for (int i = 0; i < n; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	close(vm);
+	/* A fresh VM starts with no vCPUs. */
+	vm = create_vm(kvm);
+	fd = ioctl(vm, KVM_CREATE_VCPU, 0);
+	CHECK(fd >= 0);
+	close(fd);
+	close(vm);
+	close(kvm);
+}
+
+TEST(unknown_ioctls)
+{
+	int kvm = open_dev(), vm = create_vm(kvm), vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
+
+	CHECK(vcpu >= 0);
+	/* 0xff is no KVM ioctl number in any direction. */
+	CHECK_ERRNO(ioctl(kvm, _IO(KVMIO, 0xff), 0), EINVAL);
+	CHECK_ERRNO(ioctl(vm, _IO(KVMIO, 0xff), 0), ENOTTY);
+	CHECK_ERRNO(ioctl(vcpu, _IO(KVMIO, 0xff), 0), EINVAL);
+	/* vCPU ioctls on the VM fd and VM ioctls on the vCPU fd. */
+	CHECK_ERRNO(ioctl(vm, KVM_RUN, 0), ENOTTY);
+	CHECK_ERRNO(ioctl(vcpu, KVM_CREATE_VCPU, 1), EINVAL);
+	/* A foreign ioctl type on the vCPU fd. */
+	CHECK_ERRNO(ioctl(vcpu, _IO('T', 1), 0), EINVAL);
+	/* Device ioctls on the VM fd that it does not take. */
+	CHECK_ERRNO(ioctl(vm, KVM_CREATE_VM, 0), ENOTTY);
+	close(vcpu);
+	close(vm);
+	close(kvm);
+}
+
+TEST(other_address_space_gets_eio)
+{
+	int kvm = open_dev(), vm = create_vm(kvm), vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
+	struct kvm_regs regs;
+	int status = 0;
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		int bad = 0;
+
+		errno = 0;
+		if (ioctl(vm, KVM_CREATE_VCPU, 1) != -1 || errno != EIO)
+			bad |= 1;
+		errno = 0;
+		if (ioctl(vcpu, KVM_GET_REGS, &regs) != -1 || errno != EIO)
+			bad |= 2;
+		/* The device fd has no owner: it works from anywhere. */
+		if (ioctl(kvm, KVM_GET_API_VERSION, 0) != 12)
+			bad |= 4;
+		_exit(bad);
+	}
+	CHECK(pid > 0);
+	CHECK(waitpid(pid, &status, 0) == pid);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	if (WEXITSTATUS(status))
+		ktap_diag("child failures mask %d", WEXITSTATUS(status));
+	/* The parent still can. */
+	CHECK(ioctl(vcpu, KVM_GET_REGS, &regs) == 0);
+	close(vcpu);
+	close(vm);
+	close(kvm);
+}
+
+TEST(tss_and_identity_map_addr)
+{
+	int kvm = open_dev(), vm = create_vm(kvm), vcpu;
+	__u64 addr = 0xfffbc000;
+
+	CHECK(ioctl(vm, KVM_SET_TSS_ADDR, 0xfffbd000UL) == 0);
+	CHECK(ioctl(vm, KVM_SET_TSS_ADDR, 0xfffff000UL - 2 * 0x1000) == 0);
+	CHECK_ERRNO(ioctl(vm, KVM_SET_TSS_ADDR, 0xfffff000UL - 2 * 0x1000 + 1), EINVAL);
+	CHECK_ERRNO(ioctl(vm, KVM_SET_TSS_ADDR, 1UL << 32), EINVAL);
+	CHECK_ERRNO(ioctl(vm, KVM_SET_IDENTITY_MAP_ADDR, NULL), EFAULT);
+	CHECK(ioctl(vm, KVM_SET_IDENTITY_MAP_ADDR, &addr) == 0);
+	vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
+	CHECK(vcpu >= 0);
+	/* Only before the first vCPU. */
+	CHECK_ERRNO(ioctl(vm, KVM_SET_IDENTITY_MAP_ADDR, &addr), EINVAL);
+	close(vcpu);
+	close(vm);
+	close(kvm);
+}
+
+TEST(device_node_mode)
+{
+	struct stat st;
+
+	if (upstream())
+		SKIP("rkvm-specific node");
+	CHECK(stat(dev_path(), &st) == 0);
+	CHECK(S_ISCHR(st.st_mode));
+	CHECK((st.st_mode & 0777) == 0600);
+	CHECK(st.st_uid == 0);
+}
+
+KTAP_MAIN("rkvm api_basics",
+	CASE(api_version),
+	CASE(create_vm_types),
+	CASE(vcpu_mmap_size),
+	CASE(check_extension_table),
+	CASE(vcpu_ids_and_limits),
+	CASE(unknown_ioctls),
+	CASE(other_address_space_gets_eio),
+	CASE(tss_and_identity_map_addr),
+	CASE(device_node_mode))

@@ -1,0 +1,277 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The vCPU fd without entering a guest: RESET state of KVM_GET_REGS/KVM_GET_SREGS, round trips,
+ * KVM_SET_SREGS validation, the kvm_run mmap rules, and the KVM_RUN checks made before entry.
+ *
+ * Upstream references: kvm_vcpu_reset and vmx_vcpu_reset (RESET values), __set_sregs_common and
+ * kvm_is_valid_sregs (arch/x86/kvm), kvm_vcpu_mmap / kvm_vcpu_fault (virt/kvm/kvm_main.c),
+ * kvm_arch_vcpu_ioctl_run (the checks before vcpu_run).
+ */
+#include <signal.h>
+#include <setjmp.h>
+#include "rkvm_util.h"
+
+static int kvm, vm, vcpu;
+
+static void fresh(void)
+{
+	if (vcpu > 0)
+		close(vcpu);
+	if (vm > 0)
+		close(vm);
+	if (kvm <= 0)
+		kvm = open_dev();
+	vm = create_vm(kvm);
+	vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
+}
+
+static int seg_is(const struct kvm_segment *s, __u64 base, __u32 limit, __u16 sel, __u8 type,
+		  __u8 sflag)
+{
+	return s->base == base && s->limit == limit && s->selector == sel && s->type == type &&
+	       s->s == sflag && s->present == 1 && s->dpl == 0 && s->db == 0 && s->l == 0 &&
+	       s->g == 0 && s->avl == 0 && s->unusable == 0;
+}
+
+TEST(reset_regs)
+{
+	struct kvm_regs r;
+
+	fresh();
+	CHECK(ioctl(vcpu, KVM_GET_REGS, &r) == 0);
+	CHECK(r.rip == 0xfff0 && r.rflags == 0x2 && r.rdx == 0x600);
+	CHECK(!r.rax && !r.rbx && !r.rcx && !r.rsi && !r.rdi && !r.rsp && !r.rbp);
+	CHECK(!r.r8 && !r.r9 && !r.r10 && !r.r11 && !r.r12 && !r.r13 && !r.r14 && !r.r15);
+	CHECK_ERRNO(ioctl(vcpu, KVM_GET_REGS, NULL), EFAULT);
+	CHECK_ERRNO(ioctl(vcpu, KVM_SET_REGS, NULL), EFAULT);
+}
+
+TEST(reset_sregs)
+{
+	struct kvm_sregs s;
+
+	fresh();
+	CHECK(ioctl(vcpu, KVM_GET_SREGS, &s) == 0);
+	CHECK(seg_is(&s.cs, 0xffff0000, 0xffff, 0xf000, 0xb, 1));
+	CHECK(seg_is(&s.ds, 0, 0xffff, 0, 3, 1) && seg_is(&s.es, 0, 0xffff, 0, 3, 1));
+	CHECK(seg_is(&s.fs, 0, 0xffff, 0, 3, 1) && seg_is(&s.gs, 0, 0xffff, 0, 3, 1));
+	CHECK(seg_is(&s.ss, 0, 0xffff, 0, 3, 1));
+	CHECK(seg_is(&s.tr, 0, 0xffff, 0, 0xb, 0));
+	CHECK(seg_is(&s.ldt, 0, 0xffff, 0, 2, 0));
+	CHECK(s.gdt.base == 0 && s.gdt.limit == 0xffff && s.idt.base == 0 && s.idt.limit == 0xffff);
+	CHECK(s.cr0 == 0x60000010 && !s.cr2 && !s.cr3 && !s.cr4 && !s.cr8 && !s.efer);
+	CHECK(s.apic_base == 0);
+	for (int i = 0; i < 4; i++)
+		CHECK(s.interrupt_bitmap[i] == 0);
+	CHECK_ERRNO(ioctl(vcpu, KVM_GET_SREGS, (void *)8), EFAULT);
+}
+
+TEST(regs_round_trip)
+{
+	struct kvm_regs r, back;
+
+	fresh();
+	for (unsigned int i = 0; i < sizeof(r) / 8; i++)
+		((__u64 *)&r)[i] = 0x1111111111111111ULL * (i + 1);
+	r.rflags = 0x246 & ~2; /* bit 1 comes back set */
+	CHECK(ioctl(vcpu, KVM_SET_REGS, &r) == 0);
+	CHECK(ioctl(vcpu, KVM_GET_REGS, &back) == 0);
+	r.rflags |= 2;
+	CHECK(memcmp(&r, &back, sizeof(r)) == 0);
+}
+
+static void long_mode(struct kvm_sregs *s)
+{
+	s->cr0 = 0x80000011;
+	s->cr4 = 0x20;
+	s->efer = 0x500;
+	s->cr3 = 0x1000;
+	s->cs.l = 1;
+	s->cs.db = 0;
+	s->cs.selector = 8;
+	s->cs.base = 0;
+	s->cs.limit = 0xffffffff;
+	s->cs.g = 1;
+}
+
+TEST(sregs_round_trip)
+{
+	struct kvm_sregs s, back;
+
+	fresh();
+	CHECK(ioctl(vcpu, KVM_GET_SREGS, &s) == 0);
+	/* The demo's real-mode change. */
+	s.cs.base = 0;
+	s.cs.selector = 0;
+	CHECK(ioctl(vcpu, KVM_SET_SREGS, &s) == 0);
+	CHECK(ioctl(vcpu, KVM_GET_SREGS, &back) == 0);
+	CHECK(memcmp(&s, &back, sizeof(s)) == 0);
+	/* A long-mode state entered directly, without KVM_SET_CPUID2 (rkvm accepts EFER.LME then). */
+	long_mode(&s);
+	s.gdt.base = 0x500;
+	s.gdt.limit = 31;
+	s.cr2 = 0x1234;
+	if (upstream())
+		SKIP("upstream refuses EFER.LME without a CPUID table");
+	CHECK(ioctl(vcpu, KVM_SET_SREGS, &s) == 0);
+	CHECK(ioctl(vcpu, KVM_GET_SREGS, &back) == 0);
+	CHECK(memcmp(&s, &back, sizeof(s)) == 0);
+}
+
+TEST(sregs_normalisation)
+{
+	struct kvm_sregs s, back;
+
+	fresh();
+	CHECK(ioctl(vcpu, KVM_GET_SREGS, &s) == 0);
+	/* A not-present segment reads back unusable with cleared attributes (VMX AR encoding). */
+	s.fs.present = 0;
+	s.fs.type = 3;
+	s.fs.selector = 0x10;
+	/* The Accessed bit is set on all segments but LDTR. */
+	s.ds.type = 2;
+	/* Only the lowest pending interrupt is kept. */
+	s.interrupt_bitmap[1] = 0x30;
+	s.interrupt_bitmap[2] = 1;
+	CHECK(ioctl(vcpu, KVM_SET_SREGS, &s) == 0);
+	CHECK(ioctl(vcpu, KVM_GET_SREGS, &back) == 0);
+	CHECK(back.fs.unusable == 1 && back.fs.present == 0 && back.fs.type == 0 && back.fs.selector == 0x10);
+	CHECK(back.ds.type == 3);
+	CHECK(back.interrupt_bitmap[1] == 0x10 && back.interrupt_bitmap[2] == 0);
+}
+
+TEST(sregs_invalid)
+{
+	struct kvm_sregs good, s;
+
+	fresh();
+	CHECK(ioctl(vcpu, KVM_GET_SREGS, &good) == 0);
+#define BAD(what, stmt) do { s = good; stmt; errno = 0;					\
+	if (ioctl(vcpu, KVM_SET_SREGS, &s) != -1 || errno != EINVAL) {			\
+		printf("# %s: accepted or wrong errno %d\n", what, errno); ktap_failed_case = 1; } \
+	} while (0)
+	BAD("EFER.LMA without LME and paging", s.efer = 0x400);
+	BAD("64-bit paging without CR4.PAE", (long_mode(&s), s.cr4 = 0));
+	BAD("EFER.LME + CR0.PG without LMA", (long_mode(&s), s.efer = 0x100));
+	BAD("CS.L outside long mode", s.cs.l = 1);
+	BAD("CR0.PG without CR0.PE", s.cr0 = 0x80000010);
+	BAD("CR0.NW without CR0.CD", s.cr0 = 0x20000010);
+	BAD("CR0 bit 32", s.cr0 = 0x100000010ULL);
+	BAD("CR4 bit 63", s.cr4 = 1ULL << 63);
+	BAD("EFER bit 1", s.efer = 2);
+	BAD("APIC base reserved bits", s.apic_base = 0xfee00001);
+	BAD("CR3 beyond MAXPHYADDR in long mode", (long_mode(&s), s.cr3 = 1ULL << 52));
+#undef BAD
+	CHECK_ERRNO(ioctl(vcpu, KVM_SET_SREGS, NULL), EFAULT);
+	/* Nothing was changed by the refusals. */
+	CHECK(ioctl(vcpu, KVM_GET_SREGS, &s) == 0);
+	CHECK(memcmp(&s, &good, sizeof(s)) == 0);
+}
+
+static sigjmp_buf jb;
+
+static void on_sigbus(int sig)
+{
+	siglongjmp(jb, sig);
+}
+
+TEST(mmap_rules)
+{
+	long ps = page_size(), sz;
+	struct kvm_run *run;
+	char *p;
+
+	fresh();
+	sz = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
+	run = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu, 0);
+	CHECK(run != MAP_FAILED);
+	if (run == MAP_FAILED)
+		return;
+	/* A fresh kvm_run: nothing has exited yet. */
+	CHECK(run->exit_reason == KVM_EXIT_UNKNOWN);
+	/* The PIO data page is mapped at page offset 1 (KVM_PIO_PAGE_OFFSET) too, same memory. */
+	p = mmap(NULL, ps, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu, KVM_PIO_PAGE_OFFSET * ps);
+	CHECK(p != MAP_FAILED);
+	if (p != MAP_FAILED) {
+		((char *)run)[KVM_PIO_PAGE_OFFSET * ps + 7] = 0x5a;
+		CHECK(p[7] == 0x5a);
+		munmap(p, ps);
+	}
+	if (!upstream()) {
+		CHECK_ERRNO(mmap(NULL, sz + ps, PROT_READ, MAP_SHARED, vcpu, 0) == MAP_FAILED ? -1 : 0, EINVAL);
+		CHECK_ERRNO(mmap(NULL, ps, PROT_READ, MAP_SHARED, vcpu, sz) == MAP_FAILED ? -1 : 0, EINVAL);
+		CHECK_ERRNO(mmap(NULL, ps, PROT_READ, MAP_SHARED, vcpu, 100 * ps) == MAP_FAILED ? -1 : 0, EINVAL);
+	}
+	/* The mapping outlives the vCPU fd (and the VM fd). */
+	close(vcpu);
+	vcpu = -1;
+	close(vm);
+	vm = -1;
+	run->request_interrupt_window = 1;
+	CHECK(run->request_interrupt_window == 1);
+	/* Growing the mapping beyond the vCPU pages faults with SIGBUS, never maps anything else. */
+	if (!upstream()) {
+		void *big = mremap(run, sz, sz + ps, MREMAP_MAYMOVE);
+
+		if (big != MAP_FAILED) {
+			struct sigaction sa = { .sa_handler = on_sigbus }, old;
+			volatile int got = 0;
+
+			sigaction(SIGBUS, &sa, &old);
+			if (sigsetjmp(jb, 1) == 0)
+				got = ((volatile char *)big)[sz];
+			else
+				got = -1;
+			sigaction(SIGBUS, &old, NULL);
+			CHECK(got == -1);
+			run = big;
+			sz += ps;
+		}
+	}
+	CHECK(munmap(run, sz) == 0);
+}
+
+TEST(run_prechecks)
+{
+	long sz;
+	struct kvm_run *run;
+
+	fresh();
+	sz = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
+	run = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu, 0);
+	CHECK(run != MAP_FAILED);
+	if (run == MAP_FAILED)
+		return;
+	CHECK_ERRNO(ioctl(vcpu, KVM_RUN, 1), EINVAL);
+	/* No KVM_CAP_SYNC_REGS: any sync-register bit is refused. */
+	run->kvm_valid_regs = 1;
+	CHECK_ERRNO(ioctl(vcpu, KVM_RUN, 0), EINVAL);
+	run->kvm_valid_regs = 0;
+	run->kvm_dirty_regs = 4;
+	CHECK_ERRNO(ioctl(vcpu, KVM_RUN, 0), EINVAL);
+	run->kvm_dirty_regs = 0;
+	/* Userspace irqchip: kvm_run->cr8 is the TPR, 4 bits. */
+	run->cr8 = 16;
+	CHECK_ERRNO(ioctl(vcpu, KVM_RUN, 0), EINVAL);
+	run->cr8 = 0;
+	/* immediate_exit: EINTR before anything runs (exit_reason untouched, as upstream). */
+	run->immediate_exit = 1;
+	run->exit_reason = 0x1234;
+	CHECK_ERRNO(ioctl(vcpu, KVM_RUN, 0), EINTR);
+	CHECK(run->exit_reason == 0x1234);
+	run->immediate_exit = 0;
+	/* With backend=none nothing can run: ENOEXEC. */
+	if (getenv("RKVM_BACKEND_NONE"))
+		CHECK_ERRNO(ioctl(vcpu, KVM_RUN, 0), ENOEXEC);
+	munmap(run, sz);
+}
+
+KTAP_MAIN("rkvm vcpu_state",
+	CASE(reset_regs),
+	CASE(reset_sregs),
+	CASE(regs_round_trip),
+	CASE(sregs_round_trip),
+	CASE(sregs_normalisation),
+	CASE(sregs_invalid),
+	CASE(mmap_rules),
+	CASE(run_prechecks))
