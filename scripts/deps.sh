@@ -8,7 +8,7 @@ PKGS=(
   clang-19 lld-19 llvm-19 libclang-19-dev
   qemu-system-x86 bochs bochsbios vgabios busybox-static
   isolinux syslinux-common xorriso cpio
-  make gcc libc6-dev bc flex bison libelf-dev libssl-dev kmod python3 xz-utils
+  make gcc libc6-dev binutils bc flex bison libelf-dev libssl-dev kmod python3 xz-utils util-linux
 )
 
 missing=()

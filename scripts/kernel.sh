@@ -16,10 +16,11 @@ if [ "$flavour" != base ]; then
   frags+=("$RKVM_TOP/kernel/rkvm-$flavour.config")
 fi
 
+RECIPE=1
 srcver=$(dpkg-query -W -f='${Version}' linux-source-6.12)
 key=$( {
   echo "$srcver"; cat "${frags[@]}"; "$KRUSTC" --version; "$BINDGEN" --version
-  clang$KLLVM --version | head -1; cat "$0"
+  clang$KLLVM --version | head -1; echo "recipe $RECIPE"
 } | sha256sum | cut -c1-16)
 dir="$RKVM_CACHE/kernel-$flavour-$key"
 
@@ -28,6 +29,15 @@ if [ -f "$dir/.done" ]; then
 fi
 
 mkdir -p "$dir"
+# One build at a time per cache entry: a second caller waits for the first and reuses its result.
+exec 9>"$dir/.lock"
+if ! flock -n 9; then
+  say "kernel: another build of $dir is running; waiting for it"
+  flock 9
+fi
+if [ -f "$dir/.done" ]; then
+  echo "$dir"; exit 0
+fi
 src="$dir/linux"
 if [ ! -f "$src/.extracted" ]; then
   say "kernel: extracting linux-source $srcver into $src"
@@ -71,5 +81,9 @@ fi
 km -s INSTALL_HDR_PATH="$dir/usr" headers_install
 cp "$src/arch/x86/boot/bzImage" "$dir/bzImage"
 echo "$key" > "$dir/.done"
+# Older cache entries (other keys) are not reused: drop them to save disk (~1.5 GiB each).
+for old in "$RKVM_CACHE"/kernel-"$flavour"-*; do
+  [ "$old" = "$dir" ] || { say "kernel: removing stale cache $old"; rm -rf "$old"; }
+done
 say "kernel: built in $(( $(date +%s) - start ))s"
 echo "$dir"

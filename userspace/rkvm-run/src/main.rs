@@ -2,17 +2,19 @@
 //!
 //! ```text
 //! rkvm-run [--dev PATH] [--mode real|prot32|paged32|long64] [--load-addr GPA] [--entry GPA]
-//!          [--mem-size BYTES] [--reg NAME=VALUE]... [--max-exits N] [--print-regs] [--quiet]
-//!          GUEST.bin
+//!          [--mem-size BYTES] [--reg NAME=VALUE]... [--max-exits N] [--print-regs]
+//!          [--dump GPA:LEN]... [--quiet] GUEST.bin
 //! ```
 //!
 //! Guest memory is one slot at GPA 0 (`--mem-size`, default 2 MiB). The binary is copied to the
 //! load address (default 0x8000 in real mode, 0x100000 otherwise) and the vCPU starts there with
 //! the mode's descriptor and page tables (see `setup.rs`) and its stack at the top of memory.
-//! Port output goes to stdout (the bytes written); port input reads 0; MMIO is reported on stderr
+//! Port output goes to stdout (the bytes written); byte i of every port input reads `'a' + i`
+//! (so guests can check IN of each size); MMIO is reported on stderr
 //! (reads return 0). The run ends at HLT (exit status 0), or with a report and status 1 on
 //! SHUTDOWN, FAIL_ENTRY, INTERNAL_ERROR, an unexpected exit, a KVM_RUN error or `--max-exits`.
-//! `--print-regs` prints the final general registers as `name=0x...` lines on stderr.
+//! `--print-regs` prints the final general registers as `name=0x...` lines on stderr;
+//! `--dump GPA:LEN` prints guest memory as `mem[GPA]=xx xx ...` on stderr at the end.
 
 mod setup;
 
@@ -32,6 +34,7 @@ struct Opts {
     regs: Vec<(String, u64)>,
     max_exits: u64,
     print_regs: bool,
+    dump: Vec<(u64, u64)>,
     quiet: bool,
     file: String,
 }
@@ -40,7 +43,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: rkvm-run [--dev PATH] [--mode real|prot32|paged32|long64] [--load-addr GPA] \
          [--entry GPA] [--mem-size BYTES] [--reg NAME=VALUE]... [--max-exits N] [--print-regs] \
-         [--quiet] GUEST.bin"
+         [--dump GPA:LEN]... [--quiet] GUEST.bin"
     );
     exit(2)
 }
@@ -66,6 +69,7 @@ fn parse() -> Opts {
         regs: Vec::new(),
         max_exits: 1_000_000,
         print_regs: false,
+        dump: Vec::new(),
         quiet: false,
         file: String::new(),
     };
@@ -85,6 +89,11 @@ fn parse() -> Opts {
                 o.regs.push((n.to_string(), num(x)));
             }
             "--print-regs" => o.print_regs = true,
+            "--dump" => {
+                let v = val();
+                let (a, l) = v.split_once(':').unwrap_or_else(|| usage());
+                o.dump.push((num(a), num(l)));
+            }
             "--quiet" => o.quiet = true,
             "-h" | "--help" => usage(),
             f if !f.starts_with('-') && o.file.is_empty() => o.file = f.to_string(),
@@ -198,7 +207,11 @@ fn main() {
                 let _ = out.write_all(data);
                 let _ = out.flush();
             }
-            Ok(VcpuExit::IoIn(_port, data)) => data.fill(0),
+            Ok(VcpuExit::IoIn(_port, data)) => {
+                for (i, b) in data.iter_mut().enumerate() {
+                    *b = b'a' + i as u8;
+                }
+            }
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 eprintln!("rkvm-run: MMIO read of {} bytes at {addr:#x}", data.len());
                 data.fill(0);
@@ -242,6 +255,12 @@ fn main() {
                     None => eprintln!("rip_phys=unmapped"),
                 }
             }
+        }
+    }
+    for (addr, len) in &o.dump {
+        match guest.get(*addr as usize..(*addr + *len) as usize) {
+            Some(bytes) => eprintln!("mem[{addr:#x}]={}", bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")),
+            None => eprintln!("mem[{addr:#x}]=out of range"),
         }
     }
     exit(status)
