@@ -4,8 +4,9 @@
 #   host   cargo test: the module's pure files (rust/tests), the userspace workspace
 #   qemu   QEMU TCG, 2 CPUs, backend=none: the selftests (whole ioctl surface, lifetimes,
 #          drop-in mode); and the refusal to load without VMX unless backend=none
-#   bochs  Bochs (emulated VMX + EPT), backend=vmx, 1 and 2 CPUs: the selftests against the VMX
-#          backend, the demo guest (must print 4 and KVM_EXIT_HLT)
+#   bochs  Bochs (emulated VMX + EPT), backend=vmx, 1 and 2 CPUs: the demo guest (must print 4
+#          and KVM_EXIT_HLT), guests in all four CPU modes and port I/O (vmx_guests), and the
+#          selftests against the VMX backend
 #
 # Every KTAP "ok"/"not ok" line and every cargo test counts; each VM run also counts as one test
 # of its own (it must boot, run and exit with the expected status, with no kernel splat).
@@ -74,7 +75,7 @@ if stage bochs; then
     vm_case "bochs-vmx-${n}cpu" 0 --emulator vmx --cpus "$n" --modargs backend=vmx --run \
       "test \"\$(nproc)\" = $n || echo 'not ok - expected $n CPUs'; rkvm-demo > /tmp/demo.out 2>&1; cat /tmp/demo.out; \
        if [ \"\$(cat /tmp/demo.out)\" = \"\$(printf '4\nKVM_EXIT_HLT')\" ]; then echo 'ok 1 - demo guest prints 4 and KVM_EXIT_HLT'; else echo 'not ok 1 - demo guest'; fi; \
-       /selftests/run_tests"
+       /selftests/vmx_guests; /selftests/run_tests"
     count_ktap "$logs/bochs-vmx-${n}cpu.log" "demo + selftests (Bochs, backend=vmx, $n CPU)"
   done
 fi
