@@ -17,7 +17,7 @@ EMULATOR ?= qemu
 CPUS ?= 1
 RUN ?= true
 EXTRA ?=
-MODARGS ?= backend=none
+MODARGS ?=
 TIMEOUT ?=
 
 .PHONY: all deps kernel module userspace selftests hosttest demo check vm-run clean
@@ -51,7 +51,7 @@ hosttest:
 
 vm-run: module userspace selftests
 	@python3 $(TOP)/scripts/vm-run.py --emulator $(EMULATOR) --cpus $(CPUS) \
-	  --modargs '$(MODARGS)' --run '$(RUN)' $(if $(EXTRA),--extra $(EXTRA)) \
+	  $(if $(MODARGS),--modargs '$(MODARGS)') --run '$(RUN)' $(if $(EXTRA),--extra $(EXTRA)) \
 	  $(if $(TIMEOUT),--timeout $(TIMEOUT))
 
 demo: module userspace selftests

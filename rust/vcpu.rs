@@ -279,7 +279,8 @@ pub(crate) fn normalize_segment(seg: &mut b::kvm_segment, which: segment::Which)
     *seg = to_kvm_segment(&segment::normalize(&from_kvm_segment(seg), which));
 }
 
-fn to_kvm_segment(s: &segment::Segment) -> b::kvm_segment {
+/// A pure segment as the uapi `struct kvm_segment`.
+pub(crate) fn to_kvm_segment(s: &segment::Segment) -> b::kvm_segment {
     b::kvm_segment {
         base: s.base,
         limit: s.limit,
@@ -297,7 +298,8 @@ fn to_kvm_segment(s: &segment::Segment) -> b::kvm_segment {
     }
 }
 
-fn from_kvm_segment(s: &b::kvm_segment) -> segment::Segment {
+/// The uapi `struct kvm_segment` as a pure segment.
+pub(crate) fn from_kvm_segment(s: &b::kvm_segment) -> segment::Segment {
     segment::Segment {
         base: s.base,
         limit: s.limit,

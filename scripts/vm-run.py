@@ -194,7 +194,8 @@ def main():
     ap.add_argument("--cpus", type=int, default=1)
     ap.add_argument("--run", default="true")
     ap.add_argument("--extra", nargs="*", default=[])
-    ap.add_argument("--modargs", default="")
+    ap.add_argument("--modargs", default=None,
+                    help="rkvm.ko parameters (default: backend=none under QEMU TCG, backend=vmx otherwise)")
     ap.add_argument("--no-load", action="store_true")
     ap.add_argument("--timeout", type=int, default=0, help="seconds (default 300 qemu, 900 bochs)")
     ap.add_argument("--kernel-dir")
@@ -210,6 +211,8 @@ def main():
         emulator = "qemu" if kvm else "bochs"
         log(f"VMX guests run in {'QEMU -accel kvm -cpu host (nested VMX)' if kvm else 'Bochs (emulated VMX + EPT)'}")
     timeout = args.timeout or (300 if emulator == "qemu" else 900)
+    if args.modargs is None:
+        args.modargs = "backend=none" if emulator == "qemu" and not kvm else "backend=vmx"
 
     work = tempfile.mkdtemp(prefix="rkvm-vm-")
     t0 = time.time()

@@ -292,20 +292,7 @@ impl VmxVcpu {
         for (i, (sel, base, limit, ar)) in SEGMENTS.iter().enumerate() {
             let seg = segs[i];
             let which = if i == 7 { Which::Ldtr } else { Which::Other };
-            let pure = segment::Segment {
-                base: seg.base,
-                limit: seg.limit,
-                selector: seg.selector,
-                type_: seg.type_,
-                present: seg.present,
-                dpl: seg.dpl,
-                db: seg.db,
-                s: seg.s,
-                l: seg.l,
-                g: seg.g,
-                avl: seg.avl,
-                unusable: seg.unusable,
-            };
+            let pure = crate::vcpu::from_kvm_segment(seg);
             vmcs::write(*sel, seg.selector.into());
             vmcs::write(*base, seg.base);
             vmcs::write(*limit, seg.limit.into());
@@ -333,21 +320,7 @@ impl VmxVcpu {
         let mut out = [b::kvm_segment::default(); 8];
         for (i, (sel, base, limit, ar)) in SEGMENTS.iter().enumerate() {
             let seg = segment::from_ar(vmcs::read(*base), vmcs::read(*limit) as u32, vmcs::read(*sel) as u16, vmcs::read(*ar) as u32);
-            out[i] = b::kvm_segment {
-                base: seg.base,
-                limit: seg.limit,
-                selector: seg.selector,
-                type_: seg.type_,
-                present: seg.present,
-                dpl: seg.dpl,
-                db: seg.db,
-                s: seg.s,
-                l: seg.l,
-                g: seg.g,
-                avl: seg.avl,
-                unusable: seg.unusable,
-                padding: 0,
-            };
+            out[i] = crate::vcpu::to_kvm_segment(&seg);
         }
         [s.cs, s.ds, s.es, s.fs, s.gs, s.ss, s.tr, s.ldt] = out;
         s.gdt.base = vmcs::read(f::GUEST_GDTR_BASE);

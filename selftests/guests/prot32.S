@@ -1,4 +1,4 @@
-/* 32-bit protected mode (flat, no paging): 1 + 2 + ... + 100 = 5050 into EAX and 0x600. */
+/* 32-bit protected mode (run flat and with paging): 1 + ... + 100 = 5050 into EAX and 0x600. */
 	.code32
 	.globl _start
 _start:
