@@ -12,7 +12,7 @@
 use super::{insn, page_pa};
 use crate::backend::BackendVm;
 use crate::ffi::bindings as b;
-use crate::memslot::{Memslot, PAGE_SHIFT};
+use crate::memslot::Memslot;
 use kernel::page::Page;
 use kernel::prelude::*;
 use kernel::sync::Mutex;
@@ -170,7 +170,6 @@ impl BackendVm for VmxVm {
         // SAFETY: `page` is pinned; `leaf` is our table entry (lock held).
         let hpa = unsafe { b::rkvm_page_to_phys(page) };
         unsafe { leaf.write(hpa | MT_WB | if writable { RWX } else { RX }) };
-        let _ = PAGE_SHIFT;
         Ok(())
     }
 

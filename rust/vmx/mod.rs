@@ -74,6 +74,7 @@ fn rdmsr(msr: u32) -> Option<u64> {
 
 /// The VMX backend.
 pub(crate) struct VmxBackend {
+    /// Kept alive as long as the backend: `GLOBAL` points into it.
     g: Arc<VmxGlobal>,
     hotplug_state: i32,
 }
@@ -142,6 +143,7 @@ impl VmxBackend {
             ENODEV
         })?;
 
+        // SAFETY: reads a boot-time constant.
         let ncpus = (unsafe { b::rkvm_nr_cpu_ids() }) as usize;
         let mut regions = KVec::with_capacity(ncpus, GFP_KERNEL)?;
         for _ in 0..ncpus {
@@ -178,7 +180,6 @@ impl Drop for VmxBackend {
         // SAFETY: the state was returned by `rkvm_cpuhp_setup`; no VM or vCPU is left.
         unsafe { b::rkvm_cpuhp_remove(self.hotplug_state) };
         GLOBAL.store(core::ptr::null_mut(), Ordering::Release);
-        let _ = &self.g;
     }
 }
 

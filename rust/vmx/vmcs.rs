@@ -25,7 +25,8 @@ pub(crate) use b::vmcs_field as field;
 /// `page` starts with the VMCS revision id; `cpu` is the CPU the VMCS is current or active
 /// on, or -1 when it is clear (not active anywhere).
 pub(crate) struct Vmcs {
-    page: Page,
+    /// The VMCS region (owned; the CPU reaches it through `pa`).
+    _page: Page,
     pa: u64,
     cpu: AtomicI32,
     /// Whether VMLAUNCH has succeeded since the last VMCLEAR (then VMRESUME must be used).
@@ -43,7 +44,7 @@ impl Vmcs {
         // SAFETY: the source is a local 4-byte array; the page is ours and not yet shared.
         unsafe { page.write_raw(revision_id.to_ne_bytes().as_ptr(), 0, 4)? };
         let pa = crate::vmx::page_pa(&page);
-        let vmcs = KBox::new(Vmcs { page, pa, cpu: AtomicI32::new(-1), launched: false }, GFP_KERNEL_ACCOUNT)?;
+        let vmcs = KBox::new(Vmcs { _page: page, pa, cpu: AtomicI32::new(-1), launched: false }, GFP_KERNEL_ACCOUNT)?;
         // If this fails the box is dropped, and `drop` finds nothing to unregister.
         super::global().registry.lock().push(&*vmcs as *const Vmcs as usize, GFP_KERNEL)?;
         Ok(vmcs)
@@ -117,7 +118,6 @@ impl Drop for Vmcs {
             // SAFETY: the VMCS must not stay active on any CPU once its memory is freed.
             unsafe { b::smp_call_function_single(cpu, Some(clear_remote), me as *mut _, 1) };
         }
-        let _ = &self.page;
     }
 }
 
