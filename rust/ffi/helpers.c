@@ -20,6 +20,15 @@ static char *devname = "rkvm";
 module_param(devname, charp, 0444);
 MODULE_PARM_DESC(devname, "Device name: rkvm (/dev/rkvm, default) or kvm (/dev/kvm, drop-in)");
 
+static int pt_mode;
+module_param(pt_mode, int, 0444);
+MODULE_PARM_DESC(pt_mode, "Intel PT with backend=vmx: 0 = system (PT hidden from guests, host trace kept running), 1 = host-guest (host RTIT context saved with tracing stopped before each entry, restored after exit)");
+
+int rkvm_param_pt_mode(void)
+{
+	return pt_mode;
+}
+
 const char *rkvm_param_backend(void)
 {
 	return backend;

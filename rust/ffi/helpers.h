@@ -16,6 +16,7 @@ struct vm_area_struct;
 /* Module parameters (see helpers.c for their documentation). */
 const char *rkvm_param_backend(void);
 const char *rkvm_param_devname(void);
+int rkvm_param_pt_mode(void);
 
 /* current->mm, and the mm_count reference KVM keeps on it (mmgrab/mmdrop). */
 struct mm_struct *rkvm_current_mm(void);

@@ -17,6 +17,8 @@ pub(crate) mod config;
 mod entry;
 pub(crate) mod ept;
 mod insn;
+#[allow(unreachable_pub)] // pure file, also compiled by the host tests
+mod pt;
 pub(crate) mod vcpu;
 pub(crate) mod vmcs;
 
@@ -39,6 +41,8 @@ pub(crate) struct VmxGlobal {
     /// Every live VMCS (for CPU offlining).
     #[pin]
     pub(crate) registry: vmcs::Registry,
+    /// Intel PT, when present and `pt_mode=1` (host-guest): its address ranges.
+    pub(crate) pt: Option<pt::PtCaps>,
 }
 
 /// The live [`VmxGlobal`], for callbacks that get nothing but a CPU number.
@@ -64,6 +68,21 @@ pub(crate) fn this_cpu() -> i32 {
 pub(crate) fn page_pa(page: &Page) -> u64 {
     // SAFETY: `page` is a live page; `page_to_phys` only computes.
     unsafe { b::rkvm_page_to_phys(page.as_ptr().cast()) }
+}
+
+/// The kernel's faulting-safe MSR accessors, for the pure PT rules.
+pub(crate) struct KernelMsrs;
+
+impl pt::MsrAccess for KernelMsrs {
+    fn read(&mut self, msr: u32) -> u64 {
+        rdmsr(msr).unwrap_or(0)
+    }
+
+    fn write(&mut self, msr: u32, value: u64) {
+        // SAFETY: the faulting-safe accessor; RTIT MSRs are only written when CPUID reports PT,
+        // following the ordering rules of `pt.rs`.
+        unsafe { b::rkvm_wrmsr_safe(msr, value) };
+    }
 }
 
 fn rdmsr(msr: u32) -> Option<u64> {
@@ -152,8 +171,16 @@ impl VmxBackend {
             unsafe { page.write_raw(config.revision_id.to_ne_bytes().as_ptr(), 0, 4)? };
             regions.push(page, GFP_KERNEL)?;
         }
+        // Intel PT: CPUID.(EAX=7,ECX=0):EBX[25]. Only host-guest mode switches contexts.
+        // SAFETY: reads a module parameter set before init.
+        let pt_mode = unsafe { b::rkvm_param_pt_mode() };
+        let has_pt = insn::cpuid(0, 0)[0] >= 0x14 && insn::cpuid(7, 0)[1] & (1 << 25) != 0;
+        let pt = (pt_mode == 1 && has_pt).then(|| pt::PtCaps::from_cpuid(insn::cpuid(0x14, 1)[0]));
+        if pt_mode == 1 && !has_pt {
+            pr_info!("pt_mode=1: this CPU has no Intel PT, nothing to switch\n");
+        }
         let g = Arc::pin_init(
-            pin_init!(VmxGlobal { config, regions, registry <- kernel::new_mutex!(KVec::new()) }),
+            pin_init!(VmxGlobal { config, regions, registry <- kernel::new_mutex!(KVec::new()), pt }),
             GFP_KERNEL,
         )?;
         GLOBAL.store(&*g as *const VmxGlobal as *mut VmxGlobal, Ordering::Release);

@@ -17,7 +17,8 @@
 use super::config::VmcsConfig;
 use super::entry::{self, GuestRegs, RAX, RBX, RCX, RDX, RSP};
 use super::vmcs::{self, field as f, Vmcs};
-use super::{insn, rdmsr};
+use super::pt::{self, PtContext};
+use super::{insn, rdmsr, KernelMsrs};
 use crate::backend::{BackendVcpu, RunContext};
 use crate::ffi::bindings as b;
 use crate::vm::Fault;
@@ -61,6 +62,9 @@ pub(crate) struct VmxVcpu {
     config: VmcsConfig,
     /// The CPU the VMCS was last loaded on.
     last_cpu: i32,
+    /// Intel PT contexts (host-guest mode only).
+    pt_host: PtContext,
+    pt_guest: PtContext,
 }
 
 /// Segment registers in `struct kvm_sregs` order with their VMCS fields
@@ -127,6 +131,8 @@ impl VmxVcpu {
             pending: None,
             config: *config,
             last_cpu: -1,
+            pt_host: PtContext::default(),
+            pt_guest: PtContext::default(),
         };
         let mut regs = b::kvm_regs::default();
         let mut sregs = b::kvm_sregs::default();
@@ -418,6 +424,10 @@ impl VmxVcpu {
 
         // SAFETY: interrupts are re-enabled below on every path.
         unsafe { b::rkvm_local_irq_disable() };
+        let pt_caps = super::global().pt;
+        if let Some(caps) = pt_caps {
+            pt::guest_enter(&mut KernelMsrs, caps, &mut self.pt_host, &self.pt_guest);
+        }
         // SAFETY: interrupts are off until the entry, so no host fault observes the guest CR2;
         // the VMCS is current with this CPU's host state; `launched` tracks VMLAUNCH.
         let exited = unsafe {
@@ -425,6 +435,9 @@ impl VmxVcpu {
             entry::enter(&mut self.regs, self.vmcs.launched)
         };
         self.cr2 = insn::read_cr2();
+        if let Some(caps) = pt_caps {
+            pt::guest_exit(&mut KernelMsrs, caps, &self.pt_host, &mut self.pt_guest);
+        }
         let info = if exited {
             self.vmcs.launched = true;
             let info = ExitInfo {
@@ -466,12 +479,13 @@ impl VmxVcpu {
     /// Handles one exit (upstream: `vmx_handle_exit` → `kvm_vmx_exit_handlers`).
     fn handle_exit(&mut self, ctx: &mut RunContext<'_>, e: &ExitInfo) -> Result<Next> {
         let run = ctx.run;
-        // Entry failures: invalid guest state, MSR loading, machine check during entry.
+        // Entry failures: invalid guest state, MSR loading, machine check during entry. As
+        // upstream, userspace gets the full exit reason (bit 31 set).
         if e.reason & (1 << 31) != 0 {
             // SAFETY: `run` is the vCPU's kvm_run page (plain integer fields).
             unsafe {
                 (*run).exit_reason = b::KVM_EXIT_FAIL_ENTRY;
-                (*run).__bindgen_anon_1.fail_entry.hardware_entry_failure_reason = u64::from(e.reason & 0xffff);
+                (*run).__bindgen_anon_1.fail_entry.hardware_entry_failure_reason = u64::from(e.reason);
                 (*run).__bindgen_anon_1.fail_entry.cpu = self.last_cpu as u32;
             }
             return Ok(Next::User);
@@ -546,10 +560,16 @@ impl VmxVcpu {
         let leaf = self.regs.gpr[RAX] as u32;
         let sub = self.regs.gpr[RCX] as u32;
         let mut r = insn::cpuid(leaf, sub);
-        if leaf == 1 {
-            r[1] = (r[1] & 0x00ff_ffff) | (self.id << 24); // initial APIC id
-            r[2] &= !(1 << 5); // no VMX for the guest
-            r[2] |= 1 << 31; // running under a hypervisor
+        match leaf {
+            1 => {
+                r[1] = (r[1] & 0x00ff_ffff) | (self.id << 24); // initial APIC id
+                r[2] &= !(1 << 5); // no VMX for the guest
+                r[2] |= 1 << 31; // running under a hypervisor
+            }
+            // No Intel PT for guests (its MSRs are not passed through): CPUID.7.0:EBX[25], leaf 0x14.
+            7 if sub == 0 => r[1] &= !(1 << 25),
+            0x14 => r = [0; 4],
+            _ => {}
         }
         for (i, reg) in [RAX, RBX, RCX, RDX].into_iter().enumerate() {
             self.regs.gpr[reg] = u64::from(r[i]);

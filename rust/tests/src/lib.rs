@@ -10,9 +10,14 @@ pub mod x86;
 /// The pure part of the VMX backend.
 #[path = "../../vmx/config.rs"]
 pub mod vmx_config;
+/// Intel PT context rules of the VMX backend.
+#[path = "../../vmx/pt.rs"]
+pub mod vmx_pt;
 
 #[cfg(test)]
 mod memslot_tests;
+#[cfg(test)]
+mod pt_tests;
 #[cfg(test)]
 mod vmx_config_tests;
 #[cfg(test)]
