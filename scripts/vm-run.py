@@ -49,6 +49,10 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
 mount -t tmpfs tmp /tmp
+# kmemleak's periodic scan of all memory takes minutes under emulation: scans are explicit
+# (selftests/kmemleak_check).
+mount -t debugfs none /sys/kernel/debug 2>/dev/null && \
+    [ -e /sys/kernel/debug/kmemleak ] && echo scan=off > /sys/kernel/debug/kmemleak
 export PATH=/extra:/bin:/selftests HOME=/tmp
 . /etc/vm-run.env
 echo "@@RKVM-VM-RUN-START@@ $(uname -r) cpus=$(nproc)"
