@@ -211,6 +211,25 @@ impl Vm {
     }
 }
 
+impl Vm {
+    /// Reads guest-physical memory into `buf` through the slots' userspace mappings (the caller
+    /// runs in the VM owner's address space: vCPU ioctls do). `EFAULT` outside every slot.
+    pub(crate) fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> Result {
+        let slots = self.slots.lock();
+        let mut done = 0;
+        while done < buf.len() {
+            let a = gpa + done as u64;
+            let slot = slots.find(a >> memslot::PAGE_SHIFT).ok_or(EFAULT)?;
+            let in_page = (memslot::PAGE_SIZE - (a & (memslot::PAGE_SIZE - 1))) as usize;
+            let n = in_page.min(buf.len() - done);
+            let hva = slot.hva(a >> memslot::PAGE_SHIFT) + (a & (memslot::PAGE_SIZE - 1));
+            kernel::uaccess::UserSlice::new(hva as usize, n).reader().read_slice(&mut buf[done..done + n])?;
+            done += n;
+        }
+        Ok(())
+    }
+}
+
 /// The outcome of [`Vm::fault_in`].
 pub(crate) enum Fault {
     /// The frame is now mapped; re-enter the guest.

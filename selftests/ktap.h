@@ -68,14 +68,30 @@ static inline void ktap_diag(const char *fmt, ...)
 }
 
 /* Runs the cases, prints the KTAP document, returns the exit status. */
-static inline int ktap_run(const char *suite, const struct ktap_case *cases, int n)
+static inline int ktap_selected(const char *name, int argc, char **argv)
+{
+	if (argc < 2)
+		return 1;
+	for (int i = 1; i < argc; i++)
+		if (!strcmp(argv[i], name))
+			return 1;
+	return 0;
+}
+
+/* Runs the cases (only those named on the command line, if any), prints the KTAP document,
+ * returns the exit status. */
+static inline int ktap_run(const char *suite, const struct ktap_case *cases, int n,
+			   int argc, char **argv)
 {
 	printf("TAP version 13\n# %s\n1..%d\n", suite, n);
 	for (int i = 0; i < n; i++) {
 		ktap_failed_case = 0;
 		ktap_skip_reason = NULL;
 		fflush(stdout);
-		cases[i].fn();
+		if (ktap_selected(cases[i].name, argc, argv))
+			cases[i].fn();
+		else
+			ktap_skip_reason = "not selected on the command line";
 		if (ktap_failed_case) {
 			printf("not ok %d - %s\n", i + 1, cases[i].name);
 			ktap_total_failed++;
@@ -90,11 +106,11 @@ static inline int ktap_run(const char *suite, const struct ktap_case *cases, int
 }
 
 #define KTAP_MAIN(suite, ...)							\
-int main(void)									\
+int main(int argc, char **argv)							\
 {										\
 	static const struct ktap_case cases[] = { __VA_ARGS__ };		\
 	setvbuf(stdout, NULL, _IOLBF, 0);					\
-	return ktap_run(suite, cases, sizeof(cases) / sizeof(cases[0]));	\
+	return ktap_run(suite, cases, sizeof(cases) / sizeof(cases[0]), argc, argv);	\
 }
 
 #endif

@@ -23,19 +23,26 @@ use crate::backend::{BackendVcpu, RunContext};
 use crate::ffi::bindings as b;
 use crate::vm::Fault;
 use crate::x86::cr;
+use crate::x86::decode::{self, Access};
 use crate::x86::segment::{self, Which};
+use crate::x86::walk::{self, GuestMem};
 use kernel::prelude::*;
 
 /// The FXSAVE image of the guest's x87/SSE state.
 #[repr(C, align(16))]
 struct FxArea([u8; 512]);
 
-/// An I/O exit whose instruction completes on the next `KVM_RUN` (upstream:
-/// `complete_fast_pio_in` / `complete_fast_pio_out`).
+/// An exit to userspace whose instruction completes on the next `KVM_RUN` (upstream:
+/// `complete_fast_pio_in` / `complete_fast_pio_out` / `complete_emulated_mmio`).
 #[derive(Clone, Copy)]
 enum PendingIo {
+    /// OUT: only RIP advances.
     Out,
+    /// IN: the data in the PIO page goes to AL/AX/EAX.
     In { size: u32 },
+    /// An MMIO access of the instruction `len` bytes long: a read lands in a register, a STOS
+    /// moves RDI; RIP advances.
+    Mmio { access: Access, len: u8 },
 }
 
 /// Exit information read while the VMCS was current.
@@ -359,9 +366,30 @@ impl VmxVcpu {
         vmcs::write(f::VM_ENTRY_EXCEPTION_ERROR_CODE, 0);
     }
 
-    /// Completes the I/O exit userspace has just handled.
-    fn complete_pending(&mut self, pio: *const u8) {
+    /// Completes the I/O or MMIO exit userspace has just handled.
+    fn complete_pending(&mut self, pio: *const u8, run: *const b::kvm_run) {
         let Some(p) = self.pending.take() else { return };
+        if let PendingIo::Mmio { access, len } = p {
+            match access {
+                Access::Read { reg, high8, size, extend } => {
+                    let mut data = [0u8; 8];
+                    // SAFETY: `run` is the vCPU's kvm_run page; mmio.data is 8 plain bytes that
+                    // userspace filled in.
+                    unsafe { core::ptr::copy_nonoverlapping((*run).__bindgen_anon_1.mmio.data.as_ptr(), data.as_mut_ptr(), 8) };
+                    let old = self.gpr(reg as usize);
+                    self.set_gpr(reg as usize, decode::merge(old, u64::from_le_bytes(data), size, high8, extend));
+                }
+                Access::Stos { size, addr_size } => {
+                    let df = vmcs::read(f::GUEST_RFLAGS) & (1 << 10) != 0;
+                    let rdi = self.regs.gpr[7];
+                    let moved = if df { rdi.wrapping_sub(size.into()) } else { rdi.wrapping_add(size.into()) };
+                    self.regs.gpr[7] = decode::merge(rdi, moved, addr_size, false, decode::Extend::None);
+                }
+                _ => {}
+            }
+            self.skip_instruction(len.into());
+            return;
+        }
         if let PendingIo::In { size } = p {
             let mut data = [0u8; 8];
             // SAFETY: `pio` is the vCPU's PIO page; `size` ≤ 4 bytes at offset 0.
@@ -439,7 +467,6 @@ impl VmxVcpu {
             pt::guest_exit(&mut KernelMsrs, caps, &self.pt_host, &mut self.pt_guest);
         }
         let info = if exited {
-            self.vmcs.launched = true;
             let info = ExitInfo {
                 reason: vmcs::read(f::VM_EXIT_REASON) as u32,
                 qualification: vmcs::read(f::EXIT_QUALIFICATION),
@@ -447,6 +474,11 @@ impl VmxVcpu {
                 intr_info: vmcs::read(f::VM_EXIT_INTR_INFO) as u32,
                 gpa: vmcs::read(f::GUEST_PHYSICAL_ADDRESS),
             };
+            // A failed VM entry (exit reason bit 31) leaves the VMCS not launched: the next
+            // entry must be VMLAUNCH again (SDM 27.8; upstream: vmx_vcpu_run).
+            if info.reason & (1 << 31) == 0 {
+                self.vmcs.launched = true;
+            }
             // An NMI that arrived in the guest is the host's: run its handler now, as if it
             // had arrived here (upstream: vmx_do_nmi_irqoff).
             if info.reason == reason::EXCEPTION_NMI && (info.intr_info >> 8) & 7 == 2 {
@@ -525,11 +557,7 @@ impl VmxVcpu {
                 let write = e.qualification & 2 != 0;
                 match ctx.vm.fault_in(e.gpa >> crate::memslot::PAGE_SHIFT, write)? {
                     Fault::Mapped => Ok(Next::Resume),
-                    Fault::Mmio => {
-                        // MMIO emulation (instruction decoding) is not implemented yet.
-                        self.internal_error(run, b::KVM_INTERNAL_ERROR_EMULATION, e);
-                        Ok(Next::User)
-                    }
+                    Fault::Mmio => self.emulate_mmio(ctx, e),
                 }
             }
             18..=27 | 36 | 39 | 50 | 53 | 55 => {
@@ -635,6 +663,85 @@ impl VmxVcpu {
         true
     }
 
+    fn gpr(&self, reg: usize) -> u64 {
+        if reg == RSP {
+            vmcs::read(f::GUEST_RSP)
+        } else {
+            self.regs.gpr[reg]
+        }
+    }
+
+    fn set_gpr(&mut self, reg: usize, v: u64) {
+        if reg == RSP {
+            vmcs::write(f::GUEST_RSP, v)
+        } else {
+            self.regs.gpr[reg] = v
+        }
+    }
+
+    /// An access outside every slot (or a write to a read-only slot): decodes the instruction
+    /// and exits with KVM_EXIT_MMIO (upstream: `handle_ept_violation` → `kvm_mmu_page_fault` →
+    /// `x86_emulate_instruction`).
+    fn emulate_mmio(&mut self, ctx: &mut RunContext<'_>, e: &ExitInfo) -> Result<Next> {
+        let (rip, cs_base, cs_ar, cr0, cr3, cr4) = self.with_vmcs(|_| {
+            (
+                vmcs::read(f::GUEST_RIP),
+                vmcs::read(f::GUEST_CS_BASE),
+                vmcs::read(f::GUEST_CS_AR_BYTES),
+                vmcs::read(f::GUEST_CR0),
+                vmcs::read(f::GUEST_CR3),
+                vmcs::read(f::GUEST_CR4),
+            )
+        })?;
+        let long = self.efer & cr::EFER_LMA != 0;
+        let mode = if long && cs_ar & (1 << 13) != 0 {
+            decode::Mode::Bits64
+        } else if cs_ar & (1 << 14) != 0 {
+            decode::Mode::Bits32
+        } else {
+            decode::Mode::Bits16
+        };
+        let la = cs_base.wrapping_add(rip);
+        let la = if mode == decode::Mode::Bits64 { la } else { la & 0xffff_ffff };
+        // Fetch up to 15 bytes, page by page (the instruction may cross a page boundary).
+        let mut bytes = [0u8; 15];
+        let mut got = 0;
+        let mut mem = VmMem(ctx.vm);
+        while got < bytes.len() {
+            let a = la.wrapping_add(got as u64);
+            let Some(gpa) = walk::translate(&mut mem, cr0, cr3, cr4, self.efer, a) else { break };
+            let n = ((4096 - (a & 4095)) as usize).min(bytes.len() - got);
+            if ctx.vm.read_guest(gpa, &mut bytes[got..got + n]).is_err() {
+                break;
+            }
+            got += n;
+        }
+        let Some(insn) = decode::decode(&bytes[..got], mode) else {
+            self.internal_error(ctx.run, b::KVM_INTERNAL_ERROR_EMULATION, e);
+            return Ok(Next::User);
+        };
+        let (is_write, size, value) = match insn.access {
+            Access::Read { size, .. } => (false, size, 0),
+            Access::WriteReg { reg, high8, size } => {
+                let v = self.with_vmcs(|v| v.gpr(reg as usize))?;
+                (true, size, if high8 { v >> 8 } else { v })
+            }
+            Access::WriteImm { value, size } => (true, size, value),
+            Access::Stos { size, .. } => (true, size, self.regs.gpr[RAX]),
+        };
+        // SAFETY: `run` is the vCPU's kvm_run page; the mmio struct is plain data.
+        unsafe {
+            (*ctx.run).exit_reason = b::KVM_EXIT_MMIO;
+            let m = &mut (*ctx.run).__bindgen_anon_1.mmio;
+            m.phys_addr = e.gpa;
+            m.len = size.into();
+            m.is_write = is_write.into();
+            m.data = value.to_le_bytes();
+        }
+        self.pending = Some(PendingIo::Mmio { access: insn.access, len: insn.len });
+        Ok(Next::User)
+    }
+
     fn handle_io(&mut self, ctx: &mut RunContext<'_>, e: &ExitInfo) -> Result<Next> {
         let q = e.qualification;
         let size = (q & 7) as u32 + 1;
@@ -666,6 +773,17 @@ impl VmxVcpu {
     }
 }
 
+/// Guest memory of a VM, for the page walker.
+struct VmMem<'a>(&'a crate::vm::Vm);
+
+impl GuestMem for VmMem<'_> {
+    fn read_u64(&mut self, gpa: u64) -> Option<u64> {
+        let mut b = [0u8; 8];
+        self.0.read_guest(gpa, &mut b).ok()?;
+        Some(u64::from_le_bytes(b))
+    }
+}
+
 impl BackendVcpu for VmxVcpu {
     fn get_regs(&mut self, regs: &mut b::kvm_regs) -> Result {
         self.with_vmcs(|v| v.read_regs(regs))
@@ -684,8 +802,8 @@ impl BackendVcpu for VmxVcpu {
     }
 
     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result {
-        let pio = ctx.pio;
-        self.with_vmcs(|v| v.complete_pending(pio))?;
+        let (pio, run) = (ctx.pio, ctx.run);
+        self.with_vmcs(|v| v.complete_pending(pio, run))?;
         loop {
             // SAFETY: querying the current task's state.
             if unsafe { b::rkvm_signal_pending() } {
@@ -718,3 +836,4 @@ impl BackendVcpu for VmxVcpu {
         }
     }
 }
+

@@ -1,8 +1,11 @@
-//! Pure x86 knowledge: control-register and EFER rules, segment access rights, RESET state.
+//! Pure x86 knowledge: control-register and EFER rules, segment access rights, RESET state,
+//! the MMIO instruction decoder and guest page-table walks.
 //!
 //! No kernel dependency: host `cargo test` runs these files (see `rust/tests/`). The architectural
 //! bit values here are checked against the kernel's own headers at build time (`vcpu.rs` asserts
 //! each equals its bindgen constant), so they cannot drift.
 
 pub mod cr;
+pub mod decode;
 pub mod segment;
+pub mod walk;

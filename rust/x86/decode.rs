@@ -1,0 +1,224 @@
+//! Decoding the guest instruction behind an MMIO exit (upstream: the x86 emulator,
+//! arch/x86/kvm/emulate.c, of which this covers the memory-move subset).
+//!
+//! An EPT violation outside every memory slot tells the hypervisor the guest-physical address
+//! but not the access: the instruction is fetched and decoded here to learn its size, direction,
+//! register or immediate and length. Covered: MOV to and from memory in every size (88, 89, 8A,
+//! 8B, A0–A3), MOV of an immediate to memory (C6, C7), MOVZX/MOVSX (0F B6/B7/BE/BF) and STOS
+//! without REP (AA, AB). Anything else is `None`: the caller reports an emulation failure.
+
+/// Execution mode of the code being decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// 16-bit code segment (real mode or CS.D=0).
+    Bits16,
+    /// 32-bit code segment (CS.D=1).
+    Bits32,
+    /// 64-bit code segment (EFER.LMA and CS.L).
+    Bits64,
+}
+
+/// How a value read from memory lands in the destination register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Extend {
+    /// Plain MOV: 8/16-bit writes keep the register's other bits, 32-bit writes zero the upper
+    /// half, 64-bit writes replace it.
+    None,
+    /// MOVZX to the operand size.
+    Zero(u8),
+    /// MOVSX to the operand size.
+    Sign(u8),
+}
+
+/// What the instruction does with memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Reads `size` bytes into register `reg` (`high8`: AH/CH/DH/BH).
+    Read { reg: u8, high8: bool, size: u8, extend: Extend },
+    /// Writes `size` bytes of register `reg` (`high8` as above).
+    WriteReg { reg: u8, high8: bool, size: u8 },
+    /// Writes an immediate.
+    WriteImm { value: u64, size: u8 },
+    /// STOS: writes `size` bytes of rAX, then moves rDI by `size` (by the address size).
+    Stos { size: u8, addr_size: u8 },
+}
+
+/// A decoded instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Insn {
+    /// Its length in bytes (RIP advances by this).
+    pub len: u8,
+    /// Its memory access.
+    pub access: Access,
+}
+
+/// Decodes `bytes` (at least the whole instruction, up to 15 bytes) in `mode`.
+pub fn decode(bytes: &[u8], mode: Mode) -> Option<Insn> {
+    let mut i = 0;
+    let mut opsize16 = false;
+    let mut addrsize_override = false;
+    let mut rep = false;
+    let mut rex = 0u8;
+    loop {
+        match *bytes.get(i)? {
+            0x66 => opsize16 = true,
+            0x67 => addrsize_override = true,
+            0xf2 | 0xf3 => rep = true,
+            0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0xf0 => {}
+            _ => break,
+        }
+        i += 1;
+        if i >= 15 {
+            return None;
+        }
+    }
+    if mode == Mode::Bits64 && (0x40..=0x4f).contains(bytes.get(i)?) {
+        rex = bytes[i];
+        i += 1;
+    }
+    let rex_w = rex & 8 != 0;
+    // Operand size of non-byte operations.
+    let osize: u8 = match mode {
+        _ if rex_w => 8,
+        Mode::Bits16 => if opsize16 { 4 } else { 2 },
+        _ => if opsize16 { 2 } else { 4 },
+    };
+    let asize: u8 = match mode {
+        Mode::Bits16 => if addrsize_override { 4 } else { 2 },
+        Mode::Bits32 => if addrsize_override { 2 } else { 4 },
+        Mode::Bits64 => if addrsize_override { 4 } else { 8 },
+    };
+    let op = *bytes.get(i)?;
+    i += 1;
+    // A register number from ModRM.reg, with REX.R; `byte` operands without REX name AH..BH for 4..7.
+    let reg_of = |modrm: u8, byte: bool| -> (u8, bool) {
+        let r = (modrm >> 3) & 7 | if rex & 4 != 0 { 8 } else { 0 };
+        if byte && rex == 0 && (4..8).contains(&r) {
+            (r - 4, true)
+        } else {
+            (r, false)
+        }
+    };
+    let insn = |len: usize, access| Some(Insn { len: len as u8, access });
+    match op {
+        0x88 | 0x89 | 0x8a | 0x8b | 0xc6 | 0xc7 => {
+            if rep {
+                return None;
+            }
+            let modrm = *bytes.get(i)?;
+            let end = modrm_end(bytes, i, asize)?;
+            let byte = op & 1 == 0;
+            let size = if byte { 1 } else { osize };
+            let (reg, high8) = reg_of(modrm, byte);
+            match op {
+                0x88 | 0x89 => insn(end, Access::WriteReg { reg, high8, size }),
+                0x8a | 0x8b => insn(end, Access::Read { reg, high8, size, extend: Extend::None }),
+                _ => {
+                    if (modrm >> 3) & 7 != 0 {
+                        return None;
+                    }
+                    let isz = if byte { 1 } else { osize.min(4) } as usize;
+                    let raw = read_le(bytes.get(end..end + isz)?);
+                    // imm32 is sign-extended to 64 bits with REX.W.
+                    let value = if size == 8 { raw as i32 as i64 as u64 } else { raw };
+                    insn(end + isz, Access::WriteImm { value, size })
+                }
+            }
+        }
+        0xa0..=0xa3 => {
+            if rep {
+                return None;
+            }
+            let end = i + asize as usize;
+            bytes.get(i..end)?;
+            let size = if op & 1 == 0 { 1 } else { osize };
+            let access = if op < 0xa2 {
+                Access::Read { reg: 0, high8: false, size, extend: Extend::None }
+            } else {
+                Access::WriteReg { reg: 0, high8: false, size }
+            };
+            insn(end, access)
+        }
+        0xaa | 0xab => {
+            if rep {
+                return None;
+            }
+            let size = if op == 0xaa { 1 } else { osize };
+            insn(i, Access::Stos { size, addr_size: asize })
+        }
+        0x0f => {
+            let op2 = *bytes.get(i)?;
+            i += 1;
+            let from: u8 = match op2 {
+                0xb6 | 0xbe => 1,
+                0xb7 | 0xbf => 2,
+                _ => return None,
+            };
+            let modrm = *bytes.get(i)?;
+            let end = modrm_end(bytes, i, asize)?;
+            let (reg, _) = reg_of(modrm, false);
+            let extend = if op2 < 0xbe { Extend::Zero(osize) } else { Extend::Sign(osize) };
+            insn(end, Access::Read { reg, high8: false, size: from, extend })
+        }
+        _ => None,
+    }
+}
+
+/// The index just past ModRM (at `at`), its SIB and displacement; `None` for a register
+/// operand (no memory access) or truncated bytes.
+fn modrm_end(bytes: &[u8], at: usize, asize: u8) -> Option<usize> {
+    let modrm = *bytes.get(at)?;
+    let (md, rm) = (modrm >> 6, modrm & 7);
+    if md == 3 {
+        return None;
+    }
+    let mut i = at + 1;
+    let disp = if asize == 2 {
+        match md {
+            0 if rm == 6 => 2,
+            0 => 0,
+            1 => 1,
+            _ => 2,
+        }
+    } else {
+        let mut base_disp32 = false;
+        if rm == 4 {
+            let sib = *bytes.get(i)?;
+            i += 1;
+            base_disp32 = md == 0 && sib & 7 == 5;
+        }
+        match md {
+            0 if rm == 5 || base_disp32 => 4,
+            0 => 0,
+            1 => 1,
+            _ => 4,
+        }
+    };
+    bytes.get(i..i + disp)?;
+    Some(i + disp)
+}
+
+fn read_le(b: &[u8]) -> u64 {
+    b.iter().rev().fold(0, |v, &x| v << 8 | u64::from(x))
+}
+
+/// The new value of a 64-bit register after a read of `data` (little-endian, `size` bytes)
+/// lands in it per `extend` (and `high8`: bits 15:8).
+pub fn merge(old: u64, data: u64, size: u8, high8: bool, extend: Extend) -> u64 {
+    let mask = |n: u8| if n >= 8 { u64::MAX } else { (1u64 << (8 * n)) - 1 };
+    let data = data & mask(size);
+    let (value, width) = match extend {
+        Extend::None => (data, size),
+        Extend::Zero(to) => (data, to),
+        Extend::Sign(to) => {
+            let shift = 64 - 8 * u32::from(size);
+            (((data << shift) as i64 >> shift) as u64 & mask(to), to)
+        }
+    };
+    match (width, high8) {
+        (1, true) => (old & !0xff00) | (value << 8),
+        (1, false) | (2, _) => (old & !mask(width)) | value,
+        (4, _) => value & 0xffff_ffff,
+        _ => value,
+    }
+}
