@@ -4,6 +4,7 @@
 #define RKVM_UTIL_H
 
 #include <fcntl.h>
+#include <string.h>
 #include <linux/kvm.h>
 #include <stdlib.h>
 #include <sys/ioctl.h>
@@ -44,6 +45,56 @@ static inline int create_vm(int kvm)
 static inline long page_size(void)
 {
 	return sysconf(_SC_PAGESIZE);
+}
+
+/* With backend=none (RKVM_BACKEND_NONE set by run_tests) no guest is entered. */
+struct real_vm {
+	int kvm, vm, vcpu;
+	struct kvm_run *run;
+	unsigned char *mem;
+};
+
+/*
+ * For guest-entering tests: a VM with 64 KiB of memory at GPA 0 (slot 0) holding `code` at
+ * 0x1000, one vCPU in real mode at CS base 0, RIP 0x1000, RFLAGS 2. Returns 0 or -1.
+ */
+static inline int real_vm_create(struct real_vm *v, const unsigned char *code, size_t len)
+{
+	struct kvm_userspace_memory_region r = { .slot = 0, .memory_size = 0x10000 };
+	struct kvm_sregs s;
+	struct kvm_regs regs = { .rip = 0x1000, .rflags = 2 };
+
+	v->kvm = open_dev();
+	v->vm = create_vm(v->kvm);
+	v->mem = mmap(NULL, 0x10000, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	memcpy(v->mem + 0x1000, code, len);
+	r.userspace_addr = (__u64)v->mem;
+	if (ioctl(v->vm, KVM_SET_USER_MEMORY_REGION, &r))
+		return -1;
+	v->vcpu = ioctl(v->vm, KVM_CREATE_VCPU, 0);
+	v->run = mmap(NULL, ioctl(v->kvm, KVM_GET_VCPU_MMAP_SIZE, 0), PROT_READ | PROT_WRITE,
+		      MAP_SHARED, v->vcpu, 0);
+	if (v->vcpu < 0 || v->run == MAP_FAILED || ioctl(v->vcpu, KVM_GET_SREGS, &s))
+		return -1;
+	s.cs.base = 0;
+	s.cs.selector = 0;
+	if (ioctl(v->vcpu, KVM_SET_SREGS, &s) || ioctl(v->vcpu, KVM_SET_REGS, &regs))
+		return -1;
+	return 0;
+}
+
+static inline void real_vm_free(struct real_vm *v)
+{
+	munmap(v->run, ioctl(v->kvm, KVM_GET_VCPU_MMAP_SIZE, 0));
+	close(v->vcpu);
+	close(v->vm);
+	close(v->kvm);
+	munmap(v->mem, 0x10000);
+}
+
+static inline int no_guests(void)
+{
+	return getenv("RKVM_BACKEND_NONE") != NULL;
 }
 
 #endif

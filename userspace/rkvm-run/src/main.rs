@@ -10,8 +10,8 @@
 //! load address (default 0x8000 in real mode, 0x100000 otherwise) and the vCPU starts there with
 //! the mode's descriptor and page tables (see `setup.rs`) and its stack at the top of memory.
 //! Port output goes to stdout (the bytes written); byte i of every port input reads `'a' + i`
-//! (so guests can check IN of each size); MMIO is reported on stderr
-//! (reads return 0). The run ends at HLT (exit status 0), or with a report and status 1 on
+//! (so guests can check IN of each size); MMIO is reported on stderr and byte i of every MMIO
+//! read is `0x81 + i` (high bit set, so guests can check sign and zero extension). The run ends at HLT (exit status 0), or with a report and status 1 on
 //! SHUTDOWN, FAIL_ENTRY, INTERNAL_ERROR, an unexpected exit, a KVM_RUN error or `--max-exits`.
 //! `--print-regs` prints the final general registers as `name=0x...` lines on stderr;
 //! `--dump GPA:LEN` prints guest memory as `mem[GPA]=xx xx ...` on stderr at the end.
@@ -214,7 +214,9 @@ fn main() {
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 eprintln!("rkvm-run: MMIO read of {} bytes at {addr:#x}", data.len());
-                data.fill(0);
+                for (i, b) in data.iter_mut().enumerate() {
+                    *b = 0x81 + i as u8;
+                }
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => eprintln!("rkvm-run: MMIO write {data:02x?} at {addr:#x}"),
             Ok(VcpuExit::Shutdown) => {
@@ -245,7 +247,9 @@ fn main() {
     if o.print_regs {
         if let Ok(r) = vcpu.get_regs() {
             for (n, v) in [("rax", r.rax), ("rbx", r.rbx), ("rcx", r.rcx), ("rdx", r.rdx), ("rsi", r.rsi),
-                ("rdi", r.rdi), ("rsp", r.rsp), ("rbp", r.rbp), ("rip", r.rip), ("rflags", r.rflags)]
+                ("rdi", r.rdi), ("rsp", r.rsp), ("rbp", r.rbp), ("r8", r.r8), ("r9", r.r9), ("r10", r.r10),
+                ("r11", r.r11), ("r12", r.r12), ("r13", r.r13), ("r14", r.r14), ("r15", r.r15), ("rip", r.rip),
+                ("rflags", r.rflags)]
             {
                 eprintln!("{n}={v:#x}");
             }

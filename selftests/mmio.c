@@ -1,0 +1,220 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Guest memory accesses that leave the guest on the VMX backend: MMIO reads and writes outside
+ * every slot (KVM_EXIT_MMIO, reads completed into the register on the next KVM_RUN), writes to a
+ * KVM_MEM_READONLY slot, a slot deleted and re-added while the vCPU lives (its EPT entries must
+ * go with it), and an access the emulator cannot decode (KVM_EXIT_INTERNAL_ERROR, emulation).
+ * Real-mode guests, hand-assembled; DS=ES=0x2000 points at GPA 0x20000, beyond slot 0.
+ *
+ * Upstream references: handle_ept_violation / handle_ept_misconfig (vmx.c),
+ * kvm_mmu_page_fault and x86_emulate_instruction (mmu.c, x86.c), complete_emulated_mmio.
+ */
+#include "rkvm_util.h"
+
+/* mov ax, 0x2000; mov ds, ax; mov es, ax */
+#define SEGS_AT_0x20000 0xb8, 0x00, 0x20, 0x8e, 0xd8, 0x8e, 0xc0
+/* out 0x80, al: a port exit the tests use as a pause point */
+#define PAUSE 0xe6, 0x80
+#define HLT 0xf4
+
+static int run_expect(struct real_vm *v, __u32 reason)
+{
+	if (ioctl(v->vcpu, KVM_RUN, 0)) {
+		printf("# KVM_RUN: %s\n", strerror(errno));
+		return 0;
+	}
+	if (v->run->exit_reason != reason) {
+		printf("# exit reason %u, wanted %u\n", v->run->exit_reason, reason);
+		return 0;
+	}
+	return 1;
+}
+
+static int mmio_is(struct real_vm *v, __u64 gpa, __u32 len, int write)
+{
+	if (v->run->mmio.phys_addr != gpa || v->run->mmio.len != len || v->run->mmio.is_write != write) {
+		printf("# mmio at %#llx len %u write %u, wanted %#llx %u %d\n", v->run->mmio.phys_addr,
+		       v->run->mmio.len, v->run->mmio.is_write, gpa, len, write);
+		return 0;
+	}
+	return 1;
+}
+
+/* A second slot (1) of one page at GPA 0x20000, filled with `fill`. */
+static unsigned char *add_slot1(struct real_vm *v, unsigned char fill, __u32 flags, int *ret)
+{
+	unsigned char *m = mmap(NULL, 0x1000, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	struct kvm_userspace_memory_region r = {
+		.slot = 1, .flags = flags, .guest_phys_addr = 0x20000, .memory_size = 0x1000,
+		.userspace_addr = (__u64)m,
+	};
+
+	memset(m, fill, 0x1000);
+	*ret = ioctl(v->vm, KVM_SET_USER_MEMORY_REGION, &r);
+	return m;
+}
+
+static int delete_slot1(struct real_vm *v)
+{
+	struct kvm_userspace_memory_region r = { .slot = 1, .guest_phys_addr = 0x20000 };
+
+	return ioctl(v->vm, KVM_SET_USER_MEMORY_REGION, &r);
+}
+
+TEST(mmio_reads_complete_into_registers)
+{
+	static const unsigned char code[] = {
+		SEGS_AT_0x20000,
+		0xb8, 0x34, 0x12,			/* mov ax, 0x1234 */
+		0x8b, 0x1e, 0x10, 0x00,			/* mov bx, [0x10]: 2 bytes */
+		0x8a, 0x26, 0x20, 0x00,			/* mov ah, [0x20]: 1 byte, AL kept */
+		0x66, 0x0f, 0xbe, 0x0e, 0x30, 0x00,	/* movsx ecx, byte [0x30] */
+		0x66, 0xa1, 0x40, 0x00,			/* mov eax, [0x40] (moffs): 4 bytes */
+		HLT,
+	};
+	struct kvm_regs regs;
+	struct real_vm v;
+
+	if (no_guests())
+		SKIP("backend=none enters no guest");
+	CHECK(real_vm_create(&v, code, sizeof(code)) == 0);
+	CHECK(run_expect(&v, KVM_EXIT_MMIO) && mmio_is(&v, 0x20010, 2, 0));
+	memcpy(v.run->mmio.data, "\xef\xbe", 2);
+	CHECK(run_expect(&v, KVM_EXIT_MMIO) && mmio_is(&v, 0x20020, 1, 0));
+	v.run->mmio.data[0] = 0x5a;
+	CHECK(ioctl(v.vcpu, KVM_RUN, 0) == 0 && v.run->exit_reason == KVM_EXIT_MMIO);
+	CHECK(mmio_is(&v, 0x20030, 1, 0));
+	/* AH must hold 0x5a with AL intact: the previous read was completed first. */
+	CHECK(ioctl(v.vcpu, KVM_GET_REGS, &regs) == 0);
+	CHECK((regs.rax & 0xffff) == 0x5a34 && (regs.rbx & 0xffff) == 0xbeef);
+	v.run->mmio.data[0] = 0x80;
+	CHECK(run_expect(&v, KVM_EXIT_MMIO) && mmio_is(&v, 0x20040, 4, 0));
+	memcpy(v.run->mmio.data, "\x78\x56\x34\x12", 4);
+	CHECK(run_expect(&v, KVM_EXIT_HLT));
+	CHECK(ioctl(v.vcpu, KVM_GET_REGS, &regs) == 0);
+	CHECK((regs.rcx & 0xffffffff) == 0xffffff80);
+	CHECK((regs.rax & 0xffffffff) == 0x12345678);
+	CHECK(regs.rip == 0x1000 + sizeof(code));
+	real_vm_free(&v);
+}
+
+TEST(mmio_writes_report_their_data)
+{
+	static const unsigned char code[] = {
+		SEGS_AT_0x20000,
+		0xc7, 0x06, 0x40, 0x00, 0xfe, 0xca,	/* mov word [0x40], 0xcafe */
+		0xbb, 0x88, 0x77,			/* mov bx, 0x7788 */
+		0x88, 0x3e, 0x44, 0x00,			/* mov [0x44], bh */
+		0xbf, 0x50, 0x00,			/* mov di, 0x50 */
+		0x66, 0xb8, 0x44, 0x33, 0x22, 0x11,	/* mov eax, 0x11223344 */
+		0x66, 0xab,				/* stosd: es:[di], di += 4 */
+		HLT,
+	};
+	struct kvm_regs regs;
+	struct real_vm v;
+
+	if (no_guests())
+		SKIP("backend=none enters no guest");
+	CHECK(real_vm_create(&v, code, sizeof(code)) == 0);
+	CHECK(run_expect(&v, KVM_EXIT_MMIO) && mmio_is(&v, 0x20040, 2, 1));
+	CHECK(memcmp(v.run->mmio.data, "\xfe\xca", 2) == 0);
+	CHECK(run_expect(&v, KVM_EXIT_MMIO) && mmio_is(&v, 0x20044, 1, 1));
+	CHECK(v.run->mmio.data[0] == 0x77);
+	CHECK(run_expect(&v, KVM_EXIT_MMIO) && mmio_is(&v, 0x20050, 4, 1));
+	CHECK(memcmp(v.run->mmio.data, "\x44\x33\x22\x11", 4) == 0);
+	CHECK(run_expect(&v, KVM_EXIT_HLT));
+	CHECK(ioctl(v.vcpu, KVM_GET_REGS, &regs) == 0);
+	CHECK((regs.rdi & 0xffff) == 0x54 && regs.rip == 0x1000 + sizeof(code));
+	real_vm_free(&v);
+}
+
+TEST(readonly_slot_write_is_mmio)
+{
+	static const unsigned char code[] = {
+		SEGS_AT_0x20000,
+		0x8b, 0x1e, 0x10, 0x00,			/* mov bx, [0x10]: read from the slot */
+		0xc7, 0x06, 0x10, 0x00, 0x34, 0x12,	/* mov word [0x10], 0x1234 */
+		HLT,
+	};
+	struct kvm_regs regs;
+	struct real_vm v;
+	unsigned char *ro;
+	int ret;
+
+	if (no_guests())
+		SKIP("backend=none enters no guest");
+	CHECK(real_vm_create(&v, code, sizeof(code)) == 0);
+	CHECK(ioctl(v.vm, KVM_CHECK_EXTENSION, KVM_CAP_READONLY_MEM) == 1);
+	ro = add_slot1(&v, 0xab, KVM_MEM_READONLY, &ret);
+	CHECK(ret == 0);
+	CHECK(run_expect(&v, KVM_EXIT_MMIO) && mmio_is(&v, 0x20010, 2, 1));
+	CHECK(memcmp(v.run->mmio.data, "\x34\x12", 2) == 0);
+	CHECK(run_expect(&v, KVM_EXIT_HLT));
+	CHECK(ioctl(v.vcpu, KVM_GET_REGS, &regs) == 0 && (regs.rbx & 0xffff) == 0xabab);
+	CHECK(ro[0x10] == 0xab && ro[0x11] == 0xab);
+	real_vm_free(&v);
+	munmap(ro, 0x1000);
+}
+
+TEST(slot_deleted_then_readded)
+{
+	static const unsigned char code[] = {
+		SEGS_AT_0x20000,
+		0x8b, 0x1e, 0x10, 0x00, PAUSE,		/* mov bx, [0x10]: the first slot's memory */
+		0x8b, 0x0e, 0x10, 0x00, PAUSE,		/* mov cx, [0x10]: no slot, MMIO */
+		0x8b, 0x16, 0x10, 0x00,			/* mov dx, [0x10]: the new slot's memory */
+		HLT,
+	};
+	struct kvm_regs regs;
+	struct real_vm v;
+	unsigned char *a, *b;
+	int ret;
+
+	if (no_guests())
+		SKIP("backend=none enters no guest");
+	CHECK(real_vm_create(&v, code, sizeof(code)) == 0);
+	a = add_slot1(&v, 0xab, 0, &ret);
+	CHECK(ret == 0);
+	CHECK(run_expect(&v, KVM_EXIT_IO));
+	/* The page is mapped in EPT now; deleting the slot must unmap it. */
+	CHECK(delete_slot1(&v) == 0);
+	munmap(a, 0x1000);
+	CHECK(run_expect(&v, KVM_EXIT_MMIO) && mmio_is(&v, 0x20010, 2, 0));
+	memcpy(v.run->mmio.data, "\x44\x44", 2);
+	CHECK(run_expect(&v, KVM_EXIT_IO));
+	b = add_slot1(&v, 0xcd, 0, &ret);
+	CHECK(ret == 0);
+	CHECK(run_expect(&v, KVM_EXIT_HLT));
+	CHECK(ioctl(v.vcpu, KVM_GET_REGS, &regs) == 0);
+	CHECK((regs.rbx & 0xffff) == 0xabab);
+	CHECK((regs.rcx & 0xffff) == 0x4444);
+	CHECK((regs.rdx & 0xffff) == 0xcdcd);
+	real_vm_free(&v);
+	munmap(b, 0x1000);
+}
+
+TEST(undecodable_mmio_is_internal_error)
+{
+	static const unsigned char code[] = {
+		SEGS_AT_0x20000,
+		0x01, 0x06, 0x10, 0x00,			/* add [0x10], ax: not emulated */
+		HLT,
+	};
+	struct real_vm v;
+
+	if (no_guests())
+		SKIP("backend=none enters no guest");
+	if (upstream())
+		SKIP("upstream KVM emulates ADD to memory");
+	CHECK(real_vm_create(&v, code, sizeof(code)) == 0);
+	CHECK(run_expect(&v, KVM_EXIT_INTERNAL_ERROR));
+	CHECK(v.run->internal.suberror == KVM_INTERNAL_ERROR_EMULATION);
+	real_vm_free(&v);
+}
+
+KTAP_MAIN("rkvm mmio",
+	CASE(mmio_reads_complete_into_registers),
+	CASE(mmio_writes_report_their_data),
+	CASE(readonly_slot_write_is_mmio),
+	CASE(slot_deleted_then_readded),
+	CASE(undecodable_mmio_is_internal_error))
