@@ -19,6 +19,7 @@ use crate::vcpu::{self, Vcpu};
 use kernel::c_str;
 use kernel::prelude::*;
 use kernel::sync::{Arc, ArcBorrow, Mutex};
+use kernel::uaccess::UserSlice;
 
 /// The memory slots of a VM, stored in kernel vectors.
 pub(crate) type Slots = Memslots<KVec<Memslot>, KVec<GfnRange>>;
@@ -215,15 +216,40 @@ impl Vm {
     /// Reads guest-physical memory into `buf` through the slots' userspace mappings (the caller
     /// runs in the VM owner's address space: vCPU ioctls do). `EFAULT` outside every slot.
     pub(crate) fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> Result {
+        self.for_each_chunk(gpa, buf.len(), false, |hva, r| {
+            UserSlice::new(hva, r.len()).reader().read_slice(&mut buf[r])
+        })
+    }
+
+    /// Writes `buf` to guest-physical memory, as [`Vm::read_guest`]. `EFAULT` outside every
+    /// slot or in a read-only one (what lies before such a page is written).
+    pub(crate) fn write_guest(&self, gpa: u64, buf: &[u8]) -> Result {
+        self.for_each_chunk(gpa, buf.len(), true, |hva, r| {
+            UserSlice::new(hva, r.len()).writer().write_slice(&buf[r])
+        })
+    }
+
+    /// Calls `f(hva, range)` for each within-page piece of `len` bytes at `gpa`, with the
+    /// piece's userspace address and its range in the caller's buffer; the slots lock is held.
+    fn for_each_chunk(
+        &self,
+        gpa: u64,
+        len: usize,
+        write: bool,
+        mut f: impl FnMut(usize, core::ops::Range<usize>) -> Result,
+    ) -> Result {
         let slots = self.slots.lock();
         let mut done = 0;
-        while done < buf.len() {
+        while done < len {
             let a = gpa + done as u64;
             let slot = slots.find(a >> memslot::PAGE_SHIFT).ok_or(EFAULT)?;
+            if write && slot.readonly() {
+                return Err(EFAULT);
+            }
             let in_page = (memslot::PAGE_SIZE - (a & (memslot::PAGE_SIZE - 1))) as usize;
-            let n = in_page.min(buf.len() - done);
+            let n = in_page.min(len - done);
             let hva = slot.hva(a >> memslot::PAGE_SHIFT) + (a & (memslot::PAGE_SIZE - 1));
-            kernel::uaccess::UserSlice::new(hva as usize, n).reader().read_slice(&mut buf[done..done + n])?;
+            f(hva as usize, done..done + n)?;
             done += n;
         }
         Ok(())

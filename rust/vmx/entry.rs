@@ -27,6 +27,8 @@ pub(crate) const RCX: usize = 1;
 pub(crate) const RDX: usize = 2;
 pub(crate) const RBX: usize = 3;
 pub(crate) const RSP: usize = 4;
+pub(crate) const RSI: usize = 6;
+pub(crate) const RDI: usize = 7;
 
 core::arch::global_asm!(
     ".pushsection .text",

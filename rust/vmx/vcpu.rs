@@ -15,7 +15,7 @@
 //! 7. the exit is handled in the kernel (loop) or reported in `kvm_run` (return to userspace).
 
 use super::config::VmcsConfig;
-use super::entry::{self, GuestRegs, RAX, RBX, RCX, RDX, RSP};
+use super::entry::{self, GuestRegs, RAX, RBX, RCX, RDI, RDX, RSI, RSP};
 use super::vmcs::{self, field as f, Vmcs};
 use super::pt::{self, PtContext};
 use super::{insn, rdmsr, KernelMsrs};
@@ -43,6 +43,44 @@ enum PendingIo {
     /// An MMIO access of the instruction `len` bytes long: a read lands in a register, a STOS
     /// moves RDI; RIP advances.
     Mmio { access: Access, len: u8 },
+    /// INS/OUTS: for INS the data in the PIO page goes to guest memory; rSI/rDI (and rCX with
+    /// REP) move past the elements done; RIP advances once no repetitions are left.
+    Str(StringIo),
+}
+
+/// One batch of an INS/OUTS (upstream: the emulator's string I/O through `pio_in_emulated` /
+/// `emulator_pio_out`): up to a PIO page of elements per exit to userspace.
+#[derive(Clone, Copy)]
+struct StringIo {
+    is_in: bool,
+    /// Element size (1, 2 or 4) and number of elements in this batch.
+    size: u32,
+    count: u32,
+    /// Address size of the instruction (rSI/rDI/rCX width) in bytes.
+    addr_size: u8,
+    /// Base of the memory operand's segment and the offset of the first element.
+    base: u64,
+    offset: u64,
+    /// EFLAGS.DF: the elements go downwards.
+    down: bool,
+    rep: bool,
+    /// The instruction's length.
+    len: u8,
+}
+
+impl StringIo {
+    /// Linear address of element `k` of the batch.
+    fn linear(&self, k: u32, long: bool) -> u64 {
+        let step = u64::from(k * self.size);
+        let off = if self.down { self.offset.wrapping_sub(step) } else { self.offset.wrapping_add(step) };
+        let la = self.base.wrapping_add(off & addr_mask(self.addr_size));
+        if long { la } else { la & 0xffff_ffff }
+    }
+}
+
+/// The mask of an address (or count) of `size` bytes.
+fn addr_mask(size: u8) -> u64 {
+    if size >= 8 { u64::MAX } else { (1u64 << (8 * size)) - 1 }
 }
 
 /// Exit information read while the VMCS was current.
@@ -367,8 +405,12 @@ impl VmxVcpu {
     }
 
     /// Completes the I/O or MMIO exit userspace has just handled.
-    fn complete_pending(&mut self, pio: *const u8, run: *const b::kvm_run) {
+    fn complete_pending(&mut self, vm: &crate::vm::Vm, pio: *const u8, run: *const b::kvm_run) {
         let Some(p) = self.pending.take() else { return };
+        if let PendingIo::Str(s) = p {
+            self.complete_string_io(vm, pio, &s);
+            return;
+        }
         if let PendingIo::Mmio { access, len } = p {
             match access {
                 Access::Read { reg, high8, size, extend } => {
@@ -381,9 +423,9 @@ impl VmxVcpu {
                 }
                 Access::Stos { size, addr_size } => {
                     let df = vmcs::read(f::GUEST_RFLAGS) & (1 << 10) != 0;
-                    let rdi = self.regs.gpr[7];
+                    let rdi = self.regs.gpr[RDI];
                     let moved = if df { rdi.wrapping_sub(size.into()) } else { rdi.wrapping_add(size.into()) };
-                    self.regs.gpr[7] = decode::merge(rdi, moved, addr_size, false, decode::Extend::None);
+                    self.regs.gpr[RDI] = decode::merge(rdi, moved, addr_size, false, decode::Extend::None);
                 }
                 _ => {}
             }
@@ -683,39 +725,8 @@ impl VmxVcpu {
     /// and exits with KVM_EXIT_MMIO (upstream: `handle_ept_violation` → `kvm_mmu_page_fault` →
     /// `x86_emulate_instruction`).
     fn emulate_mmio(&mut self, ctx: &mut RunContext<'_>, e: &ExitInfo) -> Result<Next> {
-        let (rip, cs_base, cs_ar, cr0, cr3, cr4) = self.with_vmcs(|_| {
-            (
-                vmcs::read(f::GUEST_RIP),
-                vmcs::read(f::GUEST_CS_BASE),
-                vmcs::read(f::GUEST_CS_AR_BYTES),
-                vmcs::read(f::GUEST_CR0),
-                vmcs::read(f::GUEST_CR3),
-                vmcs::read(f::GUEST_CR4),
-            )
-        })?;
-        let long = self.efer & cr::EFER_LMA != 0;
-        let mode = if long && cs_ar & (1 << 13) != 0 {
-            decode::Mode::Bits64
-        } else if cs_ar & (1 << 14) != 0 {
-            decode::Mode::Bits32
-        } else {
-            decode::Mode::Bits16
-        };
-        let la = cs_base.wrapping_add(rip);
-        let la = if mode == decode::Mode::Bits64 { la } else { la & 0xffff_ffff };
-        // Fetch up to 15 bytes, page by page (the instruction may cross a page boundary).
-        let mut bytes = [0u8; 15];
-        let mut got = 0;
-        let mut mem = VmMem(ctx.vm);
-        while got < bytes.len() {
-            let a = la.wrapping_add(got as u64);
-            let Some(gpa) = walk::translate(&mut mem, cr0, cr3, cr4, self.efer, a) else { break };
-            let n = ((4096 - (a & 4095)) as usize).min(bytes.len() - got);
-            if ctx.vm.read_guest(gpa, &mut bytes[got..got + n]).is_err() {
-                break;
-            }
-            got += n;
-        }
+        let (mode, pg) = self.with_vmcs(|v| (v.code_mode(), v.paging()))?;
+        let (bytes, got) = self.fetch(ctx.vm, &pg)?;
         let Some(insn) = decode::decode(&bytes[..got], mode) else {
             self.internal_error(ctx.run, b::KVM_INTERNAL_ERROR_EMULATION, e);
             return Ok(Next::User);
@@ -742,6 +753,154 @@ impl VmxVcpu {
         Ok(Next::User)
     }
 
+    /// The decoding mode of the guest's code segment (VMCS current).
+    fn code_mode(&self) -> decode::Mode {
+        let cs_ar = vmcs::read(f::GUEST_CS_AR_BYTES);
+        if self.efer & cr::EFER_LMA != 0 && cs_ar & (1 << 13) != 0 {
+            decode::Mode::Bits64
+        } else if cs_ar & (1 << 14) != 0 {
+            decode::Mode::Bits32
+        } else {
+            decode::Mode::Bits16
+        }
+    }
+
+    /// The guest's paging state and the linear address of its RIP (VMCS current).
+    fn paging(&self) -> Paging {
+        let long = self.efer & cr::EFER_LMA != 0;
+        let rip = vmcs::read(f::GUEST_CS_BASE).wrapping_add(vmcs::read(f::GUEST_RIP));
+        Paging {
+            cr0: vmcs::read(f::GUEST_CR0),
+            cr3: vmcs::read(f::GUEST_CR3),
+            cr4: vmcs::read(f::GUEST_CR4),
+            efer: self.efer,
+            rip: if long { rip } else { rip & 0xffff_ffff },
+        }
+    }
+
+    /// Fetches up to 15 bytes at the guest's RIP, page by page (an instruction may cross a page
+    /// boundary); returns them and how many could be read.
+    fn fetch(&self, vm: &crate::vm::Vm, pg: &Paging) -> Result<([u8; 15], usize)> {
+        let mut bytes = [0u8; 15];
+        let mut got = 0;
+        while got < bytes.len() {
+            let a = pg.rip.wrapping_add(got as u64);
+            let n = ((4096 - (a & 4095)) as usize).min(bytes.len() - got);
+            if pg.read(vm, a, &mut bytes[got..got + n]).is_err() {
+                break;
+            }
+            got += n;
+        }
+        Ok((bytes, got))
+    }
+
+    /// An INS or OUTS exit: decodes the prefixes the exit does not report, moves up to a PIO
+    /// page of OUTS elements from guest memory to the PIO page, and exits to userspace with
+    /// `io.count` elements (upstream: `handle_io` → `kvm_emulate_instruction` → `em_in`/`em_out`).
+    fn string_io(
+        &mut self,
+        ctx: &mut RunContext<'_>,
+        e: &ExitInfo,
+        size: u32,
+        is_in: bool,
+        port: u16,
+        rep: bool,
+    ) -> Result<Next> {
+        let (mode, pg) = self.with_vmcs(|v| (v.code_mode(), v.paging()))?;
+        let (bytes, got) = self.fetch(ctx.vm, &pg)?;
+        let Some(insn) = decode::string_io(&bytes[..got], mode) else {
+            self.internal_error(ctx.run, b::KVM_INTERNAL_ERROR_EMULATION, e);
+            return Ok(Next::User);
+        };
+        let long = mode == decode::Mode::Bits64;
+        let (base, down) = self.with_vmcs(|_| {
+            let seg = [f::GUEST_ES_BASE, f::GUEST_CS_BASE, f::GUEST_SS_BASE, f::GUEST_DS_BASE,
+                       f::GUEST_FS_BASE, f::GUEST_GS_BASE][insn.seg as usize];
+            // In 64-bit mode only FS and GS have a base.
+            let base = if long && insn.seg < 4 { 0 } else { vmcs::read(seg) };
+            (base, vmcs::read(f::GUEST_RFLAGS) & (1 << 10) != 0)
+        })?;
+        let mask = addr_mask(insn.addr_size);
+        let total = if rep { self.regs.gpr[RCX] & mask } else { 1 };
+        if total == 0 {
+            // REP with rCX = 0 does nothing.
+            self.with_vmcs(|v| v.skip_instruction(insn.len.into()))?;
+            return Ok(Next::Resume);
+        }
+        let s = StringIo {
+            is_in,
+            size,
+            count: total.min(u64::from(b::PAGE_SIZE as u32 / size)) as u32,
+            addr_size: insn.addr_size,
+            base,
+            offset: self.regs.gpr[if is_in { RDI } else { RSI }] & mask,
+            down,
+            rep,
+            len: insn.len,
+        };
+        if !is_in {
+            let mut data = [0u8; 4];
+            for k in 0..s.count {
+                let chunk = &mut data[..size as usize];
+                if pg.read(ctx.vm, s.linear(k, long), chunk).is_err() {
+                    // Unmapped source (upstream would inject #PF, or read MMIO).
+                    self.internal_error(ctx.run, b::KVM_INTERNAL_ERROR_EMULATION, e);
+                    return Ok(Next::User);
+                }
+                // SAFETY: `pio` is the vCPU's PIO page: count * size <= PAGE_SIZE bytes.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(chunk.as_ptr(), ctx.pio.add((k * size) as usize), size as usize)
+                };
+            }
+        }
+        // SAFETY: `run` is the vCPU's kvm_run page; the io struct is plain data.
+        unsafe {
+            (*ctx.run).exit_reason = b::KVM_EXIT_IO;
+            let io = &mut (*ctx.run).__bindgen_anon_1.io;
+            io.direction = if is_in { b::KVM_EXIT_IO_IN } else { b::KVM_EXIT_IO_OUT } as u8;
+            io.size = size as u8;
+            io.port = port;
+            io.count = s.count;
+            io.data_offset = u64::from(b::KVM_PIO_PAGE_OFFSET) * u64::from(b::PAGE_SIZE as u32);
+        }
+        self.pending = Some(PendingIo::Str(s));
+        Ok(Next::User)
+    }
+
+    /// Finishes a batch of INS/OUTS (VMCS current): INS data into guest memory, rSI/rDI and
+    /// rCX moved, RIP advanced once the count reaches zero (else the guest re-executes the
+    /// instruction for the next batch).
+    fn complete_string_io(&mut self, vm: &crate::vm::Vm, pio: *const u8, s: &StringIo) {
+        let long = self.efer & cr::EFER_LMA != 0;
+        if s.is_in {
+            let pg = self.paging();
+            let mut data = [0u8; 4];
+            for k in 0..s.count {
+                let chunk = &mut data[..s.size as usize];
+                // SAFETY: `pio` is the vCPU's PIO page: count * size <= PAGE_SIZE bytes.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(pio.add((k * s.size) as usize), chunk.as_mut_ptr(), s.size as usize)
+                };
+                // An element aimed at unmapped, MMIO or read-only memory is dropped (upstream
+                // would fault or exit again for MMIO); the registers still move past it.
+                let _ = pg.write(vm, s.linear(k, long), chunk);
+            }
+        }
+        let moved = u64::from(s.count * s.size);
+        let idx = if s.is_in { RDI } else { RSI };
+        let new = if s.down { s.offset.wrapping_sub(moved) } else { s.offset.wrapping_add(moved) };
+        let r = &mut self.regs.gpr;
+        r[idx] = decode::merge(r[idx], new, s.addr_size, false, decode::Extend::None);
+        let mut left = 0;
+        if s.rep {
+            left = (r[RCX] & addr_mask(s.addr_size)) - u64::from(s.count);
+            r[RCX] = decode::merge(r[RCX], left, s.addr_size, false, decode::Extend::None);
+        }
+        if left == 0 {
+            self.skip_instruction(s.len.into());
+        }
+    }
+
     fn handle_io(&mut self, ctx: &mut RunContext<'_>, e: &ExitInfo) -> Result<Next> {
         let q = e.qualification;
         let size = (q & 7) as u32 + 1;
@@ -749,9 +908,7 @@ impl VmxVcpu {
         let string = q & 16 != 0;
         let port = (q >> 16) as u16;
         if string {
-            // INS/OUTS need guest linear-address translation: not implemented yet.
-            self.internal_error(ctx.run, b::KVM_INTERNAL_ERROR_EMULATION, e);
-            return Ok(Next::User);
+            return self.string_io(ctx, e, size, is_in, port, q & 32 != 0);
         }
         if !is_in {
             let data = self.regs.gpr[RAX].to_le_bytes();
@@ -770,6 +927,47 @@ impl VmxVcpu {
         }
         self.pending = Some(if is_in { PendingIo::In { size } } else { PendingIo::Out });
         Ok(Next::User)
+    }
+}
+
+/// What translating a guest linear address needs (read while the VMCS was current).
+struct Paging {
+    cr0: u64,
+    cr3: u64,
+    cr4: u64,
+    efer: u64,
+    /// Linear address of the guest's RIP.
+    rip: u64,
+}
+
+impl Paging {
+    /// Copies guest linear memory at `la` into `buf` (which must not cross a page boundary
+    /// unless both pages translate); `EFAULT` if unmapped or outside every slot.
+    fn read(&self, vm: &crate::vm::Vm, la: u64, buf: &mut [u8]) -> Result {
+        let mut done = 0;
+        while done < buf.len() {
+            let a = la.wrapping_add(done as u64);
+            let n = ((4096 - (a & 4095)) as usize).min(buf.len() - done);
+            vm.read_guest(self.translate(vm, a)?, &mut buf[done..done + n])?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Writes `buf` to guest linear memory at `la`, as [`Paging::read`].
+    fn write(&self, vm: &crate::vm::Vm, la: u64, buf: &[u8]) -> Result {
+        let mut done = 0;
+        while done < buf.len() {
+            let a = la.wrapping_add(done as u64);
+            let n = ((4096 - (a & 4095)) as usize).min(buf.len() - done);
+            vm.write_guest(self.translate(vm, a)?, &buf[done..done + n])?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn translate(&self, vm: &crate::vm::Vm, la: u64) -> Result<u64> {
+        walk::translate(&mut VmMem(vm), self.cr0, self.cr3, self.cr4, self.efer, la).ok_or(EFAULT)
     }
 }
 
@@ -803,7 +1001,8 @@ impl BackendVcpu for VmxVcpu {
 
     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result {
         let (pio, run) = (ctx.pio, ctx.run);
-        self.with_vmcs(|v| v.complete_pending(pio, run))?;
+        let vm = ctx.vm;
+        self.with_vmcs(|v| v.complete_pending(vm, pio, run))?;
         loop {
             // SAFETY: querying the current task's state.
             if unsafe { b::rkvm_signal_pending() } {

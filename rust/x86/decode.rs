@@ -6,6 +6,7 @@
 //! register or immediate and length. Covered: MOV to and from memory in every size (88, 89, 8A,
 //! 8B, A0–A3), MOV of an immediate to memory (C6, C7), MOVZX/MOVSX (0F B6/B7/BE/BF) and STOS
 //! without REP (AA, AB). Anything else is `None`: the caller reports an emulation failure.
+//! [`string_io`] decodes the prefixes of INS/OUTS, whose memory operand the I/O exit leaves out.
 
 /// Execution mode of the code being decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,41 +53,87 @@ pub struct Insn {
     pub access: Access,
 }
 
-/// Decodes `bytes` (at least the whole instruction, up to 15 bytes) in `mode`.
-pub fn decode(bytes: &[u8], mode: Mode) -> Option<Insn> {
-    let mut i = 0;
-    let mut opsize16 = false;
+/// The legacy and REX prefixes in front of an opcode.
+struct Prefixes {
+    /// Index of the opcode byte.
+    at: usize,
+    opsize16: bool,
+    rep: bool,
+    rex: u8,
+    /// Segment override, as a segment register number (ES=0, CS, SS, DS, FS, GS=5).
+    seg: Option<u8>,
+    /// Address size in bytes after the 0x67 override.
+    asize: u8,
+}
+
+fn prefixes(bytes: &[u8], mode: Mode) -> Option<Prefixes> {
+    let mut p = Prefixes { at: 0, opsize16: false, rep: false, rex: 0, seg: None, asize: 0 };
     let mut addrsize_override = false;
-    let mut rep = false;
-    let mut rex = 0u8;
     loop {
-        match *bytes.get(i)? {
-            0x66 => opsize16 = true,
+        match *bytes.get(p.at)? {
+            0x66 => p.opsize16 = true,
             0x67 => addrsize_override = true,
-            0xf2 | 0xf3 => rep = true,
-            0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0xf0 => {}
+            0xf2 | 0xf3 => p.rep = true,
+            0x26 => p.seg = Some(0),
+            0x2e => p.seg = Some(1),
+            0x36 => p.seg = Some(2),
+            0x3e => p.seg = Some(3),
+            0x64 => p.seg = Some(4),
+            0x65 => p.seg = Some(5),
+            0xf0 => {}
             _ => break,
         }
-        i += 1;
-        if i >= 15 {
+        p.at += 1;
+        if p.at >= 15 {
             return None;
         }
     }
-    if mode == Mode::Bits64 && (0x40..=0x4f).contains(bytes.get(i)?) {
-        rex = bytes[i];
-        i += 1;
+    if mode == Mode::Bits64 && (0x40..=0x4f).contains(bytes.get(p.at)?) {
+        p.rex = bytes[p.at];
+        p.at += 1;
     }
+    p.asize = match mode {
+        Mode::Bits16 => if addrsize_override { 4 } else { 2 },
+        Mode::Bits32 => if addrsize_override { 2 } else { 4 },
+        Mode::Bits64 => if addrsize_override { 4 } else { 8 },
+    };
+    Some(p)
+}
+
+/// A decoded INS or OUTS (the I/O exit tells port, size, direction and REP, but not the address
+/// size or the segment of the memory operand).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StringIo {
+    /// Its length in bytes.
+    pub len: u8,
+    /// Address size in bytes: rSI/rDI and rCX are used at this width.
+    pub addr_size: u8,
+    /// Segment register number of the memory operand: ES (0) for INS; DS (3) or the override
+    /// for OUTS.
+    pub seg: u8,
+}
+
+/// Decodes the INS (6C, 6D) or OUTS (6E, 6F) at the start of `bytes`.
+pub fn string_io(bytes: &[u8], mode: Mode) -> Option<StringIo> {
+    let p = prefixes(bytes, mode)?;
+    let seg = match *bytes.get(p.at)? {
+        0x6c | 0x6d => 0,
+        0x6e | 0x6f => p.seg.unwrap_or(3),
+        _ => return None,
+    };
+    Some(StringIo { len: (p.at + 1) as u8, addr_size: p.asize, seg })
+}
+
+/// Decodes `bytes` (at least the whole instruction, up to 15 bytes) in `mode`.
+pub fn decode(bytes: &[u8], mode: Mode) -> Option<Insn> {
+    let p = prefixes(bytes, mode)?;
+    let (mut i, opsize16, rep, rex, asize) = (p.at, p.opsize16, p.rep, p.rex, p.asize);
     let rex_w = rex & 8 != 0;
     // Operand size of non-byte operations.
     let osize: u8 = match mode {
         _ if rex_w => 8,
         Mode::Bits16 => if opsize16 { 4 } else { 2 },
         _ => if opsize16 { 2 } else { 4 },
-    };
-    let asize: u8 = match mode {
-        Mode::Bits16 => if addrsize_override { 4 } else { 2 },
-        Mode::Bits32 => if addrsize_override { 2 } else { 4 },
-        Mode::Bits64 => if addrsize_override { 4 } else { 8 },
     };
     let op = *bytes.get(i)?;
     i += 1;

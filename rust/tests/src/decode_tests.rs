@@ -1,6 +1,6 @@
 //! The MMIO instruction decoder and the guest page-table walker.
 
-use crate::x86::decode::{decode, merge, Access, Extend, Insn, Mode};
+use crate::x86::decode::{decode, merge, string_io, Access, Extend, Insn, Mode, StringIo};
 use crate::x86::walk::{translate, GuestMem};
 use std::collections::BTreeMap;
 
@@ -56,6 +56,27 @@ fn refusals() {
     assert_eq!(d(&[0xc7, 0x0b, 0, 0, 0, 0], Bits64), None, "C7 /1");
     assert_eq!(d(&[0x8b], Bits64), None, "truncated");
     assert_eq!(d(&[0xc7, 0x03, 0x44], Bits64), None, "truncated immediate");
+}
+
+#[test]
+fn string_io_prefixes() {
+    let sio = |len, addr_size, seg| Some(StringIo { len, addr_size, seg });
+    // rep outsb / outsw / insd in each mode: DS (OUTS) or ES (INS), the mode's address size.
+    assert_eq!(string_io(&[0xf3, 0x6e], Mode::Bits16), sio(2, 2, 3));
+    assert_eq!(string_io(&[0x6f], Mode::Bits32), sio(1, 4, 3));
+    assert_eq!(string_io(&[0x66, 0x6d], Mode::Bits64), sio(2, 8, 0));
+    // Address-size override; a segment override applies to OUTS only.
+    assert_eq!(string_io(&[0x67, 0xf3, 0x6c], Mode::Bits16), sio(3, 4, 0));
+    assert_eq!(string_io(&[0x67, 0x6e], Mode::Bits64), sio(2, 4, 3));
+    assert_eq!(string_io(&[0x2e, 0xf3, 0x6f], Mode::Bits32), sio(3, 4, 1));
+    assert_eq!(string_io(&[0x65, 0x6f], Mode::Bits64), sio(2, 8, 5));
+    assert_eq!(string_io(&[0x26, 0x64, 0x6c], Mode::Bits32), sio(3, 4, 0));
+    // REX in 64-bit mode is a prefix; elsewhere 0x48 is DEC.
+    assert_eq!(string_io(&[0xf3, 0x48, 0x6f], Mode::Bits64), sio(3, 8, 3));
+    assert_eq!(string_io(&[0x48, 0x6f], Mode::Bits32), None);
+    // Not a string I/O instruction, or truncated.
+    assert_eq!(string_io(&[0xe6, 0x80], Mode::Bits16), None);
+    assert_eq!(string_io(&[0xf3], Mode::Bits16), None);
 }
 
 #[test]
