@@ -2,8 +2,9 @@
 /*
  * Object lifetimes: every open device, VM or vCPU fd (and vCPU mapping) pins the module, so
  * `rmmod rkvm` fails while any lives and succeeds once all are gone, whatever order they were
- * closed in; the module then loads again. Also the drop-in mode (devname=kvm → /dev/kvm) and its
- * refusal while the kernel's own KVM holds /dev/kvm.
+ * closed in; the module then loads again (20 times over, with a guest run after each load).
+ * Also the drop-in mode (devname=kvm → /dev/kvm) and its refusal while the kernel's own KVM
+ * holds /dev/kvm.
  *
  * The module is reloaded with the parameters it was loaded with, read from
  * /sys/module/rkvm/parameters, from /lib/modules/rkvm.ko. Needs root; skipped for upstream KVM.
@@ -115,6 +116,28 @@ TEST(many_vms_then_unload)
 	CHECK(reload() == 0);
 }
 
+TEST(reload_cycles_with_guests)
+{
+	static const unsigned char hlt[] = { 0xf4 };
+	struct real_vm v;
+
+	if (upstream())
+		SKIP("reloads rkvm");
+	read_params();
+	/*
+	 * 20 unload/load cycles (VMXOFF then VMXON on every CPU with backend=vmx), each followed by
+	 * a VM whose vCPU runs a HLT guest, so VMX operation really works again after each load.
+	 */
+	for (int i = 0; i < 20; i++) {
+		CHECK(unload("rkvm") == 0);
+		CHECK(reload() == 0);
+		CHECK(real_vm_create(&v, hlt, sizeof(hlt)) == 0);
+		if (!no_guests())
+			CHECK(ioctl(v.vcpu, KVM_RUN, 0) == 0 && v.run->exit_reason == KVM_EXIT_HLT);
+		real_vm_free(&v);
+	}
+}
+
 TEST(dropin_dev_kvm)
 {
 	struct stat st;
@@ -200,5 +223,6 @@ TEST(dropin_refused_while_kvm_loaded)
 KTAP_MAIN("rkvm lifetime",
 	CASE(close_orders),
 	CASE(many_vms_then_unload),
+	CASE(reload_cycles_with_guests),
 	CASE(dropin_dev_kvm),
 	CASE(dropin_refused_while_kvm_loaded))

@@ -4,6 +4,7 @@
 #define RKVM_UTIL_H
 
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <linux/kvm.h>
 #include <stdlib.h>
@@ -47,7 +48,7 @@ static inline long page_size(void)
 	return sysconf(_SC_PAGESIZE);
 }
 
-/* With backend=none (RKVM_BACKEND_NONE set by run_tests) no guest is entered. */
+/* With backend=none (RKVM_BACKEND_NONE, or rkvm's parameter) no guest is entered. */
 struct real_vm {
 	int kvm, vm, vcpu;
 	struct kvm_run *run;
@@ -94,7 +95,20 @@ static inline void real_vm_free(struct real_vm *v)
 
 static inline int no_guests(void)
 {
-	return getenv("RKVM_BACKEND_NONE") != NULL;
+	char buf[16] = "";
+	FILE *f;
+
+	if (getenv("RKVM_BACKEND_NONE"))
+		return 1;
+	if (upstream())
+		return 0;
+	f = fopen("/sys/module/rkvm/parameters/backend", "r");
+	if (f) {
+		if (!fgets(buf, sizeof(buf), f))
+			buf[0] = 0;
+		fclose(f);
+	}
+	return strncmp(buf, "none", 4) == 0;
 }
 
 #endif
