@@ -11,8 +11,9 @@
 //! the mode's descriptor and page tables (see `setup.rs`) and its stack at the top of memory.
 //! Port output goes to stdout (the bytes written); byte i of every port input reads `'a' + i`
 //! (so guests can check IN of each size); MMIO is reported on stderr and byte i of every MMIO
-//! read is `0x81 + i` (high bit set, so guests can check sign and zero extension). The run ends at HLT (exit status 0), or with a report and status 1 on
-//! SHUTDOWN, FAIL_ENTRY, INTERNAL_ERROR, an unexpected exit, a KVM_RUN error or `--max-exits`.
+//! read is `0x81 + i` (high bit set, so guests can check sign and zero extension). The run
+//! ends at HLT (exit status 0), or with a report and status 1 on SHUTDOWN, FAIL_ENTRY,
+//! INTERNAL_ERROR, an unexpected exit, a KVM_RUN error or `--max-exits`.
 //! `--print-regs` prints the final general registers as `name=0x...` lines on stderr;
 //! `--dump GPA:LEN` prints guest memory as `mem[GPA]=xx xx ...` on stderr at the end.
 
