@@ -78,6 +78,21 @@ impl StringIo {
     }
 }
 
+/// Fills `kvm_run` for a KVM_EXIT_IO of `count` elements of `size` bytes, whose data is (OUT)
+/// or goes (IN) in the PIO page.
+fn io_exit(run: *mut b::kvm_run, is_in: bool, size: u32, port: u16, count: u32) {
+    // SAFETY: `run` is the vCPU's kvm_run page; the io struct is plain data.
+    unsafe {
+        (*run).exit_reason = b::KVM_EXIT_IO;
+        let io = &mut (*run).__bindgen_anon_1.io;
+        io.direction = if is_in { b::KVM_EXIT_IO_IN } else { b::KVM_EXIT_IO_OUT } as u8;
+        io.size = size as u8;
+        io.port = port;
+        io.count = count;
+        io.data_offset = u64::from(b::KVM_PIO_PAGE_OFFSET) * u64::from(b::PAGE_SIZE as u32);
+    }
+}
+
 /// The mask of an address (or count) of `size` bytes.
 fn addr_mask(size: u8) -> u64 {
     if size >= 8 { u64::MAX } else { (1u64 << (8 * size)) - 1 }
@@ -853,16 +868,7 @@ impl VmxVcpu {
                 };
             }
         }
-        // SAFETY: `run` is the vCPU's kvm_run page; the io struct is plain data.
-        unsafe {
-            (*ctx.run).exit_reason = b::KVM_EXIT_IO;
-            let io = &mut (*ctx.run).__bindgen_anon_1.io;
-            io.direction = if is_in { b::KVM_EXIT_IO_IN } else { b::KVM_EXIT_IO_OUT } as u8;
-            io.size = size as u8;
-            io.port = port;
-            io.count = s.count;
-            io.data_offset = u64::from(b::KVM_PIO_PAGE_OFFSET) * u64::from(b::PAGE_SIZE as u32);
-        }
+        io_exit(ctx.run, is_in, size, port, s.count);
         self.pending = Some(PendingIo::Str(s));
         Ok(Next::User)
     }
@@ -915,16 +921,7 @@ impl VmxVcpu {
             // SAFETY: `pio` is the vCPU's PIO page, at least 4 bytes.
             unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), ctx.pio, size as usize) };
         }
-        // SAFETY: `run` is the vCPU's kvm_run page; the io struct is plain data.
-        unsafe {
-            (*ctx.run).exit_reason = b::KVM_EXIT_IO;
-            let io = &mut (*ctx.run).__bindgen_anon_1.io;
-            io.direction = if is_in { b::KVM_EXIT_IO_IN } else { b::KVM_EXIT_IO_OUT } as u8;
-            io.size = size as u8;
-            io.port = port;
-            io.count = 1;
-            io.data_offset = u64::from(b::KVM_PIO_PAGE_OFFSET) * u64::from(b::PAGE_SIZE as u32);
-        }
+        io_exit(ctx.run, is_in, size, port, 1);
         self.pending = Some(if is_in { PendingIo::In { size } } else { PendingIo::Out });
         Ok(Next::User)
     }
