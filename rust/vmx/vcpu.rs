@@ -73,7 +73,7 @@ impl StringIo {
     fn linear(&self, k: u32, long: bool) -> u64 {
         let step = u64::from(k * self.size);
         let off = if self.down { self.offset.wrapping_sub(step) } else { self.offset.wrapping_add(step) };
-        let la = self.base.wrapping_add(off & addr_mask(self.addr_size));
+        let la = self.base.wrapping_add(off & decode::size_mask(self.addr_size));
         if long { la } else { la & 0xffff_ffff }
     }
 }
@@ -93,10 +93,6 @@ fn io_exit(run: *mut b::kvm_run, is_in: bool, size: u32, port: u16, count: u32) 
     }
 }
 
-/// The mask of an address (or count) of `size` bytes.
-fn addr_mask(size: u8) -> u64 {
-    if size >= 8 { u64::MAX } else { (1u64 << (8 * size)) - 1 }
-}
 
 /// Exit information read while the VMCS was current.
 struct ExitInfo {
@@ -741,7 +737,7 @@ impl VmxVcpu {
     /// `x86_emulate_instruction`).
     fn emulate_mmio(&mut self, ctx: &mut RunContext<'_>, e: &ExitInfo) -> Result<Next> {
         let (mode, pg) = self.with_vmcs(|v| (v.code_mode(), v.paging()))?;
-        let (bytes, got) = self.fetch(ctx.vm, &pg)?;
+        let (bytes, got) = self.fetch(ctx.vm, &pg);
         let Some(insn) = decode::decode(&bytes[..got], mode) else {
             self.internal_error(ctx.run, b::KVM_INTERNAL_ERROR_EMULATION, e);
             return Ok(Next::User);
@@ -795,7 +791,7 @@ impl VmxVcpu {
 
     /// Fetches up to 15 bytes at the guest's RIP, page by page (an instruction may cross a page
     /// boundary); returns them and how many could be read.
-    fn fetch(&self, vm: &crate::vm::Vm, pg: &Paging) -> Result<([u8; 15], usize)> {
+    fn fetch(&self, vm: &crate::vm::Vm, pg: &Paging) -> ([u8; 15], usize) {
         let mut bytes = [0u8; 15];
         let mut got = 0;
         while got < bytes.len() {
@@ -806,7 +802,7 @@ impl VmxVcpu {
             }
             got += n;
         }
-        Ok((bytes, got))
+        (bytes, got)
     }
 
     /// An INS or OUTS exit: decodes the prefixes the exit does not report, moves up to a PIO
@@ -822,7 +818,7 @@ impl VmxVcpu {
         rep: bool,
     ) -> Result<Next> {
         let (mode, pg) = self.with_vmcs(|v| (v.code_mode(), v.paging()))?;
-        let (bytes, got) = self.fetch(ctx.vm, &pg)?;
+        let (bytes, got) = self.fetch(ctx.vm, &pg);
         let Some(insn) = decode::string_io(&bytes[..got], mode) else {
             self.internal_error(ctx.run, b::KVM_INTERNAL_ERROR_EMULATION, e);
             return Ok(Next::User);
@@ -835,7 +831,7 @@ impl VmxVcpu {
             let base = if long && insn.seg < 4 { 0 } else { vmcs::read(seg) };
             (base, vmcs::read(f::GUEST_RFLAGS) & (1 << 10) != 0)
         })?;
-        let mask = addr_mask(insn.addr_size);
+        let mask = decode::size_mask(insn.addr_size);
         let total = if rep { self.regs.gpr[RCX] & mask } else { 1 };
         if total == 0 {
             // REP with rCX = 0 does nothing.
@@ -899,7 +895,8 @@ impl VmxVcpu {
         r[idx] = decode::merge(r[idx], new, s.addr_size, false, decode::Extend::None);
         let mut left = 0;
         if s.rep {
-            left = (r[RCX] & addr_mask(s.addr_size)) - u64::from(s.count);
+            // Saturating: userspace may have changed rCX with KVM_SET_REGS meanwhile.
+            left = (r[RCX] & decode::size_mask(s.addr_size)).saturating_sub(u64::from(s.count));
             r[RCX] = decode::merge(r[RCX], left, s.addr_size, false, decode::Extend::None);
         }
         if left == 0 {

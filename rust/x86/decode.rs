@@ -249,10 +249,15 @@ fn read_le(b: &[u8]) -> u64 {
     b.iter().rev().fold(0, |v, &x| v << 8 | u64::from(x))
 }
 
+/// The mask of a value (address, count, operand) of `size` bytes.
+pub fn size_mask(size: u8) -> u64 {
+    if size >= 8 { u64::MAX } else { (1u64 << (8 * size)) - 1 }
+}
+
 /// The new value of a 64-bit register after a read of `data` (little-endian, `size` bytes)
 /// lands in it per `extend` (and `high8`: bits 15:8).
 pub fn merge(old: u64, data: u64, size: u8, high8: bool, extend: Extend) -> u64 {
-    let mask = |n: u8| if n >= 8 { u64::MAX } else { (1u64 << (8 * n)) - 1 };
+    let mask = size_mask;
     let data = data & mask(size);
     let (value, width) = match extend {
         Extend::None => (data, size),
