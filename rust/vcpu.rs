@@ -36,6 +36,7 @@ const _: () = {
     assert!(cr::CR0_CD == b::X86_CR0_CD as u64);
     assert!(cr::CR0_PG == b::X86_CR0_PG as u64);
     assert!(cr::CR4_PAE == b::X86_CR4_PAE as u64);
+    assert!(cr::CR4_OSXSAVE == b::X86_CR4_OSXSAVE as u64);
     assert!(
         cr::CR4_KNOWN
             == 0x7ff

@@ -2,16 +2,25 @@
 /*
  * Host state around guest entry: on every CPU, the MSRs a VM exit does not restore by itself
  * (or that rkvm must put back) read the same before and after 10^4 exits of a 64-bit guest that
- * executes SWAPGS in its loop (so the hardware KERNEL_GS_BASE really holds a guest value while the
- * guest runs). Read through /dev/cpu/N/msr by the vCPU thread itself, pinned to CPU N, so
+ * first writes its own STAR, LSTAR, CSTAR, SFMASK, TSC_AUX and KERNEL_GS_BASE (each different
+ * from any host value), then executes SWAPGS in its loop (so the hardware KERNEL_GS_BASE really
+ * holds a guest value while the guest runs). The guest's STAR..TSC_AUX stay loaded after exits
+ * until the CPU returns to user mode, so the read after the runs checks the lazy restore too. Read through /dev/cpu/N/msr by the vCPU thread itself, pinned to CPU N, so
  * task-specific values (FS base, the user GS base in KERNEL_GS_BASE) are this task's both times.
  * MSRs the CPU does not have (reads fail: e.g. TSC_AUX without RDTSCP, SPEC_CTRL) are left out.
+ *
+ * DR7 cannot be read from user mode: host_dr7_restored checks it through its effect instead. A
+ * hardware write watchpoint (perf, so the kernel programs DR0/DR7 for this thread) must still
+ * fire after 10^3 exits; a VM exit sets DR7 to 0x400, so without rkvm's restore it would not.
  *
  * Upstream references: vmx_prepare_switch_to_guest / vmx_prepare_switch_to_host (the lazily
  * restored KERNEL_GS_BASE), the host-state area written by vmx_set_constant_host_state.
  */
+#include <linux/hw_breakpoint.h>
+#include <linux/perf_event.h>
 #include <sched.h>
 #include <stdint.h>
+#include <sys/syscall.h>
 #include "rkvm_util.h"
 
 static const struct { uint32_t index; const char *name; } msrs[] = {
@@ -73,8 +82,17 @@ static int make_long_vm(struct real_vm *v, const unsigned char *code, size_t len
 
 TEST(host_msrs_unchanged_by_exits)
 {
-	/* 1: swapgs; out 0x80, al; jmp 1b */
-	static const unsigned char code[] = { 0x0f, 0x01, 0xf8, 0xe6, 0x80, 0xeb, 0xf9 };
+	/* wrmsr of each guest value, then 1: swapgs; out 0x80, al; jmp 1b */
+	static const struct { uint32_t msr; uint64_t val; } guest[] = {
+		{ 0xc0000081, 0x0023001011111111ull },	/* STAR */
+		{ 0xc0000082, 0xffff800022222000ull },	/* LSTAR */
+		{ 0xc0000083, 0xffff800033333000ull },	/* CSTAR */
+		{ 0xc0000084, 0x47700 },		/* SFMASK */
+		{ 0xc0000103, 0x5555 },			/* TSC_AUX */
+		{ 0xc0000102, 0x66666000 },		/* KERNEL_GS_BASE */
+	};
+	static const unsigned char loop[] = { 0x0f, 0x01, 0xf8, 0xe6, 0x80, 0xeb, 0xf9 };
+	unsigned char code[sizeof(guest) / sizeof(guest[0]) * 17 + sizeof(loop)], *p = code;
 	int ncpus = sysconf(_SC_NPROCESSORS_ONLN);
 	uint64_t before[NMSRS], after[NMSRS];
 	int ok[NMSRS], ok2[NMSRS], compared = 0;
@@ -82,6 +100,19 @@ TEST(host_msrs_unchanged_by_exits)
 
 	if (no_guests())
 		SKIP("backend=none enters no guest");
+	for (unsigned int i = 0; i < sizeof(guest) / sizeof(guest[0]); i++) {
+		/* mov ecx, msr; mov eax, low; mov edx, high; wrmsr (a #GP would triple-fault) */
+		uint32_t w[3] = { guest[i].msr, (uint32_t)guest[i].val, (uint32_t)(guest[i].val >> 32) };
+
+		for (int k = 0; k < 3; k++) {
+			*p++ = (unsigned char[]){ 0xb9, 0xb8, 0xba }[k];
+			memcpy(p, &w[k], 4);
+			p += 4;
+		}
+		*p++ = 0x0f;
+		*p++ = 0x30;
+	}
+	memcpy(p, loop, sizeof(loop));
 	if (access("/dev/cpu/0/msr", R_OK))
 		SKIP("no /dev/cpu/0/msr (CONFIG_X86_MSR)");
 	for (int cpu = 0; cpu < ncpus; cpu++) {
@@ -123,5 +154,58 @@ TEST(host_msrs_unchanged_by_exits)
 	CHECK(compared >= 10 * ncpus);
 }
 
+static volatile uint32_t watched;
+
+/* Writes `watched` and returns how many times the watchpoint fired so far. */
+static long long poke(int fd)
+{
+	long long n = -1;
+
+	watched++;
+	if (read(fd, &n, sizeof(n)) != sizeof(n))
+		return -1;
+	return n;
+}
+
+TEST(host_dr7_restored)
+{
+	/* 1: out 0x80, al; jmp 1b */
+	static const unsigned char code[] = { 0xe6, 0x80, 0xeb, 0xfc };
+	struct perf_event_attr a = {
+		.type = PERF_TYPE_BREAKPOINT, .size = sizeof(a), .bp_type = HW_BREAKPOINT_W,
+		.bp_addr = (uintptr_t)&watched, .bp_len = HW_BREAKPOINT_LEN_4,
+		.sample_period = 1, .exclude_kernel = 1, .exclude_hv = 1,
+	};
+	struct real_vm v = { 0 };
+	cpu_set_t set;
+	int fd;
+
+	if (no_guests())
+		SKIP("backend=none enters no guest");
+	/* One CPU, so the watchpoint stays programmed where the guest runs. */
+	CPU_ZERO(&set);
+	CPU_SET(0, &set);
+	CHECK(sched_setaffinity(0, sizeof(set), &set) == 0);
+	fd = syscall(SYS_perf_event_open, &a, 0, -1, -1, 0);
+	if (fd < 0)
+		SKIP("no hardware breakpoints (perf_event_open: %s)", strerror(errno));
+	if (poke(fd) != 1) {
+		close(fd);
+		SKIP("the watchpoint does not fire even without a guest (emulator without debug registers)");
+	}
+	CHECK(real_vm_create(&v, code, sizeof(code)) == 0);
+	for (int i = 0; i < 1000; i++) {
+		if (ioctl(v.vcpu, KVM_RUN, 0) || v.run->exit_reason != KVM_EXIT_IO) {
+			CHECK(!"exit to userspace on OUT");
+			break;
+		}
+	}
+	/* Right after KVM_RUN returned, with no reschedule in between to reprogram DR7. */
+	CHECK(poke(fd) == 2);
+	real_vm_free(&v);
+	close(fd);
+}
+
 KTAP_MAIN("rkvm host_integrity",
-	CASE(host_msrs_unchanged_by_exits))
+	CASE(host_msrs_unchanged_by_exits),
+	CASE(host_dr7_restored))

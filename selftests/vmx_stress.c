@@ -5,7 +5,11 @@
  * two VMs running at once on their own threads. The guest counts in CX and writes the count to
  * port 0x3f8 in a loop, so every exit carries the number userspace expects next.
  *
- * Upstream references: vmx_vcpu_load / loaded_vmcs_clear (vmx.c), kvm_arch_vcpu_load.
+ * CPU hotplug: a CPU holding a vCPU's VMCS goes offline (rkvm VMCLEARs it there and leaves VMX
+ * operation), the vCPU runs on elsewhere, the CPU comes back (VMXON again) and runs it again.
+ *
+ * Upstream references: vmx_vcpu_load / loaded_vmcs_clear (vmx.c), kvm_arch_vcpu_load,
+ * kvm_online_cpu / kvm_offline_cpu and vmx_hardware_disable (CPU hotplug).
  */
 #include <pthread.h>
 #include <sched.h>
@@ -104,6 +108,76 @@ TEST(two_vms_at_once)
 	CHECK(r[1].done == 3000);
 }
 
+static int pin(int cpu)
+{
+	cpu_set_t set;
+
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	return sched_setaffinity(0, sizeof(set), &set) == 0 && sched_getcpu() == cpu ? 0 : -1;
+}
+
+static int set_online(int cpu, int on)
+{
+	char path[64];
+	int fd, ok;
+
+	snprintf(path, sizeof(path), "/sys/devices/system/cpu/cpu%d/online", cpu);
+	fd = open(path, O_WRONLY);
+	if (fd < 0)
+		return -1;
+	ok = write(fd, on ? "1" : "0", 1) == 1;
+	close(fd);
+	return ok ? 0 : -1;
+}
+
+/* `n` more exits of the counter guest, whose count goes on from *next. */
+static int more_exits(struct real_vm *v, int n, __u16 *next)
+{
+	for (int i = 0; i < n; i++, (*next)++) {
+		if (ioctl(v->vcpu, KVM_RUN, 0) || v->run->exit_reason != KVM_EXIT_IO ||
+		    *(__u16 *)((char *)v->run + v->run->io.data_offset) != *next) {
+			printf("# exit %u: errno %d, reason %u\n", *next, errno, v->run->exit_reason);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+TEST(cpu_offline_and_back_with_a_loaded_vmcs)
+{
+	struct real_vm v, w;
+	__u16 next = 1, next2 = 1;
+
+	if (no_guests())
+		SKIP("backend=none enters no guest");
+	if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
+		SKIP("one CPU online");
+	if (access("/sys/devices/system/cpu/cpu1/online", W_OK))
+		SKIP("CPU 1 cannot go offline");
+	CHECK(real_vm_create(&v, counter, sizeof(counter)) == 0);
+	/* The VMCS is loaded (current and launched) on CPU 1. */
+	CHECK(pin(1) == 0);
+	CHECK(more_exits(&v, 20, &next) == 0);
+	CHECK(pin(0) == 0);
+	CHECK(set_online(1, 0) == 0);
+	/* Cleared by CPU 1's offline callback: loaded afresh here, VMLAUNCH again. */
+	CHECK(more_exits(&v, 20, &next) == 0);
+	/* A vCPU created while CPU 1 is offline. */
+	CHECK(real_vm_create(&w, counter, sizeof(counter)) == 0);
+	CHECK(more_exits(&w, 20, &next2) == 0);
+	CHECK(set_online(1, 1) == 0);
+	/* CPU 1 is in VMX operation again: both run there. */
+	CHECK(pin(1) == 0);
+	CHECK(more_exits(&v, 20, &next) == 0);
+	CHECK(more_exits(&w, 20, &next2) == 0);
+	CHECK(pin(0) == 0);
+	CHECK(more_exits(&v, 20, &next) == 0);
+	real_vm_free(&w);
+	real_vm_free(&v);
+}
+
 KTAP_MAIN("rkvm vmx_stress",
 	CASE(vcpu_hops_between_cpus),
-	CASE(two_vms_at_once))
+	CASE(two_vms_at_once),
+	CASE(cpu_offline_and_back_with_a_loaded_vmcs))

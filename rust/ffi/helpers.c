@@ -81,6 +81,7 @@ unsigned int rkvm_num_online_cpus(void)
 #include <linux/preempt.h>
 #include <linux/sched/signal.h>
 #include <linux/smp.h>
+#include <linux/user-return-notifier.h>
 #include <asm/cpu_entry_area.h>
 #include <asm/desc.h>
 #include <asm/fpu/api.h>
@@ -245,4 +246,44 @@ void rkvm_fpu_begin(void)
 void rkvm_fpu_end(void)
 {
 	kernel_fpu_end();
+}
+
+static void (*rkvm_uret_cb)(void);
+static DEFINE_PER_CPU(struct user_return_notifier, rkvm_urn);
+
+static void rkvm_on_user_return(struct user_return_notifier *urn)
+{
+	rkvm_uret_cb();
+}
+
+void rkvm_uret_init(void (*cb)(void))
+{
+	int cpu;
+
+	rkvm_uret_cb = cb;
+	for_each_possible_cpu(cpu)
+		per_cpu(rkvm_urn, cpu).on_user_return = rkvm_on_user_return;
+}
+
+void rkvm_uret_register(void)
+{
+	user_return_notifier_register(this_cpu_ptr(&rkvm_urn));
+}
+
+void rkvm_uret_unregister(void)
+{
+	user_return_notifier_unregister(this_cpu_ptr(&rkvm_urn));
+}
+
+unsigned long rkvm_local_irq_save(void)
+{
+	unsigned long flags;
+
+	local_irq_save(flags);
+	return flags;
+}
+
+void rkvm_local_irq_restore(unsigned long flags)
+{
+	local_irq_restore(flags);
 }

@@ -32,8 +32,6 @@ void *rkvm_page_address(struct page *page);
 
 unsigned int rkvm_num_online_cpus(void);
 
-#endif
-
 /* --- for the VMX backend ---------------------------------------------------------------------- */
 
 /* MSR access that returns -EIO instead of faulting (Bochs lacks some MSRs real CPUs have). */
@@ -84,3 +82,14 @@ void rkvm_unpin_user_page(struct page *page);
 /* FPU: save the user's registers so the guest may use them (kernel_fpu_begin/end). */
 void rkvm_fpu_begin(void);
 void rkvm_fpu_end(void);
+
+/* User-return notifier, one per CPU (upstream: kvm_user_return_msrs). `rkvm_uret_init` sets the
+ * callback run on this CPU's next return to user mode once `rkvm_uret_register` armed it there;
+ * both arm/disarm run on the CPU concerned with preemption disabled. */
+void rkvm_uret_init(void (*cb)(void));
+void rkvm_uret_register(void);
+void rkvm_uret_unregister(void);
+unsigned long rkvm_local_irq_save(void);
+void rkvm_local_irq_restore(unsigned long flags);
+
+#endif

@@ -23,6 +23,15 @@ pub const EPT_CAP_INVEPT_SINGLE: u64 = 1 << 25;
 /// `IA32_VMX_EPT_VPID_CAP[26]`: all-context INVEPT.
 pub const EPT_CAP_INVEPT_ALL: u64 = 1 << 26;
 
+/// `IA32_VMX_EPT_VPID_CAP[32]`: INVVPID.
+pub const VPID_CAP_INVVPID: u64 = 1 << 32;
+/// `IA32_VMX_EPT_VPID_CAP[41]`: single-context INVVPID.
+pub const VPID_CAP_SINGLE: u64 = 1 << 41;
+/// `IA32_VMX_EPT_VPID_CAP[42]`: all-context INVVPID.
+pub const VPID_CAP_ALL: u64 = 1 << 42;
+/// Secondary control "enable VPID".
+pub const PROC2_ENABLE_VPID: u32 = 1 << 5;
+
 /// The raw capability MSRs.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CapMsrs {
@@ -139,7 +148,12 @@ impl VmcsConfig {
         }
         let pin = adjust("pin-based", w.pin, m.pin)?;
         let proc = adjust("processor-based", w.proc, m.proc)?;
-        let proc2 = adjust("secondary processor-based", w.proc2, m.proc2)?;
+        let mut proc2 = adjust("secondary processor-based", w.proc2, m.proc2)?;
+        // VPIDs are only usable when their translations can be flushed (upstream:
+        // `cpu_has_vmx_invvpid_single() || cpu_has_vmx_invvpid_global()`).
+        if m.ept_vpid & VPID_CAP_INVVPID == 0 || m.ept_vpid & (VPID_CAP_SINGLE | VPID_CAP_ALL) == 0 {
+            proc2 &= !PROC2_ENABLE_VPID;
+        }
         let exit = adjust("VM-exit", w.exit, m.exit)?;
         let entry = adjust("VM-entry", w.entry, m.entry)?;
         let need = EPT_CAP_PWL4 | EPT_CAP_WB | EPT_CAP_INVEPT;
@@ -158,6 +172,17 @@ impl VmcsConfig {
             cr0_fixed: m.cr0_fixed,
             cr4_fixed: m.cr4_fixed,
         })
+    }
+
+    /// Whether vCPUs get VPIDs, and which INVVPID type flushes one (1 single, 2 all contexts).
+    pub fn vpid_flush(&self) -> Option<u64> {
+        if self.proc2 & PROC2_ENABLE_VPID == 0 {
+            None
+        } else if self.ept_vpid & VPID_CAP_SINGLE != 0 {
+            Some(1)
+        } else {
+            Some(2)
+        }
     }
 
     /// The CR0 value the CPU runs the guest with, for the CR0 the guest asked for. With

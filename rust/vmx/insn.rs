@@ -189,3 +189,44 @@ pub(crate) unsafe fn fxrstor(area: *const u8) {
     // SAFETY: per the function's contract.
     unsafe { asm!("fxrstor64 [{}]", in(reg) area, options(nostack, preserves_flags)) };
 }
+
+/// `INVVPID` type 1 (single context) or 2 (all contexts) for `vpid`.
+///
+/// # Safety
+///
+/// This CPU must be in VMX operation and support the INVVPID type.
+pub(crate) unsafe fn invvpid(kind: u64, vpid: u16) -> VmxResult {
+    let desc: [u64; 2] = [u64::from(vpid), 0];
+    let failed: u8;
+    // SAFETY: per the function's contract; the descriptor is on our stack.
+    unsafe {
+        asm!("invvpid {k}, xmmword ptr [{d}]", "setna {f}", k = in(reg) kind, d = in(reg) &desc, f = out(reg_byte) failed, options(nostack))
+    };
+    flags_to_result(failed)
+}
+
+/// `XGETBV` of XCR0 (the host must have CR4.OSXSAVE set).
+pub(crate) fn xgetbv0() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: reading XCR0 has no side effects; callers check CPUID.1:ECX.OSXSAVE first.
+    unsafe { asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    u64::from(hi) << 32 | u64::from(lo)
+}
+
+/// `XSETBV` of XCR0.
+///
+/// # Safety
+///
+/// `v` must be a value this CPU accepts for XCR0 (bit 0 set, only supported components, AVX
+/// only with SSE), and the host's XCR0 must be restored before anything in the host uses the
+/// extended state (kernel_fpu_end, return to user mode).
+pub(crate) unsafe fn xsetbv0(v: u64) {
+    // SAFETY: per the function's contract.
+    unsafe { asm!("xsetbv", in("ecx") 0u32, in("eax") v as u32, in("edx") (v >> 32) as u32, options(nomem, nostack, preserves_flags)) };
+}
+
+/// `RDTSC`.
+pub(crate) fn rdtsc() -> u64 {
+    // SAFETY: RDTSC has no side effects (CR4.TSD does not restrict ring 0).
+    unsafe { core::arch::x86_64::_rdtsc() }
+}

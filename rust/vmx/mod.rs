@@ -25,6 +25,7 @@ pub(crate) mod vmcs;
 use crate::backend::{Backend, BackendVcpu, BackendVm};
 use crate::ffi::bindings as b;
 use crate::x86::cr::{self as xcr, Limits};
+use crate::x86::msr;
 use config::{CapMsrs, VmcsConfig, Want, Wants};
 use core::sync::atomic::{AtomicPtr, Ordering};
 use kernel::page::Page;
@@ -43,6 +44,126 @@ pub(crate) struct VmxGlobal {
     pub(crate) registry: vmcs::Registry,
     /// Intel PT, when present and `pt_mode=1` (host-guest): its address ranges.
     pub(crate) pt: Option<pt::PtCaps>,
+    /// What the host CPU has that decides which MSRs and XCR0 bits guests get.
+    pub(crate) host: HostCaps,
+    /// The MSR bitmap every vCPU uses (read-only after init; see `x86/msr.rs`).
+    msr_bitmap: Page,
+    /// Per-CPU user-return MSR state, indexed by CPU id.
+    uret: KVec<UretSlot>,
+    /// VPIDs in use, a bit each (bit 0, VPID 0, is the host's and always set).
+    #[pin]
+    vpids: kernel::sync::Mutex<KVec<u64>>,
+}
+
+/// Host CPU features behind guest MSRs and XCR0.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HostCaps {
+    /// Which of `msr::URET` exist (TSC_AUX only with RDTSCP or RDPID).
+    pub(crate) uret_present: u32,
+    /// IA32_SPEC_CTRL bits a guest may set (0: the CPU has no SPEC_CTRL).
+    pub(crate) spec_ctrl_bits: u64,
+    /// XCR0 bits a guest may set (0: no XSAVE for guests). Only x87 and SSE: the guest's
+    /// FPU state is switched with FXSAVE/FXRSTOR, which covers exactly those.
+    pub(crate) guest_xcr0: u64,
+}
+
+impl HostCaps {
+    fn detect() -> HostCaps {
+        let leaf7 = if insn::cpuid(0, 0)[0] >= 7 { insn::cpuid(7, 0) } else { [0; 4] };
+        let ext1 = if insn::cpuid(0x8000_0000, 0)[0] >= 0x8000_0001 { insn::cpuid(0x8000_0001, 0) } else { [0; 4] };
+        let has_tsc_aux = ext1[3] & (1 << 27) != 0 || leaf7[2] & (1 << 22) != 0;
+        let uret_present = (1 << msr::URET.len()) - 1 & !if has_tsc_aux { 0 } else { 1 << msr::URET_TSC_AUX };
+        // CPUID.7.0:EDX[26] IBRS/IBPB, [27] STIBP, [31] SSBD.
+        let edx = leaf7[3];
+        let spec_ctrl_bits = if edx & (1 << 26) != 0 {
+            1 | if edx & (1 << 27) != 0 { 2 } else { 0 } | if edx & (1 << 31) != 0 { 4 } else { 0 }
+        } else {
+            0
+        };
+        // CPUID.1:ECX[27]: the host runs with CR4.OSXSAVE, so XCR0 exists.
+        let guest_xcr0 = if insn::cpuid(1, 0)[2] & (1 << 27) != 0 { insn::xgetbv0() & 3 } else { 0 };
+        HostCaps { uret_present, spec_ctrl_bits, guest_xcr0 }
+    }
+}
+
+/// One CPU's user-return MSR state.
+///
+/// # Invariants
+///
+/// Slot `i` of [`VmxGlobal::uret`] is only accessed on CPU `i` with preemption or interrupts
+/// disabled (guest entry, the user-return notifier, the CPU-offline callback), so never by two
+/// threads at once.
+pub(crate) struct UretSlot(core::cell::UnsafeCell<msr::UretCpu>);
+
+// SAFETY: per the type invariant, a slot is only used by its own CPU, one context at a time.
+unsafe impl Sync for UretSlot {}
+// SAFETY: plain data.
+unsafe impl Send for UretSlot {}
+
+impl VmxGlobal {
+    /// This CPU's user-return MSR state.
+    ///
+    /// # Safety
+    ///
+    /// Preemption or interrupts must be disabled, and the reference dropped before they are
+    /// enabled again (the type invariant of [`UretSlot`]).
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn uret_here(&self) -> &mut msr::UretCpu {
+        // SAFETY: per the contract, only this context on this CPU uses the slot now.
+        unsafe { &mut *self.uret[this_cpu() as usize].0.get() }
+    }
+
+    /// Physical address of the MSR bitmap.
+    pub(crate) fn msr_bitmap_pa(&self) -> u64 {
+        page_pa(&self.msr_bitmap)
+    }
+
+    /// A free VPID (1..=0xffff), or 0 when all are taken (the vCPU then runs without one, as
+    /// upstream's `allocate_vpid`).
+    pub(crate) fn alloc_vpid(&self) -> u16 {
+        if self.config.vpid_flush().is_none() {
+            return 0;
+        }
+        let mut v = self.vpids.lock();
+        for (w, word) in v.iter_mut().enumerate() {
+            if *word != u64::MAX {
+                let bit = word.trailing_ones();
+                *word |= 1 << bit;
+                return (w * 64 + bit as usize) as u16;
+            }
+        }
+        0
+    }
+
+    /// Returns a VPID from [`VmxGlobal::alloc_vpid`].
+    pub(crate) fn free_vpid(&self, vpid: u16) {
+        if vpid != 0 {
+            self.vpids.lock()[usize::from(vpid) / 64] &= !(1 << (vpid % 64));
+        }
+    }
+}
+
+/// Restores this CPU's host values of the user-return MSRs (interrupts off); returns whether
+/// guest values were loaded (the notifier is then registered here).
+fn uret_restore_here() -> bool {
+    let g = global();
+    // SAFETY: callers run with interrupts disabled on this CPU.
+    let st = unsafe { g.uret_here() };
+    st.restore_host(&mut KernelMsrs, g.host.uret_present)
+}
+
+/// The user-return notifier: this CPU is about to return to user mode, where SYSCALL and
+/// RDTSCP/RDPID need the host's values (upstream: `kvm_on_user_return`).
+unsafe extern "C" fn on_user_return() {
+    // SAFETY: balanced with the restore below.
+    let flags = unsafe { b::rkvm_local_irq_save() };
+    if uret_restore_here() {
+        // SAFETY: the notifier was registered on this CPU (by `VmxVcpu::enter_once`);
+        // unregistering from within the callback is allowed (the list walk is deletion-safe).
+        unsafe { b::rkvm_uret_unregister() };
+    }
+    // SAFETY: balances the save above.
+    unsafe { b::rkvm_local_irq_restore(flags) };
 }
 
 /// The live [`VmxGlobal`], for callbacks that get nothing but a CPU number.
@@ -85,7 +206,22 @@ impl pt::MsrAccess for KernelMsrs {
     }
 }
 
-fn rdmsr(msr: u32) -> Option<u64> {
+// The pure files' constants are the kernel's.
+const _: () = {
+    assert!(config::PROC2_ENABLE_VPID == b::SECONDARY_EXEC_ENABLE_VPID);
+    assert!(msr::EFER == b::MSR_EFER && msr::STAR == b::MSR_STAR && msr::LSTAR == b::MSR_LSTAR);
+    assert!(msr::CSTAR == b::MSR_CSTAR && msr::SFMASK == b::MSR_SYSCALL_MASK);
+    assert!(msr::FS_BASE == b::MSR_FS_BASE && msr::GS_BASE == b::MSR_GS_BASE);
+    assert!(msr::KERNEL_GS_BASE == b::MSR_KERNEL_GS_BASE && msr::TSC_AUX == b::MSR_TSC_AUX);
+    assert!(msr::TSC == b::MSR_IA32_TSC && msr::APIC_BASE == b::MSR_IA32_APICBASE);
+    assert!(msr::FEATURE_CONTROL == b::MSR_IA32_FEAT_CTL && msr::SPEC_CTRL == b::MSR_IA32_SPEC_CTRL);
+    assert!(msr::PRED_CMD == b::MSR_IA32_PRED_CMD && msr::MISC_ENABLE == b::MSR_IA32_MISC_ENABLE);
+    assert!(msr::SYSENTER_CS == b::MSR_IA32_SYSENTER_CS && msr::SYSENTER_ESP == b::MSR_IA32_SYSENTER_ESP);
+    assert!(msr::SYSENTER_EIP == b::MSR_IA32_SYSENTER_EIP && msr::DEBUGCTL == b::MSR_IA32_DEBUGCTLMSR);
+    assert!(msr::PAT == b::MSR_IA32_CR_PAT);
+};
+
+pub(crate) fn rdmsr(msr: u32) -> Option<u64> {
     let mut v = 0u64;
     // SAFETY: the faulting-safe accessor returns an error instead of faulting on absent MSRs.
     (unsafe { b::rkvm_rdmsr_safe(msr, &mut v) } == 0).then_some(v)
@@ -114,14 +250,15 @@ fn wants() -> Wants {
                 | b::CPU_BASED_RDPMC_EXITING
                 | b::CPU_BASED_CR8_LOAD_EXITING
                 | b::CPU_BASED_CR8_STORE_EXITING
+                | b::CPU_BASED_USE_MSR_BITMAPS
                 | b::CPU_BASED_ACTIVATE_SECONDARY_CONTROLS,
-            optional: 0,
+            optional: b::CPU_BASED_USE_TSC_OFFSETTING,
             // With EPT the guest owns CR3; these must be clearable (TRUE_PROCBASED_CTLS).
             forbidden: b::CPU_BASED_CR3_LOAD_EXITING | b::CPU_BASED_CR3_STORE_EXITING,
         },
         proc2: Want {
             required: b::SECONDARY_EXEC_ENABLE_EPT | b::SECONDARY_EXEC_UNRESTRICTED_GUEST,
-            optional: b::SECONDARY_EXEC_ENABLE_RDTSCP,
+            optional: b::SECONDARY_EXEC_ENABLE_RDTSCP | b::SECONDARY_EXEC_ENABLE_VPID,
             forbidden: 0,
         },
         exit: Want {
@@ -179,10 +316,35 @@ impl VmxBackend {
         if pt_mode == 1 && !has_pt {
             pr_info!("pt_mode=1: this CPU has no Intel PT, nothing to switch\n");
         }
+        let msr_bitmap = Page::alloc_page(GFP_KERNEL)?;
+        // SAFETY: the page is ours, mapped in the direct map, 4 KiB, and not yet shared.
+        msr::fill_bitmap(unsafe { &mut *(b::rkvm_page_address(msr_bitmap.as_ptr().cast()) as *mut [u8; 4096]) });
+        let mut uret = KVec::with_capacity(ncpus, GFP_KERNEL)?;
+        for _ in 0..ncpus {
+            uret.push(UretSlot(core::cell::UnsafeCell::new(msr::UretCpu::default())), GFP_KERNEL)?;
+        }
+        let mut vpids = KVec::with_capacity(1024, GFP_KERNEL)?;
+        vpids.push(1u64, GFP_KERNEL)?; // VPID 0 is the host's
+        for _ in 1..1024 {
+            vpids.push(0u64, GFP_KERNEL)?;
+        }
+        let host = HostCaps::detect();
         let g = Arc::pin_init(
-            pin_init!(VmxGlobal { config, regions, registry <- kernel::new_mutex!(KVec::new()), pt }),
+            pin_init!(VmxGlobal {
+                config,
+                regions,
+                registry <- kernel::new_mutex!(KVec::new()),
+                pt,
+                host,
+                msr_bitmap,
+                uret,
+                vpids <- kernel::new_mutex!(vpids),
+            }),
             GFP_KERNEL,
         )?;
+        // SAFETY: the callback is valid for the module's lifetime and only armed per CPU by
+        // guest entry; the offline callback disarms it on every CPU before the module goes.
+        unsafe { b::rkvm_uret_init(Some(on_user_return)) };
         GLOBAL.store(&*g as *const VmxGlobal as *mut VmxGlobal, Ordering::Release);
         // Runs `cpu_online` on every online CPU now and on every CPU that comes online later.
         // SAFETY: the callbacks are valid for the module's lifetime; GLOBAL is set.
@@ -193,8 +355,8 @@ impl VmxBackend {
             return Err(Error::from_errno(state));
         }
         pr_info!(
-            "backend=vmx: VMCS rev {:#x}, pin {:#x} proc {:#x} proc2 {:#x} exit {:#x} entry {:#x}\n",
-            config.revision_id, config.pin, config.proc, config.proc2, config.exit, config.entry
+            "backend=vmx: VMCS rev {:#x}, pin {:#x} proc {:#x} proc2 {:#x} exit {:#x} entry {:#x}, {:?}\n",
+            config.revision_id, config.pin, config.proc, config.proc2, config.exit, config.entry, host
         );
         let backend: Arc<dyn Backend> = Arc::new(VmxBackend { g, hotplug_state: state }, GFP_KERNEL)?;
         Ok(backend)
@@ -258,13 +420,27 @@ unsafe extern "C" fn cpu_offline(_cpu: kernel::ffi::c_uint) -> kernel::ffi::c_in
     let g = global();
     // SAFETY: runs on the CPU going offline, which is in VMX operation (its online callback
     // succeeded); after VMCLEARing every VMCS active here nothing depends on VMX operation.
+    // The host's user-return MSRs come back and the notifier is disarmed here, so none is left
+    // armed once the module is gone.
+    unsafe {
+        let flags = b::rkvm_local_irq_save();
+        if uret_restore_here() {
+            b::rkvm_uret_unregister();
+        }
+        b::rkvm_local_irq_restore(flags);
+    }
+    // The hotplug thread is bound to this CPU; the registry lock is taken before preemption is
+    // disabled, as it may sleep.
+    let reg = g.registry.lock();
+    // SAFETY: as above.
     unsafe {
         b::rkvm_preempt_disable();
-        vmcs::clear_all_on_this_cpu(&g.registry);
+        vmcs::clear_all_on_this_cpu(&reg);
         insn::vmxoff();
         b::rkvm_cr4_clear_bits(b::X86_CR4_VMXE as _);
         b::rkvm_preempt_enable();
     }
+    drop(reg);
     0
 }
 
@@ -277,6 +453,12 @@ impl Backend for VmxBackend {
         let mut l = Limits::ARCH;
         // Only CR4 bits the CPU accepts in VMX non-root operation (and not VMXE: no nesting).
         l.cr4_allowed &= self.g.config.cr4_fixed.1 & !(xcr::CR4_VMXE);
+        // No protection keys (PKRU is not switched: guests get XCR0 ⊆ x87|SSE), and XSAVE
+        // only when the host has it.
+        l.cr4_allowed &= !(1 << 22);
+        if self.g.host.guest_xcr0 == 0 {
+            l.cr4_allowed &= !xcr::CR4_OSXSAVE;
+        }
         l
     }
 
@@ -291,6 +473,6 @@ impl Backend for VmxBackend {
 
     fn create_vcpu(&self, vm: &dyn BackendVm, id: u32) -> Result<KBox<dyn BackendVcpu>> {
         let vm = vm.as_any().downcast_ref::<ept::VmxVm>().ok_or(EINVAL)?;
-        crate::backend::boxed(vcpu::VmxVcpu::new(&self.g.config, vm.eptp(), id)?)
+        crate::backend::boxed(vcpu::VmxVcpu::new(&self.g, vm.eptp(), id)?)
     }
 }

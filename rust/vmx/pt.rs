@@ -23,13 +23,7 @@ pub const CTL_TRACEEN: u64 = 1;
 /// Most address ranges the architecture defines.
 pub const MAX_ADDR_RANGES: usize = 4;
 
-/// Reads and writes MSRs (the kernel's accessors, or a model in tests).
-pub trait MsrAccess {
-    /// RDMSR.
-    fn read(&mut self, msr: u32) -> u64;
-    /// WRMSR.
-    fn write(&mut self, msr: u32, value: u64);
-}
+pub use crate::x86::msr::MsrAccess;
 
 /// One PT context: the RTIT MSRs of the host or of a guest.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

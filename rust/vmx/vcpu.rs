@@ -18,12 +18,13 @@ use super::config::VmcsConfig;
 use super::entry::{self, GuestRegs, RAX, RBX, RCX, RDI, RDX, RSI, RSP};
 use super::vmcs::{self, field as f, Vmcs};
 use super::pt::{self, PtContext};
-use super::{insn, rdmsr, KernelMsrs};
+use super::{insn, rdmsr, KernelMsrs, VmxGlobal};
 use crate::backend::{BackendVcpu, RunContext};
 use crate::ffi::bindings as b;
 use crate::vm::Fault;
 use crate::x86::cr;
 use crate::x86::decode::{self, Access};
+use crate::x86::msr;
 use crate::x86::segment::{self, Which};
 use crate::x86::walk::{self, GuestMem};
 use kernel::prelude::*;
@@ -103,6 +104,21 @@ struct ExitInfo {
     gpa: u64,
 }
 
+/// Guest MSRs the VMCS does not hold (where each MSR lives: `x86/msr.rs`).
+#[derive(Default)]
+struct GuestMsrs {
+    /// STAR, LSTAR, CSTAR, SFMASK, TSC_AUX, in `msr::URET` order: loaded lazily.
+    uret: [u64; msr::URET.len()],
+    /// Loaded before every entry, read back after every exit.
+    kernel_gs_base: u64,
+    /// Switched around every entry when it differs from the host's.
+    spec_ctrl: u64,
+    misc_enable: u64,
+    mtrr_def_type: u64,
+    /// IA32_PAT when the VMCS cannot switch it (no "load IA32_PAT" entry control).
+    pat: u64,
+}
+
 /// A VMX vCPU.
 pub(crate) struct VmxVcpu {
     id: u32,
@@ -121,6 +137,15 @@ pub(crate) struct VmxVcpu {
     /// Intel PT contexts (host-guest mode only).
     pt_host: PtContext,
     pt_guest: PtContext,
+    msrs: GuestMsrs,
+    /// The guest's XCR0 (in force while its CR4.OSXSAVE is set).
+    xcr0: u64,
+    /// This vCPU's VPID (0: none, the guest's TLB entries are flushed on every entry and exit).
+    vpid: u16,
+    /// The guest's VPID-tagged translations must be flushed before the next entry: the vCPU
+    /// moved to another CPU (which may hold stale ones from an earlier visit), or rkvm changed
+    /// guest paging state on the guest's behalf (emulated CR0/CR4 writes, KVM_SET_SREGS).
+    tlb_flush: bool,
 }
 
 /// Segment registers in `struct kvm_sregs` order with their VMCS fields
@@ -150,6 +175,7 @@ mod reason {
     pub(super) const MSR_READ: u32 = b::EXIT_REASON_MSR_READ;
     pub(super) const MSR_WRITE: u32 = b::EXIT_REASON_MSR_WRITE;
     pub(super) const EPT_VIOLATION: u32 = b::EXIT_REASON_EPT_VIOLATION;
+    pub(super) const XSETBV: u32 = b::EXIT_REASON_XSETBV;
 }
 
 /// What to do after an exit.
@@ -166,7 +192,8 @@ const UD: u32 = 6;
 
 impl VmxVcpu {
     /// Creates vCPU `id` with a VMCS set up for `config` and the VM's EPT, in RESET state.
-    pub(crate) fn new(config: &VmcsConfig, eptp: u64, id: u32) -> Result<VmxVcpu> {
+    pub(crate) fn new(g: &VmxGlobal, eptp: u64, id: u32) -> Result<VmxVcpu> {
+        let config = &g.config;
         let vmcs = Vmcs::new(config.revision_id)?;
         // A freshly initialised FXSAVE image: FCW 0x37f, MXCSR 0x1f80 (upstream: fpstate_init).
         let mut fx = FxArea([0; 512]);
@@ -189,7 +216,17 @@ impl VmxVcpu {
             last_cpu: -1,
             pt_host: PtContext::default(),
             pt_guest: PtContext::default(),
+            msrs: GuestMsrs {
+                misc_enable: msr::MISC_ENABLE_RESET,
+                pat: msr::PAT_RESET,
+                ..GuestMsrs::default()
+            },
+            xcr0: 1,
+            vpid: 0,
+            tlb_flush: true,
         };
+        // From here on `Drop` returns the VPID.
+        v.vpid = g.alloc_vpid();
         let mut regs = b::kvm_regs::default();
         let mut sregs = b::kvm_sregs::default();
         crate::vcpu::reset_state(&mut regs, &mut sregs);
@@ -216,6 +253,7 @@ impl VmxVcpu {
             if loaded == Ok(true) {
                 self.last_cpu = super::this_cpu();
                 self.write_per_cpu_host_state();
+                self.tlb_flush = true;
             }
         }
         let r = f(self);
@@ -243,6 +281,13 @@ impl VmxVcpu {
         vmcs::write(f::VM_ENTRY_INTR_INFO_FIELD, 0);
         vmcs::write(f::VMCS_LINK_POINTER, u64::MAX);
         vmcs::write(f::EPT_POINTER, eptp);
+        vmcs::write(f::MSR_BITMAP, super::global().msr_bitmap_pa());
+        vmcs::write(f::TSC_OFFSET, 0);
+        if self.vpid != 0 {
+            vmcs::write(f::VIRTUAL_PROCESSOR_ID, self.vpid.into());
+        } else {
+            vmcs::write(f::SECONDARY_VM_EXEC_CONTROL, (c.proc2 & !b::SECONDARY_EXEC_ENABLE_VPID).into());
+        }
         // The host owns every CR0/CR4 bit: guest writes exit, guest reads see the shadow.
         vmcs::write(f::CR0_GUEST_HOST_MASK, u64::MAX);
         vmcs::write(f::CR4_GUEST_HOST_MASK, u64::MAX);
@@ -264,7 +309,7 @@ impl VmxVcpu {
             vmcs::write(f::HOST_IA32_PAT, rdmsr(b::MSR_IA32_CR_PAT).unwrap_or(0));
         }
         if c.entry & b::VM_ENTRY_LOAD_IA32_PAT != 0 {
-            vmcs::write(f::GUEST_IA32_PAT, 0x0007_0406_0007_0406);
+            vmcs::write(f::GUEST_IA32_PAT, msr::PAT_RESET);
         }
         vmcs::write(f::GUEST_ACTIVITY_STATE, 0);
         vmcs::write(f::GUEST_INTERRUPTIBILITY_INFO, 0);
@@ -328,11 +373,13 @@ impl VmxVcpu {
     }
 
     fn set_cr0(&mut self, cr0: u64) {
+        self.tlb_flush = true;
         vmcs::write(f::CR0_READ_SHADOW, cr0);
         vmcs::write(f::GUEST_CR0, self.config.hw_cr0(cr0, true));
     }
 
     fn set_cr4(&mut self, cr4: u64) {
+        self.tlb_flush = true;
         vmcs::write(f::CR4_READ_SHADOW, cr4);
         vmcs::write(f::GUEST_CR4, self.config.hw_cr4(cr4));
     }
@@ -470,6 +517,7 @@ impl VmxVcpu {
                 if new_cpu {
                     self.last_cpu = super::this_cpu();
                     self.write_per_cpu_host_state();
+                    self.tlb_flush = true;
                 }
             }
             Err(e) => {
@@ -500,11 +548,40 @@ impl VmxVcpu {
             b::rkvm_fpu_begin();
             insn::fxrstor(self.fpu.0.as_ptr());
         }
+        if self.tlb_flush {
+            self.flush_vpid();
+        }
+        let g = super::global();
         let host_kgs = rdmsr(b::MSR_KERNEL_GS_BASE).unwrap_or(0);
         let host_dr7 = insn::read_dr7();
+        let guest_xcr0 = g.host.guest_xcr0 != 0 && vmcs::read(f::CR4_READ_SHADOW) & cr::CR4_OSXSAVE != 0;
+        let host_xcr0 = if guest_xcr0 { insn::xgetbv0() } else { 0 };
 
         // SAFETY: interrupts are re-enabled below on every path.
         unsafe { b::rkvm_local_irq_disable() };
+        // Guest MSR values (upstream: vmx_prepare_switch_to_guest, and the SPEC_CTRL and XCR0
+        // switches of vmx_vcpu_run / kvm_load_guest_xsave_state). STAR/LSTAR/CSTAR/SFMASK/
+        // TSC_AUX stay loaded until this CPU returns to user mode: the notifier restores them.
+        // SAFETY: interrupts are off; the slot reference ends before they are enabled.
+        if unsafe { g.uret_here() }.load_guest(&mut KernelMsrs, &self.msrs.uret, g.host.uret_present) {
+            // SAFETY: on this CPU, interrupts off; the offline callback disarms it.
+            unsafe { b::rkvm_uret_register() };
+        }
+        if self.msrs.kernel_gs_base != host_kgs {
+            // SAFETY: a canonical value (checked on WRMSR; SWAPGS cannot make others).
+            unsafe { b::rkvm_wrmsr_safe(b::MSR_KERNEL_GS_BASE, self.msrs.kernel_gs_base) };
+        }
+        let host_spec_ctrl =
+            if g.host.spec_ctrl_bits != 0 { rdmsr(b::MSR_IA32_SPEC_CTRL).unwrap_or(0) } else { 0 };
+        if g.host.spec_ctrl_bits != 0 && self.msrs.spec_ctrl != host_spec_ctrl {
+            // SAFETY: a value with only the bits this CPU supports (checked on WRMSR).
+            unsafe { b::rkvm_wrmsr_safe(b::MSR_IA32_SPEC_CTRL, self.msrs.spec_ctrl) };
+        }
+        if guest_xcr0 && self.xcr0 != host_xcr0 {
+            // SAFETY: a value checked on XSETBV (x87, optionally SSE: a subset of the host's);
+            // the host's comes back below, before kernel_fpu_end.
+            unsafe { insn::xsetbv0(self.xcr0) };
+        }
         let pt_caps = super::global().pt;
         if let Some(caps) = pt_caps {
             pt::guest_enter(&mut KernelMsrs, caps, &mut self.pt_host, &self.pt_guest);
@@ -544,14 +621,22 @@ impl VmxVcpu {
             None
         };
         // SAFETY: restore what the VM exit reset or the guest may have changed: the TR and GDT
-        // limits, DR7 (reset to 0x400 by the exit), KERNEL_GS_BASE (guest SWAPGS).
+        // limits, DR7 (reset to 0x400 by the exit), KERNEL_GS_BASE (guest SWAPGS or WRMSR),
+        // SPEC_CTRL and XCR0, all before interrupts or the FPU are the host's again.
         unsafe {
             b::rkvm_restore_host_descriptors();
             if host_dr7 != 0x400 {
                 insn::write_dr7(host_dr7);
             }
-            if rdmsr(b::MSR_KERNEL_GS_BASE) != Some(host_kgs) {
+            self.msrs.kernel_gs_base = rdmsr(b::MSR_KERNEL_GS_BASE).unwrap_or(0);
+            if self.msrs.kernel_gs_base != host_kgs {
                 b::rkvm_wrmsr_safe(b::MSR_KERNEL_GS_BASE, host_kgs);
+            }
+            if g.host.spec_ctrl_bits != 0 && self.msrs.spec_ctrl != host_spec_ctrl {
+                b::rkvm_wrmsr_safe(b::MSR_IA32_SPEC_CTRL, host_spec_ctrl);
+            }
+            if guest_xcr0 && self.xcr0 != host_xcr0 {
+                insn::xsetbv0(host_xcr0);
             }
             b::rkvm_local_irq_enable();
             insn::fxsave(self.fpu.0.as_mut_ptr());
@@ -594,10 +679,42 @@ impl VmxVcpu {
                 self.with_vmcs(|v| v.skip_instruction(e.instr_len))?;
                 Ok(Next::Resume)
             }
-            reason::MSR_READ | reason::MSR_WRITE => {
-                // No MSR is emulated yet: every guest RDMSR/WRMSR gets #GP (as upstream for an
-                // MSR it does not know).
-                self.with_vmcs(|v| v.inject_exception(GP))?;
+            reason::MSR_READ => {
+                self.with_vmcs(|v| {
+                    let index = v.regs.gpr[RCX] as u32;
+                    match v.get_msr(index) {
+                        Some(val) => {
+                            v.regs.gpr[RAX] = val & 0xffff_ffff;
+                            v.regs.gpr[RDX] = val >> 32;
+                            v.skip_instruction(e.instr_len);
+                        }
+                        None => v.inject_exception(GP),
+                    }
+                })?;
+                Ok(Next::Resume)
+            }
+            reason::MSR_WRITE => {
+                self.with_vmcs(|v| {
+                    let index = v.regs.gpr[RCX] as u32;
+                    let val = (v.regs.gpr[RDX] << 32) | (v.regs.gpr[RAX] & 0xffff_ffff);
+                    if v.set_msr(index, val) {
+                        v.skip_instruction(e.instr_len);
+                    } else {
+                        v.inject_exception(GP);
+                    }
+                })?;
+                Ok(Next::Resume)
+            }
+            reason::XSETBV => {
+                self.with_vmcs(|v| {
+                    let val = (v.regs.gpr[RDX] << 32) | (v.regs.gpr[RAX] & 0xffff_ffff);
+                    if v.regs.gpr[RCX] as u32 == 0 && v.cpl() == 0 && v.xcr0_valid(val) {
+                        v.xcr0 = val;
+                        v.skip_instruction(e.instr_len);
+                    } else {
+                        v.inject_exception(GP);
+                    }
+                })?;
                 Ok(Next::Resume)
             }
             reason::DR_ACCESS => {
@@ -613,9 +730,9 @@ impl VmxVcpu {
                     Fault::Mmio => self.emulate_mmio(ctx, e),
                 }
             }
-            18..=27 | 36 | 39 | 50 | 53 | 55 => {
-                // VMX instructions, MWAIT/MONITOR, INVEPT/INVVPID, XSETBV: not for this guest.
-                self.with_vmcs(|v| v.inject_exception(if e.reason == 55 { GP } else { UD }))?;
+            18..=27 | 36 | 39 | 50 | 53 => {
+                // VMX instructions, MWAIT/MONITOR, INVEPT/INVVPID: not for this guest.
+                self.with_vmcs(|v| v.inject_exception(UD))?;
                 Ok(Next::Resume)
             }
             _ => {
@@ -641,15 +758,48 @@ impl VmxVcpu {
         let leaf = self.regs.gpr[RAX] as u32;
         let sub = self.regs.gpr[RCX] as u32;
         let mut r = insn::cpuid(leaf, sub);
+        let xsave = super::global().host.guest_xcr0 != 0;
+        // Only x87 and SSE state for guests (XCR0 ⊆ 3): no AVX and nothing built on it.
         match leaf {
             1 => {
                 r[1] = (r[1] & 0x00ff_ffff) | (self.id << 24); // initial APIC id
                 r[2] &= !(1 << 5); // no VMX for the guest
+                r[2] &= !(1 << 12 | 1 << 28 | 1 << 29); // FMA, AVX, F16C
+                // Nothing whose MSRs or exits rkvm does not handle: MONITOR/MWAIT, PDCM
+                // (PERF_CAPABILITIES), x2APIC and the TSC deadline timer (no in-kernel APIC).
+                r[2] &= !(1 << 3 | 1 << 15 | 1 << 21 | 1 << 24);
+                // XSAVE as the host has it; OSXSAVE follows the guest's CR4 (upstream:
+                // kvm_update_cpuid_runtime).
+                r[2] &= !(1 << 26 | 1 << 27);
+                if xsave {
+                    r[2] |= 1 << 26;
+                    if self.with_vmcs(|_| vmcs::read(f::CR4_READ_SHADOW)).unwrap_or(0) & cr::CR4_OSXSAVE != 0 {
+                        r[2] |= 1 << 27;
+                    }
+                }
                 r[2] |= 1 << 31; // running under a hypervisor
             }
-            // No Intel PT for guests (its MSRs are not passed through): CPUID.7.0:EBX[25], leaf 0x14.
-            7 if sub == 0 => r[1] &= !(1 << 25),
+            7 if sub == 0 => {
+                // No Intel PT (its MSRs are not passed through; leaf 0x14 too), no AVX2/AVX-512.
+                r[1] &= !(1 << 25 | 1 << 5 | 0xdc23_0000);
+                // No AVX-512 or VEX-encoded extensions, PKU/OSPKE or CET.
+                r[2] &= !(1 << 1 | 1 << 3 | 1 << 4 | 1 << 6 | 1 << 7 | 1 << 9 | 1 << 10 | 1 << 11 | 1 << 12 | 1 << 14);
+                r[3] &= !(1 << 2 | 1 << 3 | 1 << 8 | 1 << 20 | 1 << 22 | 1 << 23 | 1 << 24 | 1 << 25);
+                // No L1D_FLUSH, ARCH_CAPABILITIES or CORE_CAPABILITIES MSRs.
+                r[3] &= !(1 << 28 | 1 << 29 | 1 << 30);
+            }
+            7 => r[0] &= !(1 << 4 | 1 << 5), // AVX-VNNI, AVX512_BF16
+            0xd if !xsave => r = [0; 4],
+            0xd if sub == 0 => {
+                // Components x87 and SSE: 512 bytes of legacy area plus the 64-byte header.
+                r = [super::global().host.guest_xcr0 as u32, 576, 576, 0];
+            }
+            // XSAVEOPT, XSAVEC, XGETBV with ECX=1; no XSAVES (no IA32_XSS for guests).
+            0xd if sub == 1 => r = [r[0] & 7, 576, 0, 0],
+            0xd => r = [0; 4],
             0x14 => r = [0; 4],
+            // RDTSCP only when the guest may execute it.
+            0x8000_0001 if self.config.proc2 & b::SECONDARY_EXEC_ENABLE_RDTSCP == 0 => r[3] &= !(1 << 27),
             _ => {}
         }
         for (i, reg) in [RAX, RBX, RCX, RDX].into_iter().enumerate() {
@@ -713,6 +863,116 @@ impl VmxVcpu {
             self.set_efer(efer);
         }
         self.set_cr0(cr0);
+        true
+    }
+
+    /// The guest's current privilege level: SS.DPL (SDM 5.5), 0 in real mode.
+    fn cpl(&self) -> u64 {
+        if vmcs::read(f::CR0_READ_SHADOW) & cr::CR0_PE == 0 {
+            return 0;
+        }
+        (vmcs::read(f::GUEST_SS_AR_BYTES) >> 5) & 3
+    }
+
+    /// Whether XSETBV may set XCR0 to `v` (upstream `__kvm_set_xcr`): x87 always on, only the
+    /// components guests get, AVX only with SSE.
+    fn xcr0_valid(&self, v: u64) -> bool {
+        v & 1 != 0 && v & !super::global().host.guest_xcr0 == 0 && (v & 4 == 0 || v & 2 != 0)
+    }
+
+    /// Flushes the guest's VPID-tagged translations on this CPU (VMCS current, preemption off).
+    fn flush_vpid(&mut self) {
+        self.tlb_flush = false;
+        if let (Some(kind), true) = (self.config.vpid_flush(), self.vpid != 0) {
+            // SAFETY: this CPU is in VMX operation and supports this INVVPID type (config).
+            let _ = unsafe { insn::invvpid(kind, self.vpid) };
+        }
+    }
+
+    /// A guest RDMSR (VMCS current): the value, or `None` for #GP (upstream:
+    /// `vmx_get_msr` → `kvm_get_msr_common`).
+    fn get_msr(&self, index: u32) -> Option<u64> {
+        let g = super::global();
+        let pat_in_vmcs = self.config.entry & b::VM_ENTRY_LOAD_IA32_PAT != 0;
+        Some(match index {
+            msr::TSC => insn::rdtsc().wrapping_add(vmcs::read(f::TSC_OFFSET)),
+            msr::APIC_BASE => self.apic_base,
+            msr::FEATURE_CONTROL => msr::FEATURE_CONTROL_GUEST,
+            msr::SPEC_CTRL if g.host.spec_ctrl_bits != 0 => self.msrs.spec_ctrl,
+            // No variable-range or fixed-range MTRRs, no write-combining type.
+            msr::MTRRCAP => 0,
+            msr::MTRR_DEF_TYPE => self.msrs.mtrr_def_type,
+            msr::SYSENTER_CS => vmcs::read(f::GUEST_SYSENTER_CS),
+            msr::SYSENTER_ESP => vmcs::read(f::GUEST_SYSENTER_ESP),
+            msr::SYSENTER_EIP => vmcs::read(f::GUEST_SYSENTER_EIP),
+            msr::MISC_ENABLE => self.msrs.misc_enable,
+            msr::DEBUGCTL => 0,
+            msr::PAT if pat_in_vmcs => vmcs::read(f::GUEST_IA32_PAT),
+            msr::PAT => self.msrs.pat,
+            msr::EFER => self.efer,
+            msr::FS_BASE => vmcs::read(f::GUEST_FS_BASE),
+            msr::GS_BASE => vmcs::read(f::GUEST_GS_BASE),
+            msr::KERNEL_GS_BASE => self.msrs.kernel_gs_base,
+            _ => {
+                let i = msr::URET.iter().position(|&m| m == index)?;
+                if g.host.uret_present & (1 << i) == 0 {
+                    return None;
+                }
+                self.msrs.uret[i]
+            }
+        })
+    }
+
+    /// A guest WRMSR (VMCS current): false for #GP (upstream: `vmx_set_msr` →
+    /// `kvm_set_msr_common`).
+    fn set_msr(&mut self, index: u32, v: u64) -> bool {
+        let g = super::global();
+        if !msr::value_valid(index, v) {
+            return false;
+        }
+        let pat_in_vmcs = self.config.entry & b::VM_ENTRY_LOAD_IA32_PAT != 0;
+        match index {
+            msr::TSC if self.config.proc & b::CPU_BASED_USE_TSC_OFFSETTING != 0 => {
+                vmcs::write(f::TSC_OFFSET, v.wrapping_sub(insn::rdtsc()))
+            }
+            msr::APIC_BASE if crate::x86::cr::Limits::ARCH.apic_base_valid(v) => self.apic_base = v,
+            msr::SPEC_CTRL if v & !g.host.spec_ctrl_bits == 0 && g.host.spec_ctrl_bits != 0 => {
+                self.msrs.spec_ctrl = v
+            }
+            // IBPB, as a command the host executes for the guest.
+            msr::PRED_CMD if v == 0 => {}
+            msr::PRED_CMD if v == 1 && g.host.spec_ctrl_bits != 0 => {
+                // SAFETY: IBPB only flushes branch predictions.
+                unsafe { b::rkvm_wrmsr_safe(b::MSR_IA32_PRED_CMD, 1) };
+            }
+            msr::MTRR_DEF_TYPE => self.msrs.mtrr_def_type = v,
+            msr::SYSENTER_CS => vmcs::write(f::GUEST_SYSENTER_CS, v & 0xffff_ffff),
+            msr::SYSENTER_ESP => vmcs::write(f::GUEST_SYSENTER_ESP, v),
+            msr::SYSENTER_EIP => vmcs::write(f::GUEST_SYSENTER_EIP, v),
+            // Fast strings (bit 0) and the read-only PEBS/BTS-unavailable bits only.
+            msr::MISC_ENABLE if (v ^ msr::MISC_ENABLE_RESET) & !1 == 0 => self.msrs.misc_enable = v,
+            // No LBR, BTF or other debug features for guests.
+            msr::DEBUGCTL if v == 0 => {}
+            msr::PAT if pat_in_vmcs => vmcs::write(f::GUEST_IA32_PAT, v),
+            msr::PAT => self.msrs.pat = v,
+            msr::EFER => {
+                let paging = vmcs::read(f::CR0_READ_SHADOW) & cr::CR0_PG != 0;
+                match msr::efer_write(self.efer, v, paging) {
+                    Some(efer) => self.set_efer(efer),
+                    None => return false,
+                }
+            }
+            msr::FS_BASE => vmcs::write(f::GUEST_FS_BASE, v),
+            msr::GS_BASE => vmcs::write(f::GUEST_GS_BASE, v),
+            msr::KERNEL_GS_BASE => self.msrs.kernel_gs_base = v,
+            _ => {
+                let Some(i) = msr::URET.iter().position(|&m| m == index) else { return false };
+                if g.host.uret_present & (1 << i) == 0 {
+                    return false;
+                }
+                self.msrs.uret[i] = v;
+            }
+        }
         true
     }
 
@@ -973,6 +1233,14 @@ impl GuestMem for VmMem<'_> {
         let mut b = [0u8; 8];
         self.0.read_guest(gpa, &mut b).ok()?;
         Some(u64::from_le_bytes(b))
+    }
+}
+
+impl Drop for VmxVcpu {
+    fn drop(&mut self) {
+        // Stale translations tagged with this VPID are flushed by whichever vCPU gets it next,
+        // on every CPU it is loaded on (`tlb_flush` starts true and is set on each move).
+        super::global().free_vpid(self.vpid);
     }
 }
 

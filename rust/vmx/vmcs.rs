@@ -72,8 +72,10 @@ impl Vmcs {
             if self.cpu.load(Ordering::Acquire) >= 0 {
                 return Err(EIO);
             }
-            self.launched = false;
         }
+        // Clear here, whoever cleared it (the IPI above, or a CPU going offline): the next
+        // entry must be VMLAUNCH.
+        self.launched = false;
         // SAFETY: the VMCS is clear (not active anywhere); per our contract this CPU is in VMX
         // operation with preemption disabled.
         unsafe { insn::vmptrld(self.pa) }.map_err(|_| EIO)?;
@@ -125,9 +127,9 @@ impl Drop for Vmcs {
 ///
 /// # Safety
 ///
-/// Runs on the CPU concerned, in VMX operation, with preemption disabled.
-pub(crate) unsafe fn clear_all_on_this_cpu(registry: &Registry) {
-    let reg = registry.lock();
+/// Runs on the CPU concerned, in VMX operation, with preemption disabled; `reg` is the locked
+/// registry (locked before preemption was disabled: the lock may sleep).
+pub(crate) unsafe fn clear_all_on_this_cpu(reg: &KVec<usize>) {
     for &p in reg.iter() {
         // SAFETY: registered pointers are live `Vmcs`s (removed from the registry in `drop`
         // before the memory goes).

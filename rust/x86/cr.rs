@@ -20,6 +20,8 @@ pub const CR0_PG: u64 = 1 << 31;
 pub const CR4_PAE: u64 = 1 << 5;
 /// CR4.VMXE: VMX enable.
 pub const CR4_VMXE: u64 = 1 << 13;
+/// CR4.OSXSAVE: XSAVE and XCR0 enabled.
+pub const CR4_OSXSAVE: u64 = 1 << 18;
 /// The CR4 bits KVM knows (upstream's complement of `CR4_RESERVED_BITS`): VME PVI TSD DE PSE
 /// PAE MCE PGE PCE OSFXSR OSXMMEXCPT UMIP LA57 VMXE FSGSBASE PCIDE OSXSAVE SMEP SMAP PKE LAM_SUP.
 pub const CR4_KNOWN: u64 = 0x7ff

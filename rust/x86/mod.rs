@@ -1,5 +1,5 @@
 //! Pure x86 knowledge: control-register and EFER rules, segment access rights, RESET state,
-//! the MMIO instruction decoder and guest page-table walks.
+//! the MMIO instruction decoder, guest page-table walks and guest MSR rules.
 //!
 //! No kernel dependency: host `cargo test` runs these files (see `rust/tests/`). The architectural
 //! bit values here are checked against the kernel's own headers at build time (`vcpu.rs` asserts
@@ -7,5 +7,6 @@
 
 pub mod cr;
 pub mod decode;
+pub mod msr;
 pub mod segment;
 pub mod walk;

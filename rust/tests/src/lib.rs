@@ -19,6 +19,8 @@ mod decode_tests;
 #[cfg(test)]
 mod memslot_tests;
 #[cfg(test)]
+mod msr_tests;
+#[cfg(test)]
 mod pt_tests;
 #[cfg(test)]
 mod vmx_config_tests;

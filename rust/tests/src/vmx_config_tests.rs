@@ -89,3 +89,25 @@ fn guest_control_registers() {
     assert_eq!(c.hw_cr4(0), 0x2000);
     assert_eq!(c.hw_cr4(1 << 30), 0x2000);
 }
+
+#[test]
+fn vpid_needs_invvpid() {
+    let mut w = wants();
+    w.proc2.optional |= PROC2_ENABLE_VPID;
+    // The CPU allows VPIDs but has no INVVPID: not used.
+    let c = VmcsConfig::new(&msrs(), &w).unwrap();
+    assert_eq!(c.proc2 & PROC2_ENABLE_VPID, 0);
+    assert_eq!(c.vpid_flush(), None);
+    // INVVPID with only all-context flushes: used, flushed with type 2.
+    let mut m = msrs();
+    m.ept_vpid |= VPID_CAP_INVVPID | VPID_CAP_ALL;
+    let c = VmcsConfig::new(&m, &w).unwrap();
+    assert_ne!(c.proc2 & PROC2_ENABLE_VPID, 0);
+    assert_eq!(c.vpid_flush(), Some(2));
+    // Single-context preferred.
+    m.ept_vpid |= VPID_CAP_SINGLE;
+    assert_eq!(VmcsConfig::new(&m, &w).unwrap().vpid_flush(), Some(1));
+    // INVVPID types without the instruction itself: not used.
+    m.ept_vpid &= !VPID_CAP_INVVPID;
+    assert_eq!(VmcsConfig::new(&m, &w).unwrap().vpid_flush(), None);
+}

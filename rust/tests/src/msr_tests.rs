@@ -1,0 +1,155 @@
+//! Guest MSR rules: the VMX MSR bitmap layout, value checks, EFER writes, and the lazy
+//! ("user-return") switching of STAR/LSTAR/CSTAR/SFMASK/TSC_AUX on a model CPU that records
+//! every access.
+
+use crate::x86::msr::*;
+use std::collections::BTreeMap;
+
+#[derive(Default)]
+struct Cpu {
+    msrs: BTreeMap<u32, u64>,
+    writes: Vec<(u32, u64)>,
+}
+
+impl MsrAccess for Cpu {
+    fn read(&mut self, msr: u32) -> u64 {
+        *self.msrs.get(&msr).unwrap_or(&0)
+    }
+    fn write(&mut self, msr: u32, value: u64) {
+        self.writes.push((msr, value));
+        self.msrs.insert(msr, value);
+    }
+}
+
+const ALL: u32 = (1 << URET.len()) - 1;
+
+fn host() -> Cpu {
+    let mut c = Cpu::default();
+    for (i, m) in URET.iter().enumerate() {
+        c.msrs.insert(*m, 0xffff_ffff_8100_0000 + i as u64);
+    }
+    c
+}
+
+#[test]
+fn bitmap_offsets_follow_the_sdm() {
+    // SDM 25.6.9: read-low, read-high, write-low, write-high, 1 KiB each.
+    assert_eq!(bitmap_bit(0, false), Some((0, 0)));
+    assert_eq!(bitmap_bit(0x1fff, false), Some((1023, 7)));
+    assert_eq!(bitmap_bit(0xc000_0000, false), Some((1024, 0)));
+    assert_eq!(bitmap_bit(KERNEL_GS_BASE, false), Some((1024 + 0x102 / 8, 2)));
+    assert_eq!(bitmap_bit(0x10, true), Some((2048 + 2, 0)));
+    assert_eq!(bitmap_bit(0xc000_1fff, true), Some((4095, 7)));
+    assert_eq!(bitmap_bit(0x2000, false), None);
+    assert_eq!(bitmap_bit(0x4000_0000, true), None);
+    assert_eq!(bitmap_bit(0xc000_2000, false), None);
+}
+
+#[test]
+fn bitmap_passes_through_only_the_vmcs_switched_msrs() {
+    let mut page = [0u8; 4096];
+    fill_bitmap(&mut page);
+    let exits = |msr: u32, w: bool| {
+        let (byte, bit) = bitmap_bit(msr, w).unwrap();
+        page[byte] & (1 << bit) != 0
+    };
+    for w in [false, true] {
+        for m in PASS_THROUGH {
+            assert!(!exits(m, w), "{m:#x} write={w} should pass through");
+        }
+        for m in [TSC, APIC_BASE, SPEC_CTRL, EFER, PAT, STAR, LSTAR, CSTAR, SFMASK, TSC_AUX, MISC_ENABLE, 0x1234] {
+            assert!(exits(m, w), "{m:#x} write={w} should exit");
+        }
+    }
+    // Everything but the 6 MSRs x 2 directions is intercepted.
+    let clear: u32 = page.iter().map(|b| b.count_zeros()).sum();
+    assert_eq!(clear, 12);
+}
+
+#[test]
+fn value_checks() {
+    assert!(is_canonical(0x0000_7fff_ffff_ffff) && is_canonical(0xffff_8000_0000_0000));
+    assert!(!is_canonical(0x0000_8000_0000_0000) && !is_canonical(0x1234_0000_0000_0000));
+    assert!(value_valid(LSTAR, 0xffff_ffff_8100_0000));
+    assert!(!value_valid(LSTAR, 0x8000_0000_0000));
+    assert!(!value_valid(KERNEL_GS_BASE, 1 << 60));
+    assert!(value_valid(TSC_AUX, 0xffff_ffff) && !value_valid(TSC_AUX, 1 << 32));
+    assert!(value_valid(PAT, PAT_RESET) && value_valid(PAT, 0x0101_0101_0101_0101));
+    assert!(!value_valid(PAT, 0x0000_0000_0000_0002) && !value_valid(PAT, 0x0800_0000_0000_0000));
+    assert!(value_valid(MTRR_DEF_TYPE, 0xc06) && !value_valid(MTRR_DEF_TYPE, 0x1006));
+    assert!(!value_valid(MTRR_DEF_TYPE, 2));
+    assert!(value_valid(STAR, u64::MAX));
+}
+
+#[test]
+fn efer_writes() {
+    const LME: u64 = 1 << 8;
+    const LMA: u64 = 1 << 10;
+    // SCE and NXE any time; LMA is not the guest's to write.
+    assert_eq!(efer_write(0, 1 | 1 << 11, false), Some(1 | 1 << 11));
+    assert_eq!(efer_write(0, LMA, false), Some(0));
+    assert_eq!(efer_write(LME | LMA, LME, true), Some(LME | LMA));
+    // LME only while paging is off.
+    assert_eq!(efer_write(0, LME, false), Some(LME));
+    assert_eq!(efer_write(0, LME, true), None);
+    assert_eq!(efer_write(LME | LMA, 0, true), None);
+    // Reserved bits.
+    assert_eq!(efer_write(0, 1 << 2, false), None);
+    assert_eq!(efer_write(0, 1 << 63, false), None);
+}
+
+#[test]
+fn uret_loads_only_what_differs_and_restores_the_host() {
+    let mut cpu = host();
+    let saved = cpu.msrs.clone();
+    let mut st = UretCpu::default();
+    let mut guest = [0u64; URET.len()];
+    for (i, m) in URET.iter().enumerate() {
+        guest[i] = saved[m];
+    }
+    guest[1] = 0xffff_8000_0000_1000; // LSTAR differs
+    assert!(st.load_guest(&mut cpu, &guest, ALL), "first switch registers the notifier");
+    assert_eq!(cpu.writes, vec![(LSTAR, 0xffff_8000_0000_1000)]);
+    // A second entry with the same values writes nothing and does not re-register.
+    assert!(!st.load_guest(&mut cpu, &guest, ALL));
+    assert_eq!(cpu.writes.len(), 1);
+    // The guest changed STAR meanwhile: only STAR is written.
+    guest[0] = 0x0023_0010_0000_0000;
+    assert!(!st.load_guest(&mut cpu, &guest, ALL));
+    assert_eq!(cpu.writes[1..], [(STAR, 0x0023_0010_0000_0000)]);
+    // Return to user mode: both come back, nothing else is touched.
+    cpu.writes.clear();
+    assert!(st.restore_host(&mut cpu, ALL));
+    assert_eq!(cpu.msrs, saved);
+    assert_eq!(cpu.writes.len(), 2);
+    // Nothing registered any more: a second restore does nothing.
+    assert!(!st.restore_host(&mut cpu, ALL));
+    assert_eq!(cpu.writes.len(), 2);
+}
+
+#[test]
+fn uret_saves_the_host_values_current_at_the_first_switch() {
+    // The host may change its own values between two KVM_RUNs (another task's TSC_AUX is the
+    // same, but the kernel could rewrite STAR); each activation re-reads them.
+    let mut cpu = host();
+    let mut st = UretCpu::default();
+    let guest = [1, 2, 3, 4, 5];
+    st.load_guest(&mut cpu, &guest, ALL);
+    st.restore_host(&mut cpu, ALL);
+    cpu.msrs.insert(STAR, 0x42);
+    st.load_guest(&mut cpu, &guest, ALL);
+    st.restore_host(&mut cpu, ALL);
+    assert_eq!(cpu.msrs[&STAR], 0x42);
+}
+
+#[test]
+fn uret_never_touches_an_absent_tsc_aux() {
+    let mut cpu = host();
+    cpu.msrs.remove(&TSC_AUX);
+    let mut st = UretCpu::default();
+    let present = ALL & !(1 << URET_TSC_AUX);
+    st.load_guest(&mut cpu, &[9, 9, 9, 9, 9], present);
+    st.restore_host(&mut cpu, present);
+    assert!(cpu.writes.iter().all(|&(m, _)| m != TSC_AUX));
+    assert!(!cpu.msrs.contains_key(&TSC_AUX));
+}

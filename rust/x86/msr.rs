@@ -1,0 +1,209 @@
+//! Guest MSRs: the ones rkvm knows, how a guest's write is checked, which ones a guest may
+//! access without a VM exit (the VMX MSR bitmap), and the lazy switching of the MSRs the VMCS
+//! does not switch (upstream: `kvm_get_msr_common` / `kvm_set_msr_common`, `vmx_msr_bitmap`,
+//! `kvm_set_user_return_msr` / `kvm_on_user_return`).
+//!
+//! Pure logic over an MSR-access trait, so host `cargo test` checks it: the kernel side supplies
+//! the real RDMSR/WRMSR and the user-return notifier.
+//!
+//! # Where each guest MSR lives (VMX backend)
+//! - In the VMCS, switched by the CPU on entry and exit: EFER, PAT, SYSENTER_CS/ESP/EIP,
+//!   FS_BASE, GS_BASE, DEBUGCTL.
+//! - KERNEL_GS_BASE: the guest's value is loaded right before each entry and read back right
+//!   after each exit (guest SWAPGS changes it without an exit).
+//! - STAR, LSTAR, CSTAR, SFMASK, TSC_AUX ("user-return" MSRs): only kernel entry from user mode
+//!   (SYSCALL) and RDTSCP/RDPID in user mode depend on them, so the guest's values stay loaded
+//!   across exits and KVM_RUN calls and the host's come back when this CPU next returns to user
+//!   mode ([`UretCpu`]).
+//! - Everything else the guest reads or writes exits, and is answered from the vCPU's software
+//!   copy; an MSR rkvm does not know gets #GP, as on a CPU without it.
+
+/// Reads and writes MSRs (the kernel's faulting-safe accessors, or a model in tests).
+pub trait MsrAccess {
+    /// RDMSR.
+    fn read(&mut self, msr: u32) -> u64;
+    /// WRMSR.
+    fn write(&mut self, msr: u32, value: u64);
+}
+
+/// `IA32_TIME_STAMP_COUNTER`.
+pub const TSC: u32 = 0x10;
+/// `IA32_APIC_BASE`.
+pub const APIC_BASE: u32 = 0x1b;
+/// `IA32_FEATURE_CONTROL`.
+pub const FEATURE_CONTROL: u32 = 0x3a;
+/// `IA32_SPEC_CTRL`.
+pub const SPEC_CTRL: u32 = 0x48;
+/// `IA32_PRED_CMD` (write-only command).
+pub const PRED_CMD: u32 = 0x49;
+/// `IA32_MTRRCAP`.
+pub const MTRRCAP: u32 = 0xfe;
+/// `IA32_SYSENTER_CS`.
+pub const SYSENTER_CS: u32 = 0x174;
+/// `IA32_SYSENTER_ESP`.
+pub const SYSENTER_ESP: u32 = 0x175;
+/// `IA32_SYSENTER_EIP`.
+pub const SYSENTER_EIP: u32 = 0x176;
+/// `IA32_MISC_ENABLE`.
+pub const MISC_ENABLE: u32 = 0x1a0;
+/// `IA32_DEBUGCTL`.
+pub const DEBUGCTL: u32 = 0x1d9;
+/// `IA32_PAT`.
+pub const PAT: u32 = 0x277;
+/// `IA32_MTRR_DEF_TYPE`.
+pub const MTRR_DEF_TYPE: u32 = 0x2ff;
+/// `IA32_EFER`.
+pub const EFER: u32 = 0xc000_0080;
+/// `IA32_STAR`.
+pub const STAR: u32 = 0xc000_0081;
+/// `IA32_LSTAR`.
+pub const LSTAR: u32 = 0xc000_0082;
+/// `IA32_CSTAR`.
+pub const CSTAR: u32 = 0xc000_0083;
+/// `IA32_FMASK` (SFMASK).
+pub const SFMASK: u32 = 0xc000_0084;
+/// `IA32_FS_BASE`.
+pub const FS_BASE: u32 = 0xc000_0100;
+/// `IA32_GS_BASE`.
+pub const GS_BASE: u32 = 0xc000_0101;
+/// `IA32_KERNEL_GS_BASE`.
+pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
+/// `IA32_TSC_AUX`.
+pub const TSC_AUX: u32 = 0xc000_0103;
+
+/// The RESET value of IA32_PAT (SDM 11.12.4).
+pub const PAT_RESET: u64 = 0x0007_0406_0007_0406;
+/// IA32_MISC_ENABLE as rkvm's guests first see it: fast strings, no PEBS, no BTS (upstream:
+/// `kvm_vcpu_reset` → `MSR_IA32_MISC_ENABLE_PEBS_UNAVAIL | BTS_UNAVAIL`).
+pub const MISC_ENABLE_RESET: u64 = 1 | 1 << 11 | 1 << 12;
+/// IA32_FEATURE_CONTROL as guests see it: locked, VMX off (no nesting).
+pub const FEATURE_CONTROL_GUEST: u64 = 1;
+/// The EFER bits a guest may write: SCE, LME, LMA (ignored, see [`efer_write`]), NXE.
+pub const EFER_WRITABLE: u64 = 1 | 1 << 8 | 1 << 10 | 1 << 11;
+
+/// MSRs a guest reads and writes without exiting: their guest values live in the VMCS
+/// (FS/GS base, SYSENTER_*) or are switched around every entry (KERNEL_GS_BASE).
+pub const PASS_THROUGH: [u32; 6] = [FS_BASE, GS_BASE, KERNEL_GS_BASE, SYSENTER_CS, SYSENTER_ESP, SYSENTER_EIP];
+
+/// Where an MSR's intercept bit is in the 4 KiB VMX MSR bitmap (SDM 25.6.9): byte offset and
+/// bit. Reads of MSRs 0..=0x1fff at 0, of 0xc0000000..=0xc0001fff at 1 KiB; writes at 2 KiB
+/// and 3 KiB. Any other MSR always exits (`None`).
+pub fn bitmap_bit(msr: u32, write: bool) -> Option<(usize, u8)> {
+    let (base, n) = match msr {
+        0..=0x1fff => (0, msr),
+        0xc000_0000..=0xc000_1fff => (1024, msr - 0xc000_0000),
+        _ => return None,
+    };
+    let base = base + if write { 2048 } else { 0 };
+    Some((base + (n / 8) as usize, (n % 8) as u8))
+}
+
+/// Fills an MSR bitmap: every access exits except reads and writes of [`PASS_THROUGH`].
+pub fn fill_bitmap(page: &mut [u8; 4096]) {
+    page.fill(0xff);
+    for msr in PASS_THROUGH {
+        for write in [false, true] {
+            if let Some((byte, bit)) = bitmap_bit(msr, write) {
+                page[byte] &= !(1 << bit);
+            }
+        }
+    }
+}
+
+/// Whether `v` is a canonical address for 48-bit linear addresses (bits 63:47 all equal).
+pub fn is_canonical(v: u64) -> bool {
+    ((v as i64) << 16 >> 16) as u64 == v
+}
+
+/// Whether `v` is a valid IA32_PAT: every entry one of UC, WC, WT, WP, WB, UC- (0, 1, 4–7).
+pub fn pat_valid(v: u64) -> bool {
+    v.to_le_bytes().iter().all(|&t| matches!(t, 0 | 1 | 4..=7))
+}
+
+/// A guest WRMSR to EFER (upstream `set_efer`): `None` (#GP) for reserved bits or for changing
+/// LME while paging is on; else the new EFER, whose LMA stays what it was (the CPU sets LMA
+/// itself when paging is turned on with LME set).
+pub fn efer_write(old: u64, new: u64, paging: bool) -> Option<u64> {
+    const LME: u64 = 1 << 8;
+    const LMA: u64 = 1 << 10;
+    if new & !EFER_WRITABLE != 0 || (paging && (old ^ new) & LME != 0) {
+        return None;
+    }
+    Some((new & !LMA) | (old & LMA))
+}
+
+/// Whether a guest's value for `msr` is one the CPU would accept (false: WRMSR raises #GP).
+/// Only rules that do not depend on vCPU state.
+pub fn value_valid(msr: u32, v: u64) -> bool {
+    match msr {
+        LSTAR | CSTAR | FS_BASE | GS_BASE | KERNEL_GS_BASE | SYSENTER_ESP | SYSENTER_EIP => is_canonical(v),
+        SFMASK | TSC_AUX => v >> 32 == 0,
+        PAT => pat_valid(v),
+        // Only the default type (bits 7:0 of the valid types), fixed-range enable and enable.
+        MTRR_DEF_TYPE => v & !0xcff == 0 && matches!(v & 0xff, 0 | 1 | 4..=6),
+        _ => true,
+    }
+}
+
+/// The lazily switched ("user-return") MSRs, in the order of [`UretCpu`]'s arrays.
+pub const URET: [u32; 5] = [STAR, LSTAR, CSTAR, SFMASK, TSC_AUX];
+/// Index of TSC_AUX in [`URET`] (present only with RDTSCP or RDPID).
+pub const URET_TSC_AUX: usize = 4;
+
+/// One CPU's user-return MSR state (upstream: `struct kvm_user_return_msrs`).
+///
+/// While `active`, the CPU holds guest values (`curr`) and the host's values are in `host`; the
+/// kernel side has a user-return notifier registered on this CPU that calls
+/// [`UretCpu::restore_host`]. Only touched on its own CPU with preemption disabled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UretCpu {
+    /// The host's values, saved when the first guest value was loaded.
+    pub host: [u64; URET.len()],
+    /// What the CPU holds now.
+    pub curr: [u64; URET.len()],
+    /// Whether guest values may be loaded (the host's must come back before user mode).
+    pub active: bool,
+}
+
+impl UretCpu {
+    /// Before VM entry: loads the guest's values of the MSRs in `present` (a bit per [`URET`]
+    /// index), writing only those the CPU does not already hold. Returns true when this is the
+    /// first switch since the host's values were last restored: the caller must then register
+    /// the user-return notifier.
+    pub fn load_guest(&mut self, m: &mut impl MsrAccess, guest: &[u64; URET.len()], present: u32) -> bool {
+        let first = !self.active;
+        if first {
+            for (i, msr) in URET.iter().enumerate() {
+                if present & (1 << i) != 0 {
+                    self.host[i] = m.read(*msr);
+                    self.curr[i] = self.host[i];
+                }
+            }
+            self.active = true;
+        }
+        for (i, msr) in URET.iter().enumerate() {
+            if present & (1 << i) != 0 && self.curr[i] != guest[i] {
+                m.write(*msr, guest[i]);
+                self.curr[i] = guest[i];
+            }
+        }
+        first
+    }
+
+    /// On return to user mode (or when the CPU goes offline, or the module unloads): the host's
+    /// values back, only those that differ. Returns whether the notifier was registered (then
+    /// the caller unregisters it).
+    pub fn restore_host(&mut self, m: &mut impl MsrAccess, present: u32) -> bool {
+        if !self.active {
+            return false;
+        }
+        for (i, msr) in URET.iter().enumerate() {
+            if present & (1 << i) != 0 && self.curr[i] != self.host[i] {
+                m.write(*msr, self.host[i]);
+                self.curr[i] = self.host[i];
+            }
+        }
+        self.active = false;
+        true
+    }
+}
