@@ -140,6 +140,11 @@ pub(crate) struct VmxVcpu {
     msrs: GuestMsrs,
     /// The guest's XCR0 (in force while its CR4.OSXSAVE is set).
     xcr0: u64,
+    /// The guest's debug registers DR0–DR3, DR6, DR7, kept in software: the CPU runs the guest
+    /// with DR7 = 0x400, so a guest's hardware breakpoints do not fire (no KVM_EXIT_DEBUG yet).
+    dr: [u64; 4],
+    dr6: u64,
+    dr7: u64,
     /// This vCPU's VPID (0: none, the guest's TLB entries are flushed on every entry and exit).
     vpid: u16,
     /// The guest's VPID-tagged translations must be flushed before the next entry: the vCPU
@@ -186,6 +191,10 @@ enum Next {
     User,
 }
 
+/// DR6 and DR7 at RESET (SDM 18.2.3, 18.2.4): their fixed-1 bits.
+const DR6_RESET: u64 = 0xffff_0ff0;
+const DR7_RESET: u64 = 0x400;
+
 /// Vector numbers of the exceptions the backend injects.
 const GP: u32 = 13;
 const UD: u32 = 6;
@@ -222,6 +231,9 @@ impl VmxVcpu {
                 ..GuestMsrs::default()
             },
             xcr0: 1,
+            dr: [0; 4],
+            dr6: DR6_RESET,
+            dr7: DR7_RESET,
             vpid: 0,
             tlb_flush: true,
         };
@@ -718,7 +730,7 @@ impl VmxVcpu {
                 Ok(Next::Resume)
             }
             reason::DR_ACCESS => {
-                self.with_vmcs(|v| v.skip_instruction(e.instr_len))?;
+                self.with_vmcs(|v| v.handle_dr(e))?;
                 Ok(Next::Resume)
             }
             reason::CR_ACCESS => self.handle_cr(e),
@@ -864,6 +876,38 @@ impl VmxVcpu {
         }
         self.set_cr0(cr0);
         true
+    }
+
+    /// A MOV to or from a debug register (VMCS current; upstream `handle_dr`). CPL and the
+    /// CR4.DE check for DR4/DR5 come before the exit, so only the value checks are left here.
+    fn handle_dr(&mut self, e: &ExitInfo) {
+        let q = e.qualification;
+        let gpr = ((q >> 8) & 15) as usize;
+        // DR4/DR5 alias DR6/DR7 (CR4.DE clear; with DE set the CPU raised #UD instead).
+        let n = match q & 7 {
+            4 => 6,
+            5 => 7,
+            n => n as usize,
+        };
+        if q & (1 << 4) != 0 {
+            let v = match n {
+                0..=3 => self.dr[n],
+                6 => self.dr6,
+                _ => self.dr7,
+            };
+            self.set_gpr(gpr, v);
+        } else {
+            let long = self.efer & cr::EFER_LMA != 0 && vmcs::read(f::GUEST_CS_AR_BYTES) & (1 << 13) != 0;
+            let v = if long { self.gpr(gpr) } else { self.gpr(gpr) & 0xffff_ffff };
+            match n {
+                0..=3 => self.dr[n] = v,
+                _ if v >> 32 != 0 => return self.inject_exception(GP),
+                6 => self.dr6 = (v & 0x0001_e00f) | DR6_RESET,
+                // Bits 12, 14 and 15 read as 0, bit 10 as 1.
+                _ => self.dr7 = (v & !0xd000) | DR7_RESET,
+            }
+        }
+        self.skip_instruction(e.instr_len);
     }
 
     /// The guest's current privilege level: SS.DPL (SDM 5.5), 0 in real mode.

@@ -9,7 +9,9 @@
  *  - TSC_AUX written, RDTSCP: r9 = 0xabcd;
  *  - CR4.OSXSAVE set: CPUID.1:ECX.OSXSAVE r10 = 1; XSETBV 3 then XGETBV: r8 = 3;
  *  - #GP (counted in r15 by the guest's handler, which skips rbp bytes): RDMSR of an unknown MSR,
- *    WRMSR of a non-canonical LSTAR, WRMSR of a reserved EFER bit, XSETBV of AVX state: r15 = 4. */
+ *    WRMSR of a non-canonical LSTAR, WRMSR of a reserved EFER bit, XSETBV of AVX state: r15 = 4;
+ *  - debug registers: DR0 written and read back into memory at 0x600, DR7 = 1 reads 0x401 (r11),
+ *    DR6 reads its fixed bits 0xffff0ff0 (rax). */
 	.code64
 	.globl _start
 _start:
@@ -135,6 +137,16 @@ after_syscall:
 	mov	$7, %eax
 	xor	%edx, %edx
 	xsetbv
+
+	/* Debug registers (MOV DR exits, kept in software) */
+	movabs	$0x123456789, %rax
+	mov	%rax, %dr0
+	mov	%dr0, %rcx
+	mov	%rcx, 0x600
+	mov	$1, %eax
+	mov	%rax, %dr7
+	mov	%dr7, %r11
+	mov	%dr6, %rax
 	hlt
 
 syscall_target:
