@@ -221,6 +221,11 @@ impl Vm {
         })
     }
 
+    /// Whether guest-physical page `gpa` is writable memory (in a slot that is not read-only).
+    pub(crate) fn is_writable_ram(&self, gpa: u64) -> bool {
+        self.slots.lock().find(gpa >> memslot::PAGE_SHIFT).is_some_and(|s| !s.readonly())
+    }
+
     /// Writes `buf` to guest-physical memory, as [`Vm::read_guest`]. `EFAULT` outside every
     /// slot or in a read-only one (what lies before such a page is written).
     pub(crate) fn write_guest(&self, gpa: u64, buf: &[u8]) -> Result {

@@ -95,6 +95,16 @@ fn io_exit(run: *mut b::kvm_run, is_in: bool, size: u32, port: u16, count: u32) 
 }
 
 
+/// What checking one string-I/O element's memory operand found.
+enum Elem {
+    /// Accessible RAM.
+    Ok,
+    /// The guest's access faults: #PF error code and linear address.
+    Fault(u32, u64),
+    /// Not RAM (MMIO, a read-only slot for INS) or page tables outside memory: not emulated.
+    Stop,
+}
+
 /// Exit information read while the VMCS was current.
 struct ExitInfo {
     reason: u32,
@@ -197,6 +207,7 @@ const DR7_RESET: u64 = 0x400;
 
 /// Vector numbers of the exceptions the backend injects.
 const GP: u32 = 13;
+const PF: u32 = 14;
 const UD: u32 = 6;
 
 impl VmxVcpu {
@@ -468,10 +479,21 @@ impl VmxVcpu {
 
     /// Queues a hardware exception for the next entry (with error code 0 for #GP).
     fn inject_exception(&mut self, vector: u32) {
-        let has_error = vector == GP;
-        let info = (1 << 31) | (3 << 8) | vector | if has_error { 1 << 11 } else { 0 };
+        self.inject_exception_code(vector, (vector == GP).then_some(0));
+    }
+
+    /// Queues a hardware exception with an optional error code for the next entry.
+    fn inject_exception_code(&mut self, vector: u32, code: Option<u32>) {
+        let info = (1 << 31) | (3 << 8) | vector | if code.is_some() { 1 << 11 } else { 0 };
         vmcs::write(f::VM_ENTRY_INTR_INFO_FIELD, info.into());
-        vmcs::write(f::VM_ENTRY_EXCEPTION_ERROR_CODE, 0);
+        vmcs::write(f::VM_ENTRY_EXCEPTION_ERROR_CODE, code.unwrap_or(0).into());
+    }
+
+    /// Queues a #PF for linear address `la` (CR2) with `code` (upstream:
+    /// `kvm_inject_emulated_page_fault`).
+    fn inject_page_fault(&mut self, la: u64, code: u32) {
+        self.cr2 = la;
+        self.inject_exception_code(PF, Some(code));
     }
 
     /// Completes the I/O or MMIO exit userspace has just handled.
@@ -1085,11 +1107,14 @@ impl VmxVcpu {
         let long = self.efer & cr::EFER_LMA != 0;
         let rip = vmcs::read(f::GUEST_CS_BASE).wrapping_add(vmcs::read(f::GUEST_RIP));
         Paging {
-            cr0: vmcs::read(f::GUEST_CR0),
-            cr3: vmcs::read(f::GUEST_CR3),
-            cr4: vmcs::read(f::GUEST_CR4),
-            efer: self.efer,
+            regs: walk::Regs {
+                cr0: vmcs::read(f::GUEST_CR0),
+                cr3: vmcs::read(f::GUEST_CR3),
+                cr4: vmcs::read(f::GUEST_CR4),
+                efer: self.efer,
+            },
             rip: if long { rip } else { rip & 0xffff_ffff },
+            user: self.cpl() == 3,
         }
     }
 
@@ -1142,7 +1167,7 @@ impl VmxVcpu {
             self.with_vmcs(|v| v.skip_instruction(insn.len.into()))?;
             return Ok(Next::Resume);
         }
-        let s = StringIo {
+        let mut s = StringIo {
             is_in,
             size,
             count: total.min(u64::from(b::PAGE_SIZE as u32 / size)) as u32,
@@ -1153,19 +1178,47 @@ impl VmxVcpu {
             rep,
             len: insn.len,
         };
-        if !is_in {
-            let mut data = [0u8; 4];
-            for k in 0..s.count {
-                let chunk = &mut data[..size as usize];
-                if pg.read(ctx.vm, s.linear(k, long), chunk).is_err() {
-                    // Unmapped source (upstream would inject #PF, or read MMIO).
+        // Each element's memory operand, checked as the guest's own access would be: the batch
+        // ends before the first element that faults or is not RAM (INS into MMIO or a read-only
+        // slot, OUTS from MMIO: not emulated); if that is the first element, the guest gets
+        // its #PF, or userspace an emulation error, and no I/O happens.
+        let mut data = [0u8; 4];
+        for k in 0..s.count {
+            let la = s.linear(k, long);
+            let chunk = &mut data[..size as usize];
+            let elem = match pg.data_gpa(ctx.vm, la, is_in) {
+                Err(walk::WalkError::PageFault(code)) => Elem::Fault(code, la),
+                Err(walk::WalkError::Bus) => Elem::Stop,
+                // An element may straddle a page: its last byte must be accessible too.
+                Ok(gpa) => match pg.data_gpa(ctx.vm, la.wrapping_add(u64::from(size) - 1), is_in) {
+                    Err(walk::WalkError::PageFault(code)) => Elem::Fault(code, la.wrapping_add(u64::from(size) - 1)),
+                    Err(walk::WalkError::Bus) => Elem::Stop,
+                    Ok(last) if is_in => {
+                        if ctx.vm.is_writable_ram(gpa) && ctx.vm.is_writable_ram(last) { Elem::Ok } else { Elem::Stop }
+                    }
+                    Ok(_) => if pg.read(ctx.vm, la, chunk).is_ok() { Elem::Ok } else { Elem::Stop },
+                },
+            };
+            match elem {
+                Elem::Ok if !is_in => {
+                    // SAFETY: `pio` is the vCPU's PIO page: count * size <= PAGE_SIZE bytes.
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(chunk.as_ptr(), ctx.pio.add((k * size) as usize), size as usize)
+                    };
+                }
+                Elem::Ok => {}
+                Elem::Fault(code, addr) if k == 0 => {
+                    self.with_vmcs(|v| v.inject_page_fault(addr, code))?;
+                    return Ok(Next::Resume);
+                }
+                Elem::Stop if k == 0 => {
                     self.internal_error(ctx.run, b::KVM_INTERNAL_ERROR_EMULATION, e);
                     return Ok(Next::User);
                 }
-                // SAFETY: `pio` is the vCPU's PIO page: count * size <= PAGE_SIZE bytes.
-                unsafe {
-                    core::ptr::copy_nonoverlapping(chunk.as_ptr(), ctx.pio.add((k * size) as usize), size as usize)
-                };
+                _ => {
+                    s.count = k;
+                    break;
+                }
             }
         }
         io_exit(ctx.run, is_in, size, port, s.count);
@@ -1187,8 +1240,8 @@ impl VmxVcpu {
                 unsafe {
                     core::ptr::copy_nonoverlapping(pio.add((k * s.size) as usize), chunk.as_mut_ptr(), s.size as usize)
                 };
-                // An element aimed at unmapped, MMIO or read-only memory is dropped (upstream
-                // would fault or exit again for MMIO); the registers still move past it.
+                // Checked writable RAM when the batch was set up; only a slot change by another
+                // thread since then can make this fail, and then the element is lost.
                 let _ = pg.write(vm, s.linear(k, long), chunk);
             }
         }
@@ -1230,12 +1283,11 @@ impl VmxVcpu {
 
 /// What translating a guest linear address needs (read while the VMCS was current).
 struct Paging {
-    cr0: u64,
-    cr3: u64,
-    cr4: u64,
-    efer: u64,
+    regs: walk::Regs,
     /// Linear address of the guest's RIP.
     rip: u64,
+    /// The guest runs at CPL 3: its data accesses are user-mode accesses.
+    user: bool,
 }
 
 impl Paging {
@@ -1265,7 +1317,14 @@ impl Paging {
     }
 
     fn translate(&self, vm: &crate::vm::Vm, la: u64) -> Result<u64> {
-        walk::translate(&mut VmMem(vm), self.cr0, self.cr3, self.cr4, self.efer, la).ok_or(EFAULT)
+        let r = &self.regs;
+        walk::translate(&mut VmMem(vm), r.cr0, r.cr3, r.cr4, r.efer, la).ok_or(EFAULT)
+    }
+
+    /// The guest-physical address of a data access by the guest to `la`, with the guest's
+    /// permission checks (a #PF to inject on failure).
+    fn data_gpa(&self, vm: &crate::vm::Vm, la: u64, write: bool) -> core::result::Result<u64, walk::WalkError> {
+        walk::walk(&mut VmMem(vm), &self.regs, la, write, self.user)
     }
 }
 

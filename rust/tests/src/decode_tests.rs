@@ -126,3 +126,39 @@ fn page_walks() {
     m.0.insert(0x20000, 0x12001);
     assert_eq!(translate(&mut m, cr0, 0x20000, cr4, 0, 0x20_0010), Some(0x60_0010));
 }
+
+#[test]
+fn page_walk_permissions_and_fault_codes() {
+    use crate::x86::walk::*;
+    let mut m = Mem(BTreeMap::new());
+    // Long mode: PML4 0x10000 → PDPT 0x11000 → PD 0x12000 → PT 0x13000.
+    m.0.insert(0x10000, 0x11007); // P RW US
+    m.0.insert(0x11000, 0x12007);
+    m.0.insert(0x12000, 0x13007);
+    m.0.insert(0x13000, 0x5007); // page 0: P RW US
+    m.0.insert(0x13008, 0x6005); // page 1: P US, read-only
+    m.0.insert(0x13010, 0x7003); // page 2: P RW, supervisor
+    let r = Regs { cr0: 0x8000_0011, cr3: 0x10000, cr4: 1 << 5, efer: 0x500 };
+    let wp = Regs { cr0: r.cr0 | 1 << 16, ..r };
+    assert_eq!(walk(&mut m, &r, 0x0123, true, true), Ok(0x5123));
+    // Read-only page: user writes fault (P|W|U); supervisor writes only with CR0.WP.
+    assert_eq!(walk(&mut m, &r, 0x1008, false, true), Ok(0x6008));
+    assert_eq!(walk(&mut m, &r, 0x1008, true, true), Err(WalkError::PageFault(PF_PRESENT | PF_WRITE | PF_USER)));
+    assert_eq!(walk(&mut m, &r, 0x1008, true, false), Ok(0x6008));
+    assert_eq!(walk(&mut m, &wp, 0x1008, true, false), Err(WalkError::PageFault(PF_PRESENT | PF_WRITE)));
+    // Supervisor page: user reads fault.
+    assert_eq!(walk(&mut m, &r, 0x2000, false, true), Err(WalkError::PageFault(PF_PRESENT | PF_USER)));
+    assert_eq!(walk(&mut m, &r, 0x2000, true, false), Ok(0x7000));
+    // Not present: P clear, W/U as the access.
+    assert_eq!(walk(&mut m, &r, 0x3000, true, false), Err(WalkError::PageFault(PF_WRITE)));
+    assert_eq!(walk(&mut m, &r, 0x3000, false, true), Err(WalkError::PageFault(PF_USER)));
+    // A higher level read-only makes the whole range read-only.
+    m.0.insert(0x11000, 0x12005);
+    assert_eq!(walk(&mut m, &wp, 0x0000, true, false), Err(WalkError::PageFault(PF_PRESENT | PF_WRITE)));
+    // 32-bit paging: the PDE's U/S counts too.
+    m.0.insert(0x20000, 0x21003); // PDE 0: supervisor
+    m.0.insert(0x21000, 0x8007); // PTE 0: user
+    let r32 = Regs { cr0: 0x8000_0011, cr3: 0x20000, cr4: 0, efer: 0 };
+    assert_eq!(walk(&mut m, &r32, 0x10, false, false), Ok(0x8010));
+    assert_eq!(walk(&mut m, &r32, 0x10, false, true), Err(WalkError::PageFault(PF_PRESENT | PF_USER)));
+}
