@@ -6,6 +6,8 @@
 #   make check   build everything and run every test (host unit tests, QEMU and Bochs VMs)
 #
 # Both install what is missing first (scripts/deps.sh) and reuse the cached test kernel.
+# `make bench` (same prerequisites) boots Bochs once and measures exit costs, VM lifecycle and
+# kernel memory of rkvm and then of the kernel's kvm_intel, side by side (scripts/bench.sh).
 # Kbuild (not this file) describes the module itself; this file wraps `make -C $KDIR M=$PWD`.
 
 SHELL := /bin/bash
@@ -20,7 +22,7 @@ EXTRA ?=
 MODARGS ?=
 TIMEOUT ?=
 
-.PHONY: all deps kernel module userspace selftests hosttest demo check vm-run clean
+.PHONY: all deps kernel module userspace selftests hosttest demo check bench vm-run clean
 
 all: module userspace selftests
 
@@ -59,6 +61,9 @@ demo: module userspace selftests
 
 check: module userspace selftests
 	@$(TOP)/scripts/check.sh
+
+bench: module userspace selftests
+	@$(TOP)/scripts/bench.sh
 
 clean:
 	@$(ENV); kdir=$$($(TOP)/scripts/kernel.sh 2>/dev/null)/linux; \
