@@ -25,6 +25,11 @@ pub(crate) trait Backend: Send + Sync {
 
     /// The control-register, EFER and address-width limits guests of this backend live under.
     fn limits(&self) -> Limits;
+    /// The MSRs `KVM_GET_MSRS`/`KVM_SET_MSRS` handle (`KVM_GET_MSR_INDEX_LIST`; upstream:
+    /// `msrs_to_save` + `emulated_msrs`).
+    fn msr_indices(&self) -> &[u32] {
+        &[]
+    }
 
     /// Creates the backend part of a new VM (upstream: `vm_init`), e.g. its EPT.
     fn create_vm(&self) -> Result<KBox<dyn BackendVm>>;
@@ -79,6 +84,15 @@ pub(crate) trait BackendVcpu: Send {
     fn set_sregs(&mut self, sregs: &bindings::kvm_sregs) -> Result;
     /// Runs the guest until an exit that needs userspace, filling `run` (upstream: `vcpu_run`).
     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result;
+    /// One MSR for `KVM_GET_MSRS` (upstream: `kvm_get_msr_with_filter` → `vmx_get_msr`);
+    /// `None` if the vCPU has no such MSR.
+    fn get_msr(&mut self, _index: u32) -> Result<Option<u64>> {
+        Ok(None)
+    }
+    /// One MSR for `KVM_SET_MSRS`; `false` if the MSR does not exist or refuses the value.
+    fn set_msr(&mut self, _index: u32, _data: u64) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// Boxes a backend vCPU as a trait object (6.12's `KBox` has no unsizing coercion).

@@ -41,9 +41,21 @@ impl MiscKind for DevFile {
                 }
                 Ok(vcpu::MMAP_SIZE as isize)
             }
+            b::KVM_GET_MSR_INDEX_LIST => msr_index_list(dev.backend.msr_indices(), arg).map(|()| 0),
             _ => Err(EINVAL),
         }
     }
+}
+
+/// `KVM_GET_MSR_INDEX_LIST` (upstream `kvm_arch_dev_ioctl`): `struct kvm_msr_list` holds the
+/// array's capacity; the real count is written back first, then `E2BIG` if it does not fit.
+fn msr_index_list(list: &[u32], arg: usize) -> Result {
+    let cap: u32 = crate::ffi::uapi::read_user(arg)?;
+    crate::ffi::uapi::write_user(arg, &(list.len() as u32))?;
+    if (cap as usize) < list.len() {
+        return Err(E2BIG);
+    }
+    crate::ffi::uapi::write_user_array(arg + 4, list)
 }
 
 static DEV_FOPS: MiscFops = MiscFops::new::<DevFile>(&crate::THIS_MODULE);

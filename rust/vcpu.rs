@@ -14,7 +14,7 @@
 use crate::backend::{BackendVcpu, RunContext};
 use crate::ffi::bindings as b;
 use crate::ffi::fileops::{self, FileKind, Fops};
-use crate::ffi::uapi::{read_user, write_user};
+use crate::ffi::uapi::{read_user, read_user_array, write_user, write_user_array};
 use crate::vm::Vm;
 use crate::x86::{cr, segment};
 use kernel::page::Page;
@@ -186,6 +186,8 @@ impl FileKind for VcpuKind {
                 arch.set_sregs(&sregs)?;
                 Ok(0)
             }
+            b::KVM_GET_MSRS => msr_io(&mut **arch, arg, false),
+            b::KVM_SET_MSRS => msr_io(&mut **arch, arg, true),
             // Upstream x86's `kvm_arch_vcpu_ioctl` default.
             _ => Err(EINVAL),
         }
@@ -315,4 +317,42 @@ pub(crate) fn from_kvm_segment(s: &b::kvm_segment) -> segment::Segment {
         avl: s.avl,
         unusable: s.unusable,
     }
+}
+
+/// Most entries one `KVM_GET_MSRS`/`KVM_SET_MSRS` takes (upstream `MAX_IO_MSRS`).
+const MAX_IO_MSRS: u32 = 256;
+
+/// `KVM_GET_MSRS` / `KVM_SET_MSRS` (upstream `msr_io`): `struct kvm_msrs` with `nmsrs` entries;
+/// the entries are processed in order until one fails, and the number done is returned (a
+/// partial success is not an error). `KVM_GET_MSRS` copies all entries back.
+fn msr_io(arch: &mut dyn BackendVcpu, arg: usize, set: bool) -> Result<isize> {
+    let nmsrs: u32 = read_user(arg)?;
+    if nmsrs >= MAX_IO_MSRS {
+        return Err(E2BIG);
+    }
+    // The entries follow the 8-byte header (`nmsrs`, `pad`).
+    let entries_at = arg.checked_add(8).ok_or(EFAULT)?;
+    let mut entries = read_user_array::<b::kvm_msr_entry>(entries_at, nmsrs as usize)?;
+    let mut done = 0;
+    for e in entries.iter_mut() {
+        let ok = if set {
+            arch.set_msr(e.index, e.data)?
+        } else {
+            match arch.get_msr(e.index)? {
+                Some(v) => {
+                    e.data = v;
+                    true
+                }
+                None => false,
+            }
+        };
+        if !ok {
+            break;
+        }
+        done += 1;
+    }
+    if !set {
+        write_user_array(entries_at, &entries)?;
+    }
+    Ok(done)
 }

@@ -177,7 +177,34 @@ TEST(cpu_offline_and_back_with_a_loaded_vmcs)
 	real_vm_free(&v);
 }
 
+/*
+ * One thread, two vCPUs of two VMs, alternating on one CPU: each KVM_RUN must make its own VMCS
+ * current again (both stay active on the CPU), every exit must carry its own guest's count.
+ */
+TEST(two_vcpus_alternating_on_one_cpu)
+{
+	struct real_vm a, b;
+	__u16 na = 1, nb = 1;
+
+	if (no_guests())
+		SKIP("backend=none enters no guest");
+	CHECK(pin(0) == 0);
+	CHECK(real_vm_create(&a, counter, sizeof(counter)) == 0);
+	CHECK(real_vm_create(&b, counter, sizeof(counter)) == 0);
+	/* b runs twice per round, so the two counts differ. */
+	for (int i = 0; i < 1000; i++) {
+		if (more_exits(&a, 1, &na) || more_exits(&b, 2, &nb)) {
+			CHECK(!"each exit carries its own guest's count");
+			break;
+		}
+	}
+	CHECK(na == 1001 && nb == 2001);
+	real_vm_free(&b);
+	real_vm_free(&a);
+}
+
 KTAP_MAIN("rkvm vmx_stress",
 	CASE(vcpu_hops_between_cpus),
 	CASE(two_vms_at_once),
-	CASE(cpu_offline_and_back_with_a_loaded_vmcs))
+	CASE(cpu_offline_and_back_with_a_loaded_vmcs),
+	CASE(two_vcpus_alternating_on_one_cpu))

@@ -47,6 +47,8 @@ RKVM_CONST(unsigned int, KVM_GET_REGS);
 RKVM_CONST(unsigned int, KVM_SET_REGS);
 RKVM_CONST(unsigned int, KVM_GET_SREGS);
 RKVM_CONST(unsigned int, KVM_SET_SREGS);
+RKVM_CONST(unsigned int, KVM_GET_MSRS);
+RKVM_CONST(unsigned int, KVM_SET_MSRS);
 
 /* file and mm flags that are macros over other macros */
 RKVM_CONST(unsigned int, O_RDWR);

@@ -29,7 +29,27 @@ plain_old_data!(
     kvm_segment,
     kvm_dtable,
     kvm_userspace_memory_region,
+    kvm_msr_entry,
 );
+
+/// Copies `n` `T`s in from the user array at `arg` (`EFAULT` if it cannot be read).
+pub(crate) fn read_user_array<T: FromBytes + Default + Copy>(arg: usize, n: usize) -> Result<kernel::alloc::KVec<T>> {
+    let mut v = kernel::alloc::KVec::with_capacity(n, kernel::alloc::flags::GFP_KERNEL_ACCOUNT)?;
+    let mut r = UserSlice::new(arg, n * core::mem::size_of::<T>()).reader();
+    for _ in 0..n {
+        v.push(r.read::<T>()?, kernel::alloc::flags::GFP_KERNEL_ACCOUNT)?;
+    }
+    Ok(v)
+}
+
+/// Copies `items` out to the user array at `arg` (`EFAULT` if it cannot be written).
+pub(crate) fn write_user_array<T: AsBytes>(arg: usize, items: &[T]) -> Result {
+    let mut w = UserSlice::new(arg, core::mem::size_of_val(items)).writer();
+    for item in items {
+        w.write(item)?;
+    }
+    Ok(())
+}
 
 /// Copies a `T` in from the user pointer `arg` (`EFAULT` if it cannot be read).
 pub(crate) fn read_user<T: FromBytes>(arg: usize) -> Result<T> {

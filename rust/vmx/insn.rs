@@ -230,3 +230,15 @@ pub(crate) fn rdtsc() -> u64 {
     // SAFETY: RDTSC has no side effects (CR4.TSD does not restrict ring 0).
     unsafe { core::arch::x86_64::_rdtsc() }
 }
+
+/// `VMPTRST`: the physical address of this CPU's current VMCS (`u64::MAX` if none).
+///
+/// # Safety
+///
+/// This CPU must be in VMX operation.
+pub(crate) unsafe fn vmptrst() -> u64 {
+    let mut pa = u64::MAX;
+    // SAFETY: per the function's contract; stores 8 bytes into `pa`.
+    unsafe { asm!("vmptrst qword ptr [{}]", in(reg) &mut pa, options(nostack, preserves_flags)) };
+    pa
+}

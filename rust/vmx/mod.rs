@@ -231,6 +231,8 @@ pub(crate) fn rdmsr(msr: u32) -> Option<u64> {
 pub(crate) struct VmxBackend {
     /// Kept alive as long as the backend: `GLOBAL` points into it.
     g: Arc<VmxGlobal>,
+    /// `KVM_GET_MSR_INDEX_LIST`: `msr::KNOWN` less what this CPU lacks.
+    msr_list: KVec<u32>,
     hotplug_state: i32,
 }
 
@@ -358,7 +360,15 @@ impl VmxBackend {
             "backend=vmx: VMCS rev {:#x}, pin {:#x} proc {:#x} proc2 {:#x} exit {:#x} entry {:#x}, {:?}\n",
             config.revision_id, config.pin, config.proc, config.proc2, config.exit, config.entry, host
         );
-        let backend: Arc<dyn Backend> = Arc::new(VmxBackend { g, hotplug_state: state }, GFP_KERNEL)?;
+        let mut msr_list = KVec::new();
+        for m in msr::KNOWN {
+            let absent = (m == msr::SPEC_CTRL && host.spec_ctrl_bits == 0)
+                || (m == msr::TSC_AUX && host.uret_present & (1 << msr::URET_TSC_AUX) == 0);
+            if !absent {
+                msr_list.push(m, GFP_KERNEL)?;
+            }
+        }
+        let backend: Arc<dyn Backend> = Arc::new(VmxBackend { g, msr_list, hotplug_state: state }, GFP_KERNEL)?;
         Ok(backend)
     }
 }
@@ -460,6 +470,10 @@ impl Backend for VmxBackend {
             l.cr4_allowed &= !xcr::CR4_OSXSAVE;
         }
         l
+    }
+
+    fn msr_indices(&self) -> &[u32] {
+        &self.msr_list
     }
 
     fn create_vm(&self) -> Result<KBox<dyn BackendVm>> {

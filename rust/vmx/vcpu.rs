@@ -716,7 +716,7 @@ impl VmxVcpu {
             reason::MSR_READ => {
                 self.with_vmcs(|v| {
                     let index = v.regs.gpr[RCX] as u32;
-                    match v.get_msr(index) {
+                    match v.read_msr(index) {
                         Some(val) => {
                             v.regs.gpr[RAX] = val & 0xffff_ffff;
                             v.regs.gpr[RDX] = val >> 32;
@@ -731,7 +731,7 @@ impl VmxVcpu {
                 self.with_vmcs(|v| {
                     let index = v.regs.gpr[RCX] as u32;
                     let val = (v.regs.gpr[RDX] << 32) | (v.regs.gpr[RAX] & 0xffff_ffff);
-                    if v.set_msr(index, val) {
+                    if v.write_msr(index, val) {
                         v.skip_instruction(e.instr_len);
                     } else {
                         v.inject_exception(GP);
@@ -957,7 +957,7 @@ impl VmxVcpu {
 
     /// A guest RDMSR (VMCS current): the value, or `None` for #GP (upstream:
     /// `vmx_get_msr` → `kvm_get_msr_common`).
-    fn get_msr(&self, index: u32) -> Option<u64> {
+    fn read_msr(&self, index: u32) -> Option<u64> {
         let g = super::global();
         let pat_in_vmcs = self.config.entry & b::VM_ENTRY_LOAD_IA32_PAT != 0;
         Some(match index {
@@ -991,7 +991,7 @@ impl VmxVcpu {
 
     /// A guest WRMSR (VMCS current): false for #GP (upstream: `vmx_set_msr` →
     /// `kvm_set_msr_common`).
-    fn set_msr(&mut self, index: u32, v: u64) -> bool {
+    fn write_msr(&mut self, index: u32, v: u64) -> bool {
         let g = super::global();
         if !msr::value_valid(index, v) {
             return false;
@@ -1362,6 +1362,16 @@ impl BackendVcpu for VmxVcpu {
 
     fn set_sregs(&mut self, sregs: &b::kvm_sregs) -> Result {
         self.with_vmcs(|v| v.write_sregs(sregs))
+    }
+
+    // Userspace's accesses follow the guest's rules (upstream relaxes a few for
+    // `host_initiated` writes, e.g. of EFER.LMA; rkvm does not yet).
+    fn get_msr(&mut self, index: u32) -> Result<Option<u64>> {
+        self.with_vmcs(|v| v.read_msr(index))
+    }
+
+    fn set_msr(&mut self, index: u32, data: u64) -> Result<bool> {
+        self.with_vmcs(|v| v.write_msr(index, data))
     }
 
     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result {

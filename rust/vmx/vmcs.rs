@@ -61,6 +61,14 @@ impl Vmcs {
         let this = crate::vmx::this_cpu();
         let old = self.cpu.load(Ordering::Acquire);
         if old == this {
+            // Active here, but another vCPU's VMCS may have been made current since (upstream:
+            // `per_cpu(current_vmcs) != vmcs` in `vmx_vcpu_load_vmcs`): make it current again.
+            // Its per-CPU host state is still this CPU's.
+            // SAFETY: this CPU is in VMX operation (our contract); the VMCS is active here.
+            if unsafe { insn::vmptrst() } != self.pa {
+                // SAFETY: as above.
+                unsafe { insn::vmptrld(self.pa) }.map_err(|_| EIO)?;
+            }
             return Ok(false);
         }
         if old >= 0 {

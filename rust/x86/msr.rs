@@ -81,6 +81,14 @@ pub const FEATURE_CONTROL_GUEST: u64 = 1;
 /// The EFER bits a guest may write: SCE, LME, LMA (ignored, see [`efer_write`]), NXE.
 pub const EFER_WRITABLE: u64 = 1 | 1 << 8 | 1 << 10 | 1 << 11;
 
+/// The MSRs rkvm's vCPUs have (`KVM_GET_MSR_INDEX_LIST`), before dropping those the host CPU
+/// lacks (SPEC_CTRL, TSC_AUX).
+pub const KNOWN: [u32; 21] = [
+    TSC, APIC_BASE, FEATURE_CONTROL, SPEC_CTRL, MTRRCAP, SYSENTER_CS, SYSENTER_ESP, SYSENTER_EIP,
+    MISC_ENABLE, DEBUGCTL, PAT, MTRR_DEF_TYPE, EFER, STAR, LSTAR, CSTAR, SFMASK, FS_BASE, GS_BASE,
+    KERNEL_GS_BASE, TSC_AUX,
+];
+
 /// MSRs a guest reads and writes without exiting: their guest values live in the VMCS
 /// (FS/GS base, SYSENTER_*) or are switched around every entry (KERNEL_GS_BASE).
 pub const PASS_THROUGH: [u32; 6] = [FS_BASE, GS_BASE, KERNEL_GS_BASE, SYSENTER_CS, SYSENTER_ESP, SYSENTER_EIP];

@@ -153,3 +153,14 @@ fn uret_never_touches_an_absent_tsc_aux() {
     assert!(cpu.writes.iter().all(|&(m, _)| m != TSC_AUX));
     assert!(!cpu.msrs.contains_key(&TSC_AUX));
 }
+
+#[test]
+fn known_list_covers_the_switched_and_passed_through_msrs() {
+    let mut sorted = KNOWN.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), KNOWN.len(), "no duplicates");
+    for m in URET.iter().chain(PASS_THROUGH.iter()) {
+        assert!(KNOWN.contains(m), "{m:#x} is handled, so it is listed");
+    }
+}
