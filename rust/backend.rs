@@ -25,6 +25,10 @@ pub(crate) trait Backend: Send + Sync {
 
     /// The control-register, EFER and address-width limits guests of this backend live under.
     fn limits(&self) -> Limits;
+    /// What guests get beyond the host's raw CPUID (`KVM_GET_SUPPORTED_CPUID`).
+    fn cpuid_caps(&self) -> crate::x86::cpuid::Caps {
+        crate::x86::cpuid::Caps::default()
+    }
     /// The MSRs `KVM_GET_MSRS`/`KVM_SET_MSRS` handle (`KVM_GET_MSR_INDEX_LIST`; upstream:
     /// `msrs_to_save` + `emulated_msrs`).
     fn msr_indices(&self) -> &[u32] {
@@ -84,6 +88,11 @@ pub(crate) trait BackendVcpu: Send {
     fn set_sregs(&mut self, sregs: &bindings::kvm_sregs) -> Result;
     /// Runs the guest until an exit that needs userspace, filling `run` (upstream: `vcpu_run`).
     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result;
+    /// Whether the vCPU has entered its guest (then `KVM_SET_CPUID2` may not change the table;
+    /// upstream `kvm_vcpu_has_run`).
+    fn has_run(&self) -> bool {
+        false
+    }
     /// One MSR for `KVM_GET_MSRS` (upstream: `kvm_get_msr_with_filter` → `vmx_get_msr`);
     /// `None` if the vCPU has no such MSR.
     fn get_msr(&mut self, _index: u32) -> Result<Option<u64>> {
@@ -112,6 +121,8 @@ pub(crate) struct RunContext<'a> {
     pub(crate) pio: *mut u8,
     /// The VM (memory slots, backend VM state).
     pub(crate) vm: &'a crate::vm::Vm,
+    /// The CPUID table userspace set (`KVM_SET_CPUID2`); empty if it set none.
+    pub(crate) cpuid: &'a [crate::x86::cpuid::Entry],
 }
 
 /// Picks the backend named by the `backend=` module parameter.

@@ -41,10 +41,34 @@ impl MiscKind for DevFile {
                 }
                 Ok(vcpu::MMAP_SIZE as isize)
             }
+            b::KVM_GET_SUPPORTED_CPUID => supported_cpuid(&*dev.backend, arg).map(|()| 0),
             b::KVM_GET_MSR_INDEX_LIST => msr_index_list(dev.backend.msr_indices(), arg).map(|()| 0),
             _ => Err(EINVAL),
         }
     }
+}
+
+/// `KVM_GET_SUPPORTED_CPUID` (upstream `kvm_dev_ioctl_get_cpuid`): `E2BIG` when `nent` is
+/// below the number of entries (then `nent` is left alone), else the entries and their count.
+fn supported_cpuid(backend: &dyn Backend, arg: usize) -> Result {
+    let nent: u32 = crate::ffi::uapi::read_user(arg)?;
+    let caps = backend.cpuid_caps();
+    let mut list = KVec::new();
+    let mut err = Ok(());
+    let host = |leaf, sub| {
+        let r = core::arch::x86_64::__cpuid_count(leaf, sub);
+        [r.eax, r.ebx, r.ecx, r.edx]
+    };
+    crate::x86::cpuid::supported(host, &caps, |e| {
+        if err.is_ok() {
+            err = list.push(e, GFP_KERNEL).map_err(Error::from);
+        }
+    });
+    err?;
+    if (nent as usize) < list.len() {
+        return Err(E2BIG);
+    }
+    vcpu::write_cpuid2(arg, &list)
 }
 
 /// `KVM_GET_MSR_INDEX_LIST` (upstream `kvm_arch_dev_ioctl`): `struct kvm_msr_list` holds the

@@ -16,7 +16,7 @@ use crate::ffi::bindings as b;
 use crate::ffi::fileops::{self, FileKind, Fops};
 use crate::ffi::uapi::{read_user, read_user_array, write_user, write_user_array};
 use crate::vm::Vm;
-use crate::x86::{cr, segment};
+use crate::x86::{cpuid, cr, segment};
 use kernel::page::Page;
 use kernel::fmt;
 use kernel::prelude::*;
@@ -73,6 +73,10 @@ pub(crate) struct Vcpu {
     /// The backend's state, under the vCPU mutex.
     #[pin]
     arch: Mutex<KBox<dyn BackendVcpu>>,
+    /// The guest's CPUID table (`KVM_SET_CPUID2`; upstream `vcpu->arch.cpuid_entries`). Only
+    /// locked with `arch` held.
+    #[pin]
+    cpuid: Mutex<KVec<cpuid::Entry>>,
 }
 
 impl Vcpu {
@@ -90,6 +94,7 @@ impl Vcpu {
                 run_page: Page::alloc_page(zeroed)?,
                 pio_page: Page::alloc_page(zeroed)?,
                 arch <- kernel::new_mutex!(arch),
+                cpuid <- kernel::new_mutex!(KVec::new()),
             }),
             GFP_KERNEL_ACCOUNT,
         )
@@ -186,6 +191,26 @@ impl FileKind for VcpuKind {
                 arch.set_sregs(&sregs)?;
                 Ok(0)
             }
+            b::KVM_SET_CPUID2 => {
+                let entries = read_cpuid2(arg, cpuid::MAX_ENTRIES)?.0;
+                let mut table = f.vcpu.cpuid.lock();
+                // After the first entry the table may only be set again unchanged (upstream
+                // `kvm_set_cpuid` → `kvm_cpuid_check_equal`).
+                if arch.has_run() {
+                    return if entries[..] == table[..] { Ok(0) } else { Err(EINVAL) };
+                }
+                *table = entries;
+                Ok(0)
+            }
+            b::KVM_GET_CPUID2 => {
+                let nent: u32 = read_user(arg)?;
+                let table = f.vcpu.cpuid.lock();
+                if (nent as usize) < table.len() {
+                    return Err(E2BIG);
+                }
+                write_cpuid2(arg, &table)?;
+                Ok(0)
+            }
             b::KVM_GET_MSRS => msr_io(&mut **arch, arg, false),
             b::KVM_SET_MSRS => msr_io(&mut **arch, arg, true),
             // Upstream x86's `kvm_arch_vcpu_ioctl` default.
@@ -242,7 +267,8 @@ fn run(f: &VcpuFile, arch: &mut dyn BackendVcpu) -> Result {
         unsafe { core::ptr::addr_of_mut!((*run).exit_reason).write_volatile(b::KVM_EXIT_INTR) };
         return Err(EINTR);
     }
-    let mut ctx = RunContext { run, pio: f.vcpu.pio_data(), vm: &f.vm };
+    let table = f.vcpu.cpuid.lock();
+    let mut ctx = RunContext { run, pio: f.vcpu.pio_data(), vm: &f.vm, cpuid: &table };
     arch.run(&mut ctx)
 }
 
@@ -355,4 +381,36 @@ fn msr_io(arch: &mut dyn BackendVcpu, arg: usize, set: bool) -> Result<isize> {
         write_user_array(entries_at, &entries)?;
     }
     Ok(done)
+}
+
+/// Reads a `struct kvm_cpuid2` (`nent`, padding, `nent` entries) of at most `max` entries
+/// (`E2BIG` beyond); returns the entries and `nent`.
+pub(crate) fn read_cpuid2(arg: usize, max: usize) -> Result<(KVec<cpuid::Entry>, u32)> {
+    let nent: u32 = read_user(arg)?;
+    if nent as usize > max {
+        return Err(E2BIG);
+    }
+    let raw = read_user_array::<b::kvm_cpuid_entry2>(arg.checked_add(8).ok_or(EFAULT)?, nent as usize)?;
+    let mut v = KVec::with_capacity(raw.len(), GFP_KERNEL_ACCOUNT)?;
+    for e in raw.iter() {
+        v.push(
+            cpuid::Entry { function: e.function, index: e.index, flags: e.flags, regs: [e.eax, e.ebx, e.ecx, e.edx] },
+            GFP_KERNEL_ACCOUNT,
+        )?;
+    }
+    Ok((v, nent))
+}
+
+/// Writes `entries` as a `struct kvm_cpuid2` at `arg`: the entries, then `nent`.
+pub(crate) fn write_cpuid2(arg: usize, entries: &[cpuid::Entry]) -> Result {
+    let mut raw = KVec::with_capacity(entries.len(), GFP_KERNEL_ACCOUNT)?;
+    for e in entries {
+        let [eax, ebx, ecx, edx] = e.regs;
+        raw.push(
+            b::kvm_cpuid_entry2 { function: e.function, index: e.index, flags: e.flags, eax, ebx, ecx, edx, ..Default::default() },
+            GFP_KERNEL_ACCOUNT,
+        )?;
+    }
+    write_user_array(arg.checked_add(8).ok_or(EFAULT)?, &raw)?;
+    write_user(arg, &(entries.len() as u32))
 }

@@ -49,6 +49,8 @@ RKVM_CONST(unsigned int, KVM_GET_SREGS);
 RKVM_CONST(unsigned int, KVM_SET_SREGS);
 RKVM_CONST(unsigned int, KVM_GET_MSRS);
 RKVM_CONST(unsigned int, KVM_SET_MSRS);
+RKVM_CONST(unsigned int, KVM_GET_CPUID2);
+RKVM_CONST(unsigned int, KVM_SET_CPUID2);
 
 /* file and mm flags that are macros over other macros */
 RKVM_CONST(unsigned int, O_RDWR);

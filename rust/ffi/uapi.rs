@@ -30,6 +30,7 @@ plain_old_data!(
     kvm_dtable,
     kvm_userspace_memory_region,
     kvm_msr_entry,
+    kvm_cpuid_entry2,
 );
 
 /// Copies `n` `T`s in from the user array at `arg` (`EFAULT` if it cannot be read).

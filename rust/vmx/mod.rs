@@ -472,6 +472,13 @@ impl Backend for VmxBackend {
         l
     }
 
+    fn cpuid_caps(&self) -> crate::x86::cpuid::Caps {
+        crate::x86::cpuid::Caps {
+            guest_xcr0: self.g.host.guest_xcr0,
+            rdtscp: self.g.config.proc2 & b::SECONDARY_EXEC_ENABLE_RDTSCP != 0,
+        }
+    }
+
     fn msr_indices(&self) -> &[u32] {
         &self.msr_list
     }

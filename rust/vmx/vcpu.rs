@@ -155,6 +155,8 @@ pub(crate) struct VmxVcpu {
     dr: [u64; 4],
     dr6: u64,
     dr7: u64,
+    /// Whether the guest has been entered (VMLAUNCH attempted) at least once.
+    ran: bool,
     /// This vCPU's VPID (0: none, the guest's TLB entries are flushed on every entry and exit).
     vpid: u16,
     /// The guest's VPID-tagged translations must be flushed before the next entry: the vCPU
@@ -242,6 +244,7 @@ impl VmxVcpu {
                 ..GuestMsrs::default()
             },
             xcr0: 1,
+            ran: false,
             dr: [0; 4],
             dr6: DR6_RESET,
             dr7: DR7_RESET,
@@ -620,6 +623,7 @@ impl VmxVcpu {
         if let Some(caps) = pt_caps {
             pt::guest_enter(&mut KernelMsrs, caps, &mut self.pt_host, &self.pt_guest);
         }
+        self.ran = true;
         // SAFETY: interrupts are off until the entry, so no host fault observes the guest CR2;
         // the VMCS is current with this CPU's host state; `launched` tracks VMLAUNCH.
         let exited = unsafe {
@@ -709,7 +713,7 @@ impl VmxVcpu {
                 Ok(Next::User)
             }
             reason::CPUID => {
-                self.emulate_cpuid();
+                self.emulate_cpuid(ctx.cpuid)?;
                 self.with_vmcs(|v| v.skip_instruction(e.instr_len))?;
                 Ok(Next::Resume)
             }
@@ -788,57 +792,34 @@ impl VmxVcpu {
         }
     }
 
-    fn emulate_cpuid(&mut self) {
+    /// A guest CPUID (upstream `kvm_emulate_cpuid`): from the table userspace set, or without
+    /// one, from what `KVM_GET_SUPPORTED_CPUID` reports with the vCPU id as APIC id (upstream
+    /// answers zeros then); the bits that follow guest state applied last.
+    fn emulate_cpuid(&mut self, table: &[crate::x86::cpuid::Entry]) -> Result {
+        use crate::x86::cpuid;
         let leaf = self.regs.gpr[RAX] as u32;
         let sub = self.regs.gpr[RCX] as u32;
-        let mut r = insn::cpuid(leaf, sub);
-        let xsave = super::global().host.guest_xcr0 != 0;
-        // Only x87 and SSE state for guests (XCR0 ⊆ 3): no AVX and nothing built on it.
-        match leaf {
-            1 => {
-                r[1] = (r[1] & 0x00ff_ffff) | (self.id << 24); // initial APIC id
-                r[2] &= !(1 << 5); // no VMX for the guest
-                r[2] &= !(1 << 12 | 1 << 28 | 1 << 29); // FMA, AVX, F16C
-                // Nothing whose MSRs or exits rkvm does not handle: MONITOR/MWAIT, PDCM
-                // (PERF_CAPABILITIES), x2APIC and the TSC deadline timer (no in-kernel APIC).
-                r[2] &= !(1 << 3 | 1 << 15 | 1 << 21 | 1 << 24);
-                // XSAVE as the host has it; OSXSAVE follows the guest's CR4 (upstream:
-                // kvm_update_cpuid_runtime).
-                r[2] &= !(1 << 26 | 1 << 27);
-                if xsave {
-                    r[2] |= 1 << 26;
-                    if self.with_vmcs(|_| vmcs::read(f::CR4_READ_SHADOW)).unwrap_or(0) & cr::CR4_OSXSAVE != 0 {
-                        r[2] |= 1 << 27;
-                    }
-                }
+        let mut r = if table.is_empty() {
+            let g = super::global();
+            let caps = cpuid::Caps {
+                guest_xcr0: g.host.guest_xcr0,
+                rdtscp: self.config.proc2 & b::SECONDARY_EXEC_ENABLE_RDTSCP != 0,
+            };
+            let mut r = cpuid::filter(leaf, sub, insn::cpuid(leaf, sub), &caps);
+            if leaf == 1 {
+                r[1] |= self.id << 24;
                 r[2] |= 1 << 31; // running under a hypervisor
             }
-            7 if sub == 0 => {
-                // No Intel PT (its MSRs are not passed through; leaf 0x14 too), no AVX2/AVX-512.
-                r[1] &= !(1 << 25 | 1 << 5 | 0xdc23_0000);
-                // No AVX-512 or VEX-encoded extensions, PKU/OSPKE or CET.
-                r[2] &= !(1 << 1 | 1 << 3 | 1 << 4 | 1 << 6 | 1 << 7 | 1 << 9 | 1 << 10 | 1 << 11 | 1 << 12 | 1 << 14);
-                r[3] &= !(1 << 2 | 1 << 3 | 1 << 8 | 1 << 20 | 1 << 22 | 1 << 23 | 1 << 24 | 1 << 25);
-                // No L1D_FLUSH, ARCH_CAPABILITIES or CORE_CAPABILITIES MSRs.
-                r[3] &= !(1 << 28 | 1 << 29 | 1 << 30);
-            }
-            7 => r[0] &= !(1 << 4 | 1 << 5), // AVX-VNNI, AVX512_BF16
-            0xd if !xsave => r = [0; 4],
-            0xd if sub == 0 => {
-                // Components x87 and SSE: 512 bytes of legacy area plus the 64-byte header.
-                r = [super::global().host.guest_xcr0 as u32, 576, 576, 0];
-            }
-            // XSAVEOPT, XSAVEC, XGETBV with ECX=1; no XSAVES (no IA32_XSS for guests).
-            0xd if sub == 1 => r = [r[0] & 7, 576, 0, 0],
-            0xd => r = [0; 4],
-            0x14 => r = [0; 4],
-            // RDTSCP only when the guest may execute it.
-            0x8000_0001 if self.config.proc2 & b::SECONDARY_EXEC_ENABLE_RDTSCP == 0 => r[3] &= !(1 << 27),
-            _ => {}
-        }
+            r
+        } else {
+            cpuid::lookup(table, leaf, sub)
+        };
+        let cr4 = self.with_vmcs(|_| vmcs::read(f::CR4_READ_SHADOW))?;
+        cpuid::apply_dynamic(leaf, sub, &mut r, cr4, self.xcr0);
         for (i, reg) in [RAX, RBX, RCX, RDX].into_iter().enumerate() {
             self.regs.gpr[reg] = u64::from(r[i]);
         }
+        Ok(())
     }
 
     fn handle_cr(&mut self, e: &ExitInfo) -> Result<Next> {
@@ -1366,6 +1347,10 @@ impl BackendVcpu for VmxVcpu {
 
     // Userspace's accesses follow the guest's rules (upstream relaxes a few for
     // `host_initiated` writes, e.g. of EFER.LMA; rkvm does not yet).
+    fn has_run(&self) -> bool {
+        self.ran
+    }
+
     fn get_msr(&mut self, index: u32) -> Result<Option<u64>> {
         self.with_vmcs(|v| v.read_msr(index))
     }

@@ -1,10 +1,11 @@
 //! Pure x86 knowledge: control-register and EFER rules, segment access rights, RESET state,
-//! the MMIO instruction decoder, guest page-table walks and guest MSR rules.
+//! the MMIO instruction decoder, guest page-table walks, guest MSR and CPUID rules.
 //!
 //! No kernel dependency: host `cargo test` runs these files (see `rust/tests/`). The architectural
 //! bit values here are checked against the kernel's own headers at build time (`vcpu.rs` asserts
 //! each equals its bindgen constant), so they cannot drift.
 
+pub mod cpuid;
 pub mod cr;
 pub mod decode;
 pub mod msr;

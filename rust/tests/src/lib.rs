@@ -15,6 +15,8 @@ pub mod vmx_config;
 pub mod vmx_pt;
 
 #[cfg(test)]
+mod cpuid_tests;
+#[cfg(test)]
 mod decode_tests;
 #[cfg(test)]
 mod memslot_tests;

@@ -1,0 +1,114 @@
+//! Guest CPUID: the supported list, the table lookup (Intel's out-of-range rule), the bits that
+//! follow guest state.
+
+use crate::x86::cpuid::*;
+
+/// A host like Bochs' Haswell: max basic 0xd, max extended 0x80000008, VMX, AVX, XSAVE.
+fn host(leaf: u32, sub: u32) -> [u32; 4] {
+    match (leaf, sub) {
+        (0, _) => [0xd, 0x756e_6547, 0x6c65_746e, 0x4965_6e69],
+        (1, _) => [0x306c3, 0x0102_0800, 0x7ffa_fbbf, 0xbfeb_fbff],
+        (4, 0..=3) => [0x121 + sub, 0x1c0_003f, 0x3f, 0],
+        (4, _) => [0; 4],
+        (7, 0) => [0, 0x27ab, 0, 0x9c00_0400],
+        (0xd, 0) => [7, 832, 832, 0],
+        (0xd, 1) => [1, 0, 0, 0],
+        (0xd, 2) => [256, 576, 0, 0],
+        (0x8000_0000, _) => [0x8000_0008, 0, 0, 0],
+        (0x8000_0001, _) => [0, 0, 0x21, 0x2c10_0800],
+        _ => [leaf, sub, 0x1111, 0x2222],
+    }
+}
+
+fn caps() -> Caps {
+    Caps { guest_xcr0: 3, rdtscp: true }
+}
+
+fn list() -> Vec<Entry> {
+    let mut v = Vec::new();
+    supported(host, &caps(), |e| v.push(e));
+    v
+}
+
+#[test]
+fn supported_list_shape() {
+    let l = list();
+    assert!(l.len() < MAX_ENTRIES);
+    // Leaf 0..=0xd, 4 with subleaves 0..=4 (the null one included), 7.0, 0xd.0/1, the two
+    // hypervisor leaves, 0x80000000..=8.
+    assert_eq!(l.iter().filter(|e| e.function == 4).count(), 5);
+    assert!(l.iter().filter(|e| e.function == 4).all(|e| e.flags == FLAG_SIGNIFICANT_INDEX));
+    assert_eq!(l.iter().filter(|e| e.function == 0xd).count(), 2);
+    assert_eq!(l.iter().filter(|e| e.function >= 0x8000_0000).count(), 9);
+    let leaf1 = l.iter().find(|e| e.function == 1).unwrap();
+    assert_eq!(leaf1.flags, 0);
+    assert_eq!(leaf1.regs[2] & (1 << 5), 0, "no VMX");
+    assert_eq!(leaf1.regs[2] & (1 << 28), 0, "no AVX");
+    assert_eq!(leaf1.regs[2] & (1 << 27), 0, "OSXSAVE is dynamic");
+    assert_ne!(leaf1.regs[2] & (1 << 26), 0, "XSAVE offered");
+    assert_eq!(leaf1.regs[2] & (1 << 31), 0, "hypervisor bit left to userspace");
+    assert_eq!(leaf1.regs[1] >> 16, 0, "APIC id left to userspace");
+    let l7 = l.iter().find(|e| e.function == 7).unwrap();
+    assert_eq!(l7.regs[1] & (1 << 5), 0, "no AVX2");
+    assert_eq!(l7.regs[3] & (1 << 29), 0, "no ARCH_CAPABILITIES");
+    let xs = l.iter().find(|e| e.function == 0xd && e.index == 0).unwrap();
+    assert_eq!(xs.regs, [3, 576, 576, 0]);
+    let sig = l.iter().find(|e| e.function == KVM_SIGNATURE).unwrap();
+    let mut name = Vec::new();
+    for r in &sig.regs[1..] {
+        name.extend_from_slice(&r.to_le_bytes());
+    }
+    assert_eq!(&name, b"KVMKVMKVM\0\0\0");
+}
+
+#[test]
+fn no_xsave_without_host_xsave() {
+    let mut v = Vec::new();
+    supported(host, &Caps { guest_xcr0: 0, rdtscp: false }, |e| v.push(e));
+    let leaf1 = v.iter().find(|e| e.function == 1).unwrap();
+    assert_eq!(leaf1.regs[2] & (1 << 26), 0);
+    assert!(v.iter().filter(|e| e.function == 0xd).all(|e| e.regs == [0; 4]));
+    let ext1 = v.iter().find(|e| e.function == 0x8000_0001).unwrap();
+    assert_eq!(ext1.regs[3] & (1 << 27), 0, "no RDTSCP");
+}
+
+#[test]
+fn lookup_rules() {
+    let t = [
+        Entry { function: 0, regs: [4, 1, 2, 3], ..Entry::default() },
+        Entry { function: 1, regs: [10, 11, 12, 13], ..Entry::default() },
+        Entry { function: 2, regs: [20, 21, 22, 23], ..Entry::default() },
+        Entry { function: 4, index: 0, flags: FLAG_SIGNIFICANT_INDEX, regs: [40, 0, 0, 0] },
+        Entry { function: 4, index: 1, flags: FLAG_SIGNIFICANT_INDEX, regs: [41, 0, 0, 0] },
+        Entry { function: 0x8000_0000, regs: [0x8000_0001, 0, 0, 0], ..Entry::default() },
+    ];
+    assert_eq!(lookup(&t, 1, 7), [10, 11, 12, 13], "index ignored without the flag");
+    assert_eq!(lookup(&t, 4, 1), [41, 0, 0, 0]);
+    assert_eq!(lookup(&t, 4, 2), [0; 4], "in range, no such subleaf");
+    assert_eq!(lookup(&t, 3, 0), [0; 4], "in range, no such leaf");
+    // Above the basic maximum: the highest basic leaf, same subleaf (Intel).
+    assert_eq!(lookup(&t, 0x30, 0), [40, 0, 0, 0]);
+    assert_eq!(lookup(&t, 0x30, 1), [41, 0, 0, 0]);
+    // Extended leaf in range but absent: zeros; above the extended maximum: highest basic.
+    assert_eq!(lookup(&t, 0x8000_0001, 0), [0; 4]);
+    assert_eq!(lookup(&t, 0x8000_0005, 1), [41, 0, 0, 0]);
+    // No hypervisor leaves in the table: out of range too.
+    assert_eq!(lookup(&t, 0x4000_0000, 0), [40, 0, 0, 0]);
+    assert_eq!(lookup(&[], 0, 0), [0; 4]);
+}
+
+#[test]
+fn dynamic_bits() {
+    let mut r = [0, 0, 1 << 26, 0];
+    apply_dynamic(1, 0, &mut r, 1 << 18, 3);
+    assert_eq!(r[2], 1 << 26 | 1 << 27);
+    apply_dynamic(1, 0, &mut r, 0, 3);
+    assert_eq!(r[2], 1 << 26);
+    // OSXSAVE never without XSAVE.
+    let mut r = [0, 0, 1 << 27, 0];
+    apply_dynamic(1, 0, &mut r, 1 << 18, 3);
+    assert_eq!(r[2], 0);
+    let mut r = [3, 0, 576, 0];
+    apply_dynamic(0xd, 0, &mut r, 1 << 18, 1);
+    assert_eq!(r[1], 576);
+}
