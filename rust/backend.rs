@@ -93,6 +93,30 @@ pub(crate) trait BackendVcpu: Send {
     fn has_run(&self) -> bool {
         false
     }
+    /// `KVM_GET_FPU` (upstream `kvm_arch_vcpu_ioctl_get_fpu`); `EINVAL` where there is none.
+    fn get_fpu(&mut self, _fpu: &mut bindings::kvm_fpu) -> Result {
+        Err(EINVAL)
+    }
+    /// `KVM_SET_FPU`.
+    fn set_fpu(&mut self, _fpu: &bindings::kvm_fpu) -> Result {
+        Err(EINVAL)
+    }
+    /// `KVM_GET_DEBUGREGS` (with `KVM_CAP_DEBUGREGS`).
+    fn get_debugregs(&mut self, _d: &mut bindings::kvm_debugregs) -> Result {
+        Err(EINVAL)
+    }
+    /// `KVM_SET_DEBUGREGS`.
+    fn set_debugregs(&mut self, _d: &bindings::kvm_debugregs) -> Result {
+        Err(EINVAL)
+    }
+    /// `KVM_GET_XCRS` (with `KVM_CAP_XCRS`).
+    fn get_xcrs(&mut self, _x: &mut bindings::kvm_xcrs) -> Result {
+        Err(EINVAL)
+    }
+    /// `KVM_SET_XCRS`.
+    fn set_xcrs(&mut self, _x: &bindings::kvm_xcrs) -> Result {
+        Err(EINVAL)
+    }
     /// One MSR for `KVM_GET_MSRS` (upstream: `kvm_get_msr_with_filter` → `vmx_get_msr`);
     /// `None` if the vCPU has no such MSR.
     fn get_msr(&mut self, _index: u32) -> Result<Option<u64>> {

@@ -31,7 +31,10 @@ pub(crate) fn check_extension(backend: &dyn Backend, cap: usize) -> isize {
         | b::KVM_CAP_SET_TSS_ADDR
         | b::KVM_CAP_SET_IDENTITY_MAP_ADDR
         | b::KVM_CAP_IMMEDIATE_EXIT
-        | b::KVM_CAP_CHECK_EXTENSION_VM => 1,
+        | b::KVM_CAP_CHECK_EXTENSION_VM
+        // KVM_GET_SUPPORTED_CPUID and KVM_SET/GET_CPUID2.
+        | b::KVM_CAP_EXT_CPUID
+        | b::KVM_CAP_MP_STATE => 1,
         b::KVM_CAP_NR_VCPUS => crate::ffi::num_online_cpus().min(MAX_VCPUS) as isize,
         b::KVM_CAP_MAX_VCPUS => MAX_VCPUS as isize,
         b::KVM_CAP_MAX_VCPU_ID => MAX_VCPU_ID as isize,

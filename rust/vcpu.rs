@@ -211,6 +211,50 @@ impl FileKind for VcpuKind {
                 write_cpuid2(arg, &table)?;
                 Ok(0)
             }
+            b::KVM_GET_FPU => {
+                let mut fpu = b::kvm_fpu::default();
+                arch.get_fpu(&mut fpu)?;
+                write_user(arg, &fpu).map(|()| 0)
+            }
+            b::KVM_SET_FPU => arch.set_fpu(&read_user(arg)?).map(|()| 0),
+            b::KVM_GET_DEBUGREGS => {
+                let mut d = b::kvm_debugregs::default();
+                arch.get_debugregs(&mut d)?;
+                write_user(arg, &d).map(|()| 0)
+            }
+            b::KVM_SET_DEBUGREGS => {
+                let d: b::kvm_debugregs = read_user(arg)?;
+                // Upstream `kvm_vcpu_ioctl_x86_set_debugregs`: no flags, 32-bit DR6/DR7.
+                if d.flags != 0 || d.dr6 >> 32 != 0 || d.dr7 >> 32 != 0 {
+                    return Err(EINVAL);
+                }
+                arch.set_debugregs(&d).map(|()| 0)
+            }
+            b::KVM_GET_XCRS => {
+                let mut x = b::kvm_xcrs::default();
+                arch.get_xcrs(&mut x)?;
+                write_user(arg, &x).map(|()| 0)
+            }
+            b::KVM_SET_XCRS => {
+                let x: b::kvm_xcrs = read_user(arg)?;
+                // Upstream `kvm_vcpu_ioctl_x86_set_xcrs`.
+                if x.flags != 0 || x.nr_xcrs as usize > x.xcrs.len() {
+                    return Err(EINVAL);
+                }
+                arch.set_xcrs(&x).map(|()| 0)
+            }
+            // Userspace irqchip: a vCPU is always runnable (HLT exits to userspace), as
+            // upstream without an in-kernel LAPIC.
+            b::KVM_GET_MP_STATE => {
+                write_user(arg, &b::kvm_mp_state { mp_state: b::KVM_MP_STATE_RUNNABLE }).map(|()| 0)
+            }
+            b::KVM_SET_MP_STATE => {
+                let s: b::kvm_mp_state = read_user(arg)?;
+                if s.mp_state != b::KVM_MP_STATE_RUNNABLE {
+                    return Err(EINVAL);
+                }
+                Ok(0)
+            }
             b::KVM_GET_MSRS => msr_io(&mut **arch, arg, false),
             b::KVM_SET_MSRS => msr_io(&mut **arch, arg, true),
             // Upstream x86's `kvm_arch_vcpu_ioctl` default.

@@ -20,6 +20,8 @@ about legacy topology; that comes before /init and is not ours.)
 Emulators: `qemu` (TCG; no VMX, so only backend=none makes sense there), `bochs` (emulated VMX
 with EPT, model corei7_haswell_4770, or $RKVM_BOCHS_CPU), `vmx` = the fastest VMX-capable choice: QEMU with
 `-accel kvm -cpu host` when this host's /dev/kvm works and the CPU has VMX, else Bochs.
+$RKVM_CMDLINE_EXTRA is appended to the Bochs kernel command line (for experiments, e.g.
+`clearcpuid=monitor`).
 """
 
 import argparse
@@ -173,7 +175,7 @@ def bochs_cmd(kdir, img, args, work):
     shutil.copy(img, os.path.join(iso, "initrd.gz"))
     with open(os.path.join(iso, "isolinux/isolinux.cfg"), "w") as f:
         f.write(f"default linux\nprompt 0\nlabel linux\n  kernel /vmlinuz\n"
-                f"  append initrd=/initrd.gz {CMDLINE} acpi=off\n")
+                f"  append initrd=/initrd.gz {CMDLINE} acpi=off {os.environ.get('RKVM_CMDLINE_EXTRA', '')}\n")
     isofile = os.path.join(work, "boot.iso")
     subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-o", isofile, "-b", "isolinux/isolinux.bin",
                     "-c", "isolinux/boot.cat", "-no-emul-boot", "-boot-load-size", "4",

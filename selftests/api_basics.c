@@ -63,6 +63,8 @@ static const struct { int cap; long want; } caps[] = {
 	{ KVM_CAP_SET_IDENTITY_MAP_ADDR, 1 },
 	{ KVM_CAP_IMMEDIATE_EXIT, 1 },
 	{ KVM_CAP_CHECK_EXTENSION_VM, 1 },
+	{ KVM_CAP_EXT_CPUID, 1 },
+	{ KVM_CAP_MP_STATE, 1 },
 	{ KVM_CAP_NR_VCPUS, -1 },
 	{ KVM_CAP_MAX_VCPUS, 64 },
 	{ KVM_CAP_MAX_VCPU_ID, 1024 },
@@ -70,11 +72,17 @@ static const struct { int cap; long want; } caps[] = {
 	{ KVM_CAP_VM_TYPES, 1 },
 };
 
+/* Caps only the VMX backend reports (the Bochs models have XSAVE, so XCRS is 1 there). */
+static const int vmx_caps[] = { KVM_CAP_DEBUGREGS, KVM_CAP_XCRS };
+
 static long want_for(int cap)
 {
 	for (unsigned int i = 0; i < sizeof(caps) / sizeof(caps[0]); i++)
 		if (caps[i].cap == cap)
 			return caps[i].want;
+	for (unsigned int i = 0; i < sizeof(vmx_caps) / sizeof(vmx_caps[0]); i++)
+		if (vmx_caps[i] == cap)
+			return !no_guests();
 	return 0;
 }
 

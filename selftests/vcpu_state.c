@@ -266,6 +266,92 @@ TEST(run_prechecks)
 	munmap(run, sz);
 }
 
+/* KVM_GET/SET_FPU: RESET values (FCW 0x37f, MXCSR 0x1f80), a round trip, a reserved MXCSR bit. */
+TEST(fpu)
+{
+	struct kvm_fpu f, g;
+
+	if (no_guests())
+		SKIP("backend=none vCPUs have no FPU state");
+	fresh();
+	CHECK(ioctl(vcpu, KVM_GET_FPU, &f) == 0);
+	CHECK(f.fcw == 0x37f && f.mxcsr == 0x1f80 && f.fsw == 0);
+	f.fcw = 0x27f;
+	f.mxcsr = 0x1fc0;
+	f.last_ip = 0x123456789a;
+	memset(f.xmm[15], 0xa5, 16);
+	memset(f.fpr[7], 0x5a, 10);
+	CHECK(ioctl(vcpu, KVM_SET_FPU, &f) == 0);
+	CHECK(ioctl(vcpu, KVM_GET_FPU, &g) == 0);
+	CHECK(g.fcw == 0x27f && g.mxcsr == 0x1fc0 && g.last_ip == 0x123456789a);
+	CHECK(memcmp(g.xmm[15], f.xmm[15], 16) == 0 && memcmp(g.fpr[7], f.fpr[7], 10) == 0);
+	f.mxcsr = 1u << 20;
+	CHECK_ERRNO(ioctl(vcpu, KVM_SET_FPU, &f), EINVAL);
+	CHECK_ERRNO(ioctl(vcpu, KVM_GET_FPU, NULL), EFAULT);
+}
+
+/* KVM_GET/SET_DEBUGREGS: RESET DR6/DR7, a round trip, flags and high bits refused. */
+TEST(debugregs)
+{
+	struct kvm_debugregs d, e;
+
+	if (ioctl(kvm, KVM_CHECK_EXTENSION, KVM_CAP_DEBUGREGS) <= 0)
+		SKIP("no KVM_CAP_DEBUGREGS");
+	fresh();
+	CHECK(ioctl(vcpu, KVM_GET_DEBUGREGS, &d) == 0);
+	CHECK(d.dr6 == 0xffff0ff0 && d.dr7 == 0x400 && d.db[0] == 0);
+	d.db[0] = 0x1000;
+	d.db[3] = 0xffffffff81000000ull;
+	d.dr7 = 0x401;
+	CHECK(ioctl(vcpu, KVM_SET_DEBUGREGS, &d) == 0);
+	CHECK(ioctl(vcpu, KVM_GET_DEBUGREGS, &e) == 0);
+	CHECK(e.db[0] == 0x1000 && e.db[3] == d.db[3] && e.dr7 == 0x401);
+	d.flags = 1;
+	CHECK_ERRNO(ioctl(vcpu, KVM_SET_DEBUGREGS, &d), EINVAL);
+	d.flags = 0;
+	d.dr7 = 1ull << 32;
+	CHECK_ERRNO(ioctl(vcpu, KVM_SET_DEBUGREGS, &d), EINVAL);
+}
+
+/* KVM_GET/SET_XCRS: XCR0 = 1 at RESET, 3 accepted, x87 cleared or unknown XCRs refused. */
+TEST(xcrs)
+{
+	struct kvm_xcrs x, y;
+
+	if (ioctl(kvm, KVM_CHECK_EXTENSION, KVM_CAP_XCRS) <= 0)
+		SKIP("no KVM_CAP_XCRS");
+	fresh();
+	CHECK(ioctl(vcpu, KVM_GET_XCRS, &x) == 0);
+	CHECK(x.nr_xcrs == 1 && x.xcrs[0].xcr == 0 && x.xcrs[0].value == 1);
+	x.xcrs[0].value = 3;
+	CHECK(ioctl(vcpu, KVM_SET_XCRS, &x) == 0);
+	CHECK(ioctl(vcpu, KVM_GET_XCRS, &y) == 0 && y.xcrs[0].value == 3);
+	x.xcrs[0].value = 2;
+	CHECK_ERRNO(ioctl(vcpu, KVM_SET_XCRS, &x), EINVAL);
+	x.xcrs[0].value = 3;
+	x.xcrs[0].xcr = 1;
+	CHECK_ERRNO(ioctl(vcpu, KVM_SET_XCRS, &x), EINVAL);
+	x.xcrs[0].xcr = 0;
+	x.nr_xcrs = 17;
+	CHECK_ERRNO(ioctl(vcpu, KVM_SET_XCRS, &x), EINVAL);
+	x.nr_xcrs = 1;
+	x.flags = 1;
+	CHECK_ERRNO(ioctl(vcpu, KVM_SET_XCRS, &x), EINVAL);
+}
+
+/* KVM_GET/SET_MP_STATE without an in-kernel irqchip: runnable, and only runnable. */
+TEST(mp_state)
+{
+	struct kvm_mp_state m = { .mp_state = 99 };
+
+	CHECK(ioctl(kvm, KVM_CHECK_EXTENSION, KVM_CAP_MP_STATE) == 1);
+	fresh();
+	CHECK(ioctl(vcpu, KVM_GET_MP_STATE, &m) == 0 && m.mp_state == KVM_MP_STATE_RUNNABLE);
+	CHECK(ioctl(vcpu, KVM_SET_MP_STATE, &m) == 0);
+	m.mp_state = KVM_MP_STATE_HALTED;
+	CHECK_ERRNO(ioctl(vcpu, KVM_SET_MP_STATE, &m), EINVAL);
+}
+
 KTAP_MAIN("rkvm vcpu_state",
 	CASE(reset_regs),
 	CASE(reset_sregs),
@@ -274,4 +360,8 @@ KTAP_MAIN("rkvm vcpu_state",
 	CASE(sregs_normalisation),
 	CASE(sregs_invalid),
 	CASE(mmap_rules),
-	CASE(run_prechecks))
+	CASE(run_prechecks),
+	CASE(fpu),
+	CASE(debugregs),
+	CASE(xcrs),
+	CASE(mp_state))

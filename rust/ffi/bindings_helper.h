@@ -51,6 +51,14 @@ RKVM_CONST(unsigned int, KVM_GET_MSRS);
 RKVM_CONST(unsigned int, KVM_SET_MSRS);
 RKVM_CONST(unsigned int, KVM_GET_CPUID2);
 RKVM_CONST(unsigned int, KVM_SET_CPUID2);
+RKVM_CONST(unsigned int, KVM_GET_FPU);
+RKVM_CONST(unsigned int, KVM_SET_FPU);
+RKVM_CONST(unsigned int, KVM_GET_DEBUGREGS);
+RKVM_CONST(unsigned int, KVM_SET_DEBUGREGS);
+RKVM_CONST(unsigned int, KVM_GET_XCRS);
+RKVM_CONST(unsigned int, KVM_SET_XCRS);
+RKVM_CONST(unsigned int, KVM_GET_MP_STATE);
+RKVM_CONST(unsigned int, KVM_SET_MP_STATE);
 
 /* file and mm flags that are macros over other macros */
 RKVM_CONST(unsigned int, O_RDWR);
@@ -100,6 +108,10 @@ RKVM_CONST(unsigned int, CPU_BASED_USE_TSC_OFFSETTING);
 RKVM_CONST(unsigned int, CPU_BASED_ACTIVATE_SECONDARY_CONTROLS);
 RKVM_CONST(unsigned int, SECONDARY_EXEC_ENABLE_EPT);
 RKVM_CONST(unsigned int, SECONDARY_EXEC_ENABLE_VPID);
+
+/* Kernel segment selectors, for the interrupt frame built after an external-interrupt exit. */
+RKVM_CONST(unsigned long, __KERNEL_CS);
+RKVM_CONST(unsigned long, __KERNEL_DS);
 RKVM_CONST(unsigned int, SECONDARY_EXEC_UNRESTRICTED_GUEST);
 RKVM_CONST(unsigned int, SECONDARY_EXEC_ENABLE_RDTSCP);
 RKVM_CONST(unsigned long long, FEAT_CTL_LOCKED);

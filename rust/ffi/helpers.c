@@ -85,6 +85,9 @@ unsigned int rkvm_num_online_cpus(void)
 #include <asm/cpu_entry_area.h>
 #include <asm/desc.h>
 #include <asm/fpu/api.h>
+#ifdef CONFIG_X86_FRED
+#include <asm/fred.h>
+#endif
 #include <asm/msr.h>
 #include <asm/special_insns.h>
 #include <asm/tlbflush.h>
@@ -135,6 +138,20 @@ unsigned long rkvm_host_idt_base(void)
 
 	store_idt(&dt);
 	return dt.address;
+}
+
+unsigned long rkvm_host_irq_entry(unsigned int vector)
+{
+	struct desc_ptr dt;
+
+#ifdef CONFIG_X86_FRED
+	if (cpu_feature_enabled(X86_FEATURE_FRED)) {
+		fred_entry_from_kvm(EVENT_TYPE_EXTINT, vector);
+		return 0;
+	}
+#endif
+	store_idt(&dt);
+	return gate_offset((gate_desc *)dt.address + vector);
 }
 
 unsigned long rkvm_host_tss_base(void)

@@ -50,6 +50,10 @@ void rkvm_cr4_clear_bits(unsigned long mask);
 unsigned long rkvm_host_gdt_base(void);
 unsigned long rkvm_host_idt_base(void);
 unsigned long rkvm_host_tss_base(void);
+/* The host's entry point for external-interrupt `vector` (its IDT gate), to be called with an
+ * interrupt frame (entry.rs); with FRED the interrupt is delivered here and 0 is returned
+ * (upstream: handle_external_interrupt_irqoff). */
+unsigned long rkvm_host_irq_entry(unsigned int vector);
 /* After a VM exit: TR limit and GDT limit were reset by the CPU (upstream: vmx_prepare_switch_to_host). */
 void rkvm_restore_host_descriptors(void);
 

@@ -31,6 +31,11 @@ plain_old_data!(
     kvm_userspace_memory_region,
     kvm_msr_entry,
     kvm_cpuid_entry2,
+    kvm_fpu,
+    kvm_debugregs,
+    kvm_xcrs,
+    kvm_xcr,
+    kvm_mp_state,
 );
 
 /// Copies `n` `T`s in from the user array at `arg` (`EFAULT` if it cannot be read).

@@ -114,9 +114,36 @@ core::arch::global_asm!(
     host_rsp = const b::vmcs_field::HOST_RSP,
 );
 
+// `rkvm_vmx_do_interrupt(entry)`: calls the host's interrupt entry point `entry` as the CPU would
+// have delivered the interrupt here: a 64-bit interrupt frame (SS, RSP, RFLAGS, CS, RIP) on a
+// 16-byte aligned stack. The handler returns with IRETQ, which pops the frame, so RFLAGS (IF=0)
+// and the stack come back as they were (upstream: vmx_do_interrupt_irqoff in vmenter.S).
+core::arch::global_asm!(
+    ".pushsection .text",
+    ".globl rkvm_vmx_do_interrupt",
+    ".type rkvm_vmx_do_interrupt, @function",
+    "rkvm_vmx_do_interrupt:",
+    "endbr64",
+    "push rbp",
+    "mov rbp, rsp",
+    "and rsp, -16",
+    "push {kernel_ds}",
+    "push rbp",
+    "pushfq",
+    "push {kernel_cs}",
+    "call rdi",
+    "leave",
+    "ret",
+    ".size rkvm_vmx_do_interrupt, . - rkvm_vmx_do_interrupt",
+    ".popsection",
+    kernel_ds = const b::__KERNEL_DS,
+    kernel_cs = const b::__KERNEL_CS,
+);
+
 extern "C" {
     fn rkvm_vmx_enter(regs: *mut GuestRegs, launched: u32) -> u32;
     fn rkvm_vmx_exit();
+    fn rkvm_vmx_do_interrupt(entry: usize);
 }
 
 /// The address VM exits land at (HOST_RIP).
@@ -135,4 +162,21 @@ pub(crate) unsafe fn enter(regs: &mut GuestRegs, launched: bool) -> bool {
     // SAFETY: per the function's contract; the routine preserves the callee-saved registers and
     // the stack, and writes only `regs`.
     unsafe { rkvm_vmx_enter(regs, launched as u32) == 0 }
+}
+
+/// Runs the host's handler for the external interrupt `vector`, which a VM exit acknowledged
+/// (VM_EXIT_ACK_INTR_ON_EXIT): it is no longer pending in the local APIC, so nothing else would.
+///
+/// # Safety
+///
+/// Interrupts must be disabled, on the CPU whose exit acknowledged `vector`, with the host's
+/// descriptor tables back in place.
+pub(crate) unsafe fn deliver_host_interrupt(vector: u8) {
+    // SAFETY: reads this CPU's IDT (or, with FRED, delivers the interrupt itself and returns 0).
+    let entry = unsafe { b::rkvm_host_irq_entry(vector.into()) };
+    if entry != 0 {
+        // SAFETY: `entry` is the kernel's own IDT gate for `vector`; it expects exactly the frame
+        // the trampoline builds and returns with IRETQ to it, preserving every register.
+        unsafe { rkvm_vmx_do_interrupt(entry) };
+    }
 }

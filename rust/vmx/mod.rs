@@ -264,7 +264,12 @@ fn wants() -> Wants {
             forbidden: 0,
         },
         exit: Want {
-            required: b::VM_EXIT_HOST_ADDR_SPACE_SIZE | b::VM_EXIT_SAVE_IA32_EFER | b::VM_EXIT_LOAD_IA32_EFER,
+            // ACK_INTR_ON_EXIT: an external interrupt is taken from the APIC by the exit and
+            // handed to the host's handler by rkvm (entry::deliver_host_interrupt), as upstream.
+            required: b::VM_EXIT_HOST_ADDR_SPACE_SIZE
+                | b::VM_EXIT_SAVE_IA32_EFER
+                | b::VM_EXIT_LOAD_IA32_EFER
+                | b::VM_EXIT_ACK_INTR_ON_EXIT,
             optional: b::VM_EXIT_SAVE_IA32_PAT | b::VM_EXIT_LOAD_IA32_PAT,
             forbidden: 0,
         },
@@ -470,6 +475,14 @@ impl Backend for VmxBackend {
             l.cr4_allowed &= !xcr::CR4_OSXSAVE;
         }
         l
+    }
+
+    fn check_extension(&self, cap: u32) -> Option<isize> {
+        match cap {
+            b::KVM_CAP_DEBUGREGS => Some(1),
+            b::KVM_CAP_XCRS => Some((self.g.host.guest_xcr0 != 0).into()),
+            _ => None,
+        }
     }
 
     fn cpuid_caps(&self) -> crate::x86::cpuid::Caps {

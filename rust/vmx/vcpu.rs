@@ -206,6 +206,8 @@ enum Next {
 /// DR6 and DR7 at RESET (SDM 18.2.3, 18.2.4): their fixed-1 bits.
 const DR6_RESET: u64 = 0xffff_0ff0;
 const DR7_RESET: u64 = 0x400;
+/// MXCSR bits FXRSTOR accepts (all x86-64 CPUs have DAZ, bit 6).
+const MXCSR_MASK: u32 = 0xffff;
 
 /// Vector numbers of the exceptions the backend injects.
 const GP: u32 = 13;
@@ -663,6 +665,13 @@ impl VmxVcpu {
         // SPEC_CTRL and XCR0, all before interrupts or the FPU are the host's again.
         unsafe {
             b::rkvm_restore_host_descriptors();
+            // The exit acknowledged the interrupt (VM_EXIT_ACK_INTR_ON_EXIT): run the host's
+            // handler now, with interrupts still off (upstream: handle_external_interrupt_irqoff).
+            if let Some(e) = &info {
+                if e.reason == reason::EXTERNAL_INTERRUPT && e.intr_info & (1 << 31) != 0 {
+                    entry::deliver_host_interrupt(e.intr_info as u8);
+                }
+            }
             if host_dr7 != 0x400 {
                 insn::write_dr7(host_dr7);
             }
@@ -1349,6 +1358,88 @@ impl BackendVcpu for VmxVcpu {
     // `host_initiated` writes, e.g. of EFER.LMA; rkvm does not yet).
     fn has_run(&self) -> bool {
         self.ran
+    }
+
+    // The FXSAVE64 image (SDM table 10-2) ⇄ `struct kvm_fpu`.
+    fn get_fpu(&mut self, fpu: &mut b::kvm_fpu) -> Result {
+        let fx = &self.fpu.0;
+        let u16_at = |o: usize| u16::from_le_bytes([fx[o], fx[o + 1]]);
+        let u64_at = |o: usize| u64::from_le_bytes(fx[o..o + 8].try_into().unwrap_or([0; 8]));
+        fpu.fcw = u16_at(0);
+        fpu.fsw = u16_at(2);
+        fpu.ftwx = fx[4];
+        fpu.last_opcode = u16_at(6);
+        fpu.last_ip = u64_at(8);
+        fpu.last_dp = u64_at(16);
+        fpu.mxcsr = u32::from_le_bytes([fx[24], fx[25], fx[26], fx[27]]);
+        for (i, r) in fpu.fpr.iter_mut().enumerate() {
+            r.copy_from_slice(&fx[32 + 16 * i..48 + 16 * i]);
+        }
+        for (i, r) in fpu.xmm.iter_mut().enumerate() {
+            r.copy_from_slice(&fx[160 + 16 * i..176 + 16 * i]);
+        }
+        Ok(())
+    }
+
+    fn set_fpu(&mut self, fpu: &b::kvm_fpu) -> Result {
+        // FXRSTOR faults on reserved MXCSR bits: refuse them here (upstream checks the same
+        // for KVM_SET_XSAVE against mxcsr_feature_mask).
+        if fpu.mxcsr & !MXCSR_MASK != 0 {
+            return Err(EINVAL);
+        }
+        let fx = &mut self.fpu.0;
+        fx[0..2].copy_from_slice(&fpu.fcw.to_le_bytes());
+        fx[2..4].copy_from_slice(&fpu.fsw.to_le_bytes());
+        fx[4] = fpu.ftwx;
+        fx[6..8].copy_from_slice(&fpu.last_opcode.to_le_bytes());
+        fx[8..16].copy_from_slice(&fpu.last_ip.to_le_bytes());
+        fx[16..24].copy_from_slice(&fpu.last_dp.to_le_bytes());
+        fx[24..28].copy_from_slice(&fpu.mxcsr.to_le_bytes());
+        for (i, r) in fpu.fpr.iter().enumerate() {
+            fx[32 + 16 * i..48 + 16 * i].copy_from_slice(r);
+        }
+        for (i, r) in fpu.xmm.iter().enumerate() {
+            fx[160 + 16 * i..176 + 16 * i].copy_from_slice(r);
+        }
+        Ok(())
+    }
+
+    fn get_debugregs(&mut self, d: &mut b::kvm_debugregs) -> Result {
+        d.db = self.dr;
+        d.dr6 = self.dr6;
+        d.dr7 = self.dr7;
+        Ok(())
+    }
+
+    fn set_debugregs(&mut self, d: &b::kvm_debugregs) -> Result {
+        self.dr = d.db;
+        self.dr6 = d.dr6 | DR6_RESET;
+        self.dr7 = (d.dr7 & !0xd000) | DR7_RESET;
+        Ok(())
+    }
+
+    fn get_xcrs(&mut self, x: &mut b::kvm_xcrs) -> Result {
+        if super::global().host.guest_xcr0 == 0 {
+            return Err(EINVAL);
+        }
+        x.nr_xcrs = 1;
+        x.xcrs[0] = b::kvm_xcr { xcr: 0, reserved: 0, value: self.xcr0 };
+        Ok(())
+    }
+
+    fn set_xcrs(&mut self, x: &b::kvm_xcrs) -> Result {
+        if super::global().host.guest_xcr0 == 0 {
+            return Err(EINVAL);
+        }
+        let xcrs = &x.xcrs[..x.nr_xcrs as usize];
+        // Only XCR0 exists; every value must be one XSETBV would accept.
+        if xcrs.iter().any(|e| e.xcr != 0 || !self.xcr0_valid(e.value)) {
+            return Err(EINVAL);
+        }
+        if let Some(e) = xcrs.last() {
+            self.xcr0 = e.value;
+        }
+        Ok(())
     }
 
     fn get_msr(&mut self, index: u32) -> Result<Option<u64>> {
