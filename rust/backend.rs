@@ -117,6 +117,22 @@ pub(crate) trait BackendVcpu: Send {
     fn set_xcrs(&mut self, _x: &bindings::kvm_xcrs) -> Result {
         Err(EINVAL)
     }
+    /// `KVM_INTERRUPT`: queue external interrupt `vector` for injection (userspace irqchip).
+    fn queue_interrupt(&mut self, _vector: u8) -> Result {
+        Err(EINVAL)
+    }
+    /// `KVM_NMI`: queue an NMI.
+    fn queue_nmi(&mut self) -> Result {
+        Err(EINVAL)
+    }
+    /// `KVM_GET_VCPU_EVENTS`.
+    fn get_vcpu_events(&mut self, _e: &mut bindings::kvm_vcpu_events) -> Result {
+        Err(EINVAL)
+    }
+    /// `KVM_SET_VCPU_EVENTS`, already checked for unknown flags and bad exception vectors.
+    fn set_vcpu_events(&mut self, _e: &bindings::kvm_vcpu_events) -> Result {
+        Err(EINVAL)
+    }
     /// One MSR for `KVM_GET_MSRS` (upstream: `kvm_get_msr_with_filter` → `vmx_get_msr`);
     /// `None` if the vCPU has no such MSR.
     fn get_msr(&mut self, _index: u32) -> Result<Option<u64>> {

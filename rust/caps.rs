@@ -34,7 +34,10 @@ pub(crate) fn check_extension(backend: &dyn Backend, cap: usize) -> isize {
         | b::KVM_CAP_CHECK_EXTENSION_VM
         // KVM_GET_SUPPORTED_CPUID and KVM_SET/GET_CPUID2.
         | b::KVM_CAP_EXT_CPUID
-        | b::KVM_CAP_MP_STATE => 1,
+        | b::KVM_CAP_MP_STATE
+        // KVM_SET_USER_MEMORY_REGION2 (no guest_memfd: KVM_MEM_GUEST_MEMFD stays invalid).
+        | b::KVM_CAP_USER_MEMORY2
+        | b::KVM_CAP_GET_TSC_KHZ => 1,
         b::KVM_CAP_NR_VCPUS => crate::ffi::num_online_cpus().min(MAX_VCPUS) as isize,
         b::KVM_CAP_MAX_VCPUS => MAX_VCPUS as isize,
         b::KVM_CAP_MAX_VCPU_ID => MAX_VCPU_ID as isize,

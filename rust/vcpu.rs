@@ -77,6 +77,10 @@ pub(crate) struct Vcpu {
     /// locked with `arch` held.
     #[pin]
     cpuid: Mutex<KVec<cpuid::Entry>>,
+    /// The signal mask in force during `KVM_RUN` (`KVM_SET_SIGNAL_MASK`; upstream
+    /// `vcpu->sigset` / `sigset_active`). Only locked with `arch` held.
+    #[pin]
+    sigmask: Mutex<Option<u64>>,
 }
 
 impl Vcpu {
@@ -95,6 +99,7 @@ impl Vcpu {
                 pio_page: Page::alloc_page(zeroed)?,
                 arch <- kernel::new_mutex!(arch),
                 cpuid <- kernel::new_mutex!(KVec::new()),
+                sigmask <- kernel::new_mutex!(None),
             }),
             GFP_KERNEL_ACCOUNT,
         )
@@ -255,6 +260,32 @@ impl FileKind for VcpuKind {
                 }
                 Ok(0)
             }
+            b::KVM_SET_SIGNAL_MASK => {
+                *f.vcpu.sigmask.lock() = read_sigmask(arg)?;
+                Ok(0)
+            }
+            // No TSC scaling: a vCPU's TSC runs at the host's rate (upstream
+            // `vcpu->arch.virtual_tsc_khz`).
+            b::KVM_GET_TSC_KHZ => Ok(crate::ffi::tsc_khz() as isize),
+            // Userspace irqchip model (upstream `kvm_vcpu_ioctl_interrupt`).
+            b::KVM_INTERRUPT => {
+                let irq: b::kvm_interrupt = read_user(arg)?;
+                if irq.irq >= 256 {
+                    return Err(EINVAL);
+                }
+                arch.queue_interrupt(irq.irq as u8).map(|()| 0)
+            }
+            b::KVM_NMI => arch.queue_nmi().map(|()| 0),
+            b::KVM_GET_VCPU_EVENTS => {
+                let mut e = b::kvm_vcpu_events::default();
+                arch.get_vcpu_events(&mut e)?;
+                write_user(arg, &e).map(|()| 0)
+            }
+            b::KVM_SET_VCPU_EVENTS => {
+                let e: b::kvm_vcpu_events = read_user(arg)?;
+                check_vcpu_events(&e)?;
+                arch.set_vcpu_events(&e).map(|()| 0)
+            }
             b::KVM_GET_MSRS => msr_io(&mut **arch, arg, false),
             b::KVM_SET_MSRS => msr_io(&mut **arch, arg, true),
             // Upstream x86's `kvm_arch_vcpu_ioctl` default.
@@ -277,6 +308,45 @@ impl FileKind for VcpuKind {
         unsafe { b::rkvm_get_page(page) };
         Some(page)
     }
+}
+
+/// `KVM_SET_SIGNAL_MASK`'s argument: `None` (a NULL pointer) turns the mask off; otherwise
+/// `len` must be the kernel's `sizeof(sigset_t)`, 8 on x86-64 (upstream `kvm_vcpu_ioctl`).
+/// SIGKILL and SIGSTOP can never be blocked.
+fn read_sigmask(arg: usize) -> Result<Option<u64>> {
+    if arg == 0 {
+        return Ok(None);
+    }
+    let m: b::kvm_signal_mask = read_user(arg)?;
+    if m.len != 8 {
+        return Err(EINVAL);
+    }
+    let set: u64 = read_user(arg + core::mem::size_of::<b::kvm_signal_mask>())?;
+    let unblockable = (1u64 << (b::SIGKILL - 1)) | (1u64 << (b::SIGSTOP - 1));
+    Ok(Some(set & !unblockable))
+}
+
+/// The checks upstream's `kvm_vcpu_ioctl_x86_set_vcpu_events` makes before touching state.
+/// Exception payloads (`KVM_CAP_EXCEPTION_PAYLOAD`) and triple-fault events
+/// (`KVM_CAP_X86_TRIPLE_FAULT_EVENT`) are never enabled, so their flags are invalid; without the
+/// payload flag `exception.pending` is ignored. There is no SMM: the SMM flag is accepted only
+/// with nothing in SMM (upstream without CONFIG_KVM_SMM).
+fn check_vcpu_events(e: &b::kvm_vcpu_events) -> Result {
+    let valid = b::KVM_VCPUEVENT_VALID_NMI_PENDING
+        | b::KVM_VCPUEVENT_VALID_SIPI_VECTOR
+        | b::KVM_VCPUEVENT_VALID_SHADOW
+        | b::KVM_VCPUEVENT_VALID_SMM;
+    if e.flags & !valid != 0 {
+        return Err(EINVAL);
+    }
+    if e.flags & b::KVM_VCPUEVENT_VALID_SMM != 0 && (e.smi.smm != 0 || e.smi.pending != 0 || e.smi.smm_inside_nmi != 0) {
+        return Err(EINVAL);
+    }
+    let ex = &e.exception;
+    if ex.injected != 0 && (ex.nr > 31 || ex.nr == 2) {
+        return Err(EINVAL);
+    }
+    Ok(())
 }
 
 /// `KVM_RUN` (upstream: `kvm_arch_vcpu_ioctl_run`): the checks upstream makes before entering
@@ -303,11 +373,25 @@ fn run(f: &VcpuFile, arch: &mut dyn BackendVcpu) -> Result {
     if cr8 > 15 {
         return Err(EINVAL);
     }
+    let sigmask = *f.vcpu.sigmask.lock();
+    if let Some(mask) = &sigmask {
+        // SAFETY: swaps the task's blocked mask for the vCPU's; undone below on every path.
+        unsafe { b::rkvm_sigmask_activate(mask) };
+    }
+    let r = run_with_mask(f, arch, run, immediate_exit);
+    if sigmask.is_some() {
+        // SAFETY: restores the mask parked by the activation above.
+        unsafe { b::rkvm_sigmask_deactivate() };
+    }
+    r
+}
+
+fn run_with_mask(f: &VcpuFile, arch: &mut dyn BackendVcpu, run: *mut b::kvm_run, immediate_exit: u8) -> Result {
     if immediate_exit != 0 {
         return Err(EINTR);
     }
     if kernel::current!().signal_pending() {
-        // SAFETY: as above; `exit_reason` is a plain integer field of our page.
+        // SAFETY: `run` is the vCPU's own page; `exit_reason` is a plain integer field.
         unsafe { core::ptr::addr_of_mut!((*run).exit_reason).write_volatile(b::KVM_EXIT_INTR) };
         return Err(EINTR);
     }

@@ -125,10 +125,31 @@ impl Vm {
         match cmd {
             b::KVM_CREATE_VCPU => Vm::create_vcpu(vm, arg).map(|fd| fd as isize),
             b::KVM_SET_USER_MEMORY_REGION => {
-                let region: b::kvm_userspace_memory_region = read_user(arg)?;
-                vm.set_memory_region(&region)?;
+                let r: b::kvm_userspace_memory_region = read_user(arg)?;
+                vm.set_memory_region(&memslot::Region {
+                    slot: r.slot,
+                    flags: r.flags,
+                    guest_phys_addr: r.guest_phys_addr,
+                    memory_size: r.memory_size,
+                    userspace_addr: r.userspace_addr,
+                })?;
                 Ok(0)
             }
+            // The same with guest_memfd fields; KVM_MEM_GUEST_MEMFD is not among the valid
+            // flags (default VMs have no private memory), so those fields are never used.
+            b::KVM_SET_USER_MEMORY_REGION2 => {
+                let r: b::kvm_userspace_memory_region2 = read_user(arg)?;
+                vm.set_memory_region(&memslot::Region {
+                    slot: r.slot,
+                    flags: r.flags,
+                    guest_phys_addr: r.guest_phys_addr,
+                    memory_size: r.memory_size,
+                    userspace_addr: r.userspace_addr,
+                })?;
+                Ok(0)
+            }
+            // The VM's default vCPU TSC rate (upstream `kvm->arch.default_tsc_khz`): the host's.
+            b::KVM_GET_TSC_KHZ => Ok(crate::ffi::tsc_khz() as isize),
             b::KVM_SET_TSS_ADDR => {
                 // Upstream x86: the three pages at `addr` must lie below 4 GiB.
                 if arg > (3 * b::PAGE_SIZE as usize).wrapping_neg() as u32 as usize {
@@ -174,14 +195,8 @@ impl Vm {
     }
 
     /// `KVM_SET_USER_MEMORY_REGION` (upstream: `kvm_set_memory_region`).
-    fn set_memory_region(&self, r: &b::kvm_userspace_memory_region) -> Result {
-        let req = memslot::Region {
-            slot: r.slot,
-            flags: r.flags,
-            guest_phys_addr: r.guest_phys_addr,
-            memory_size: r.memory_size,
-            userspace_addr: r.userspace_addr,
-        };
+    fn set_memory_region(&self, req: &memslot::Region) -> Result {
+        let req = *req;
         let mut slots = self.slots.lock();
         let change = slots.check(&req, crate::ffi::access_ok).map_err(slot_errno)?;
         // Guest mappings of a slot that goes away or moves are dropped first (upstream:

@@ -65,6 +65,8 @@ static const struct { int cap; long want; } caps[] = {
 	{ KVM_CAP_CHECK_EXTENSION_VM, 1 },
 	{ KVM_CAP_EXT_CPUID, 1 },
 	{ KVM_CAP_MP_STATE, 1 },
+	{ KVM_CAP_USER_MEMORY2, 1 },
+	{ KVM_CAP_GET_TSC_KHZ, 1 },
 	{ KVM_CAP_NR_VCPUS, -1 },
 	{ KVM_CAP_MAX_VCPUS, 64 },
 	{ KVM_CAP_MAX_VCPU_ID, 1024 },
@@ -73,7 +75,9 @@ static const struct { int cap; long want; } caps[] = {
 };
 
 /* Caps only the VMX backend reports (the Bochs models have XSAVE, so XCRS is 1 there). */
-static const int vmx_caps[] = { KVM_CAP_DEBUGREGS, KVM_CAP_XCRS };
+static const int vmx_caps[] = {
+	KVM_CAP_DEBUGREGS, KVM_CAP_XCRS, KVM_CAP_USER_NMI, KVM_CAP_VCPU_EVENTS, KVM_CAP_INTR_SHADOW,
+};
 
 static long want_for(int cap)
 {

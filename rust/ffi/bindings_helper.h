@@ -20,6 +20,7 @@
 #include <linux/sched/mm.h>
 #include <linux/uaccess.h>
 #include <linux/kvm.h>
+#include <linux/signal.h>
 #include <asm/msr-index.h>
 #include <asm/vmx.h>
 
@@ -40,6 +41,8 @@ RKVM_CONST(unsigned int, KVM_CREATE_VCPU);
 RKVM_CONST(unsigned int, KVM_SET_USER_MEMORY_REGION);
 RKVM_CONST(unsigned int, KVM_SET_TSS_ADDR);
 RKVM_CONST(unsigned int, KVM_SET_IDENTITY_MAP_ADDR);
+RKVM_CONST(unsigned int, KVM_SET_USER_MEMORY_REGION2);
+RKVM_CONST(unsigned int, KVM_GET_TSC_KHZ);
 
 /* vCPU ioctls */
 RKVM_CONST(unsigned int, KVM_RUN);
@@ -59,9 +62,16 @@ RKVM_CONST(unsigned int, KVM_GET_XCRS);
 RKVM_CONST(unsigned int, KVM_SET_XCRS);
 RKVM_CONST(unsigned int, KVM_GET_MP_STATE);
 RKVM_CONST(unsigned int, KVM_SET_MP_STATE);
+RKVM_CONST(unsigned int, KVM_SET_SIGNAL_MASK);
+RKVM_CONST(unsigned int, KVM_INTERRUPT);
+RKVM_CONST(unsigned int, KVM_NMI);
+RKVM_CONST(unsigned int, KVM_GET_VCPU_EVENTS);
+RKVM_CONST(unsigned int, KVM_SET_VCPU_EVENTS);
 
 /* file and mm flags that are macros over other macros */
 RKVM_CONST(unsigned int, O_RDWR);
+RKVM_CONST(unsigned int, SIGKILL);
+RKVM_CONST(unsigned int, SIGSTOP);
 RKVM_CONST(unsigned int, O_CLOEXEC);
 RKVM_CONST(unsigned int, VM_FAULT_SIGBUS);
 RKVM_CONST(unsigned long, PAGE_SIZE);
@@ -94,6 +104,11 @@ RKVM_CONST(unsigned int, PIN_BASED_EXT_INTR_MASK);
 RKVM_CONST(unsigned int, PIN_BASED_NMI_EXITING);
 RKVM_CONST(unsigned int, PIN_BASED_VIRTUAL_NMIS);
 RKVM_CONST(unsigned int, CPU_BASED_HLT_EXITING);
+RKVM_CONST(unsigned int, CPU_BASED_INTR_WINDOW_EXITING);
+RKVM_CONST(unsigned int, CPU_BASED_NMI_WINDOW_EXITING);
+RKVM_CONST(unsigned int, GUEST_INTR_STATE_STI);
+RKVM_CONST(unsigned int, GUEST_INTR_STATE_MOV_SS);
+RKVM_CONST(unsigned int, GUEST_INTR_STATE_NMI);
 RKVM_CONST(unsigned int, CPU_BASED_MWAIT_EXITING);
 RKVM_CONST(unsigned int, CPU_BASED_RDPMC_EXITING);
 RKVM_CONST(unsigned int, CPU_BASED_CR3_LOAD_EXITING);

@@ -91,6 +91,7 @@ unsigned int rkvm_num_online_cpus(void)
 #include <asm/msr.h>
 #include <asm/special_insns.h>
 #include <asm/tlbflush.h>
+#include <asm/tsc.h>
 
 int rkvm_rdmsr_safe(u32 msr, u64 *val)
 {
@@ -203,6 +204,24 @@ bool rkvm_need_resched(void)
 void rkvm_cond_resched(void)
 {
 	cond_resched();
+}
+
+unsigned int rkvm_tsc_khz(void)
+{
+	return tsc_khz;
+}
+
+void rkvm_sigmask_activate(const u64 *mask)
+{
+	sigset_t set = { .sig = { *mask } };
+
+	sigprocmask(SIG_SETMASK, &set, &current->real_blocked);
+}
+
+void rkvm_sigmask_deactivate(void)
+{
+	sigprocmask(SIG_SETMASK, &current->real_blocked, NULL);
+	sigemptyset(&current->real_blocked);
 }
 
 bool rkvm_signal_pending(void)

@@ -67,6 +67,12 @@ void rkvm_local_irq_enable(void);
 bool rkvm_need_resched(void);
 void rkvm_cond_resched(void);
 bool rkvm_signal_pending(void);
+/* The host TSC frequency in kHz (guests run at it: rkvm does no TSC scaling). */
+unsigned int rkvm_tsc_khz(void);
+/* KVM_SET_SIGNAL_MASK: the mask in force during KVM_RUN (upstream: kvm_sigset_activate /
+ * kvm_sigset_deactivate; the task's own mask is parked in current->real_blocked). */
+void rkvm_sigmask_activate(const u64 *mask);
+void rkvm_sigmask_deactivate(void);
 
 /* Run fn(info) on every online CPU and wait. */
 void rkvm_on_each_cpu(void (*fn)(void *), void *info);

@@ -42,6 +42,12 @@ pub(crate) fn access_ok(addr: u64, size: u64) -> bool {
     unsafe { bindings::rkvm_access_ok(addr as _, size as _) }
 }
 
+/// The host TSC frequency in kHz (`tsc_khz`).
+pub(crate) fn tsc_khz() -> u32 {
+    // SAFETY: reads a global set at boot (and refined once by the TSC calibration work).
+    unsafe { bindings::rkvm_tsc_khz() }
+}
+
 /// The number of online CPUs.
 pub(crate) fn num_online_cpus() -> u32 {
     // SAFETY: reads a global counter; no preconditions.

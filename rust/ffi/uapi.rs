@@ -36,6 +36,10 @@ plain_old_data!(
     kvm_xcrs,
     kvm_xcr,
     kvm_mp_state,
+    kvm_userspace_memory_region2,
+    kvm_interrupt,
+    kvm_vcpu_events,
+    kvm_signal_mask,
 );
 
 /// Copies `n` `T`s in from the user array at `arg` (`EFAULT` if it cannot be read).

@@ -15,6 +15,8 @@
 #[allow(unreachable_pub)] // pure file, also compiled by the host tests
 pub(crate) mod config;
 mod entry;
+#[allow(unreachable_pub)] // pure file, also compiled by the host tests
+pub(crate) mod events;
 pub(crate) mod ept;
 mod insn;
 #[allow(unreachable_pub)] // pure file, also compiled by the host tests
@@ -219,6 +221,13 @@ const _: () = {
     assert!(msr::SYSENTER_CS == b::MSR_IA32_SYSENTER_CS && msr::SYSENTER_ESP == b::MSR_IA32_SYSENTER_ESP);
     assert!(msr::SYSENTER_EIP == b::MSR_IA32_SYSENTER_EIP && msr::DEBUGCTL == b::MSR_IA32_DEBUGCTLMSR);
     assert!(msr::PAT == b::MSR_IA32_CR_PAT);
+    assert!(events::INFO_VALID == b::INTR_INFO_VALID_MASK && events::INFO_HAS_ERROR == b::INTR_INFO_DELIVER_CODE_MASK);
+    assert!(events::TYPE_NMI << 8 == b::INTR_TYPE_NMI_INTR && events::TYPE_HW_EXCEPTION << 8 == b::INTR_TYPE_HARD_EXCEPTION);
+    assert!(events::TYPE_SOFT_INTR << 8 == b::INTR_TYPE_SOFT_INTR);
+    assert!(events::TYPE_SOFT_EXCEPTION << 8 == b::INTR_TYPE_SOFT_EXCEPTION);
+    assert!(events::TYPE_PRIV_SOFT_EXCEPTION << 8 == b::INTR_TYPE_PRIV_SW_EXCEPTION);
+    assert!(events::BLOCKING_BY_STI == b::GUEST_INTR_STATE_STI && events::BLOCKING_BY_MOV_SS == b::GUEST_INTR_STATE_MOV_SS);
+    assert!(events::BLOCKING_BY_NMI == b::GUEST_INTR_STATE_NMI);
 };
 
 pub(crate) fn rdmsr(msr: u32) -> Option<u64> {
@@ -239,8 +248,9 @@ pub(crate) struct VmxBackend {
 fn wants() -> Wants {
     Wants {
         pin: Want {
-            required: b::PIN_BASED_EXT_INTR_MASK | b::PIN_BASED_NMI_EXITING,
-            optional: b::PIN_BASED_VIRTUAL_NMIS,
+            // Virtual NMIs: the CPU tracks the guest's NMI blocking, and NMI-window exits exist.
+            required: b::PIN_BASED_EXT_INTR_MASK | b::PIN_BASED_NMI_EXITING | b::PIN_BASED_VIRTUAL_NMIS,
+            optional: 0,
             forbidden: 0,
         },
         proc: Want {
@@ -479,7 +489,11 @@ impl Backend for VmxBackend {
 
     fn check_extension(&self, cap: u32) -> Option<isize> {
         match cap {
-            b::KVM_CAP_DEBUGREGS => Some(1),
+            b::KVM_CAP_DEBUGREGS
+            // KVM_INTERRUPT, KVM_NMI and KVM_GET/SET_VCPU_EVENTS with the interrupt shadow.
+            | b::KVM_CAP_USER_NMI
+            | b::KVM_CAP_VCPU_EVENTS
+            | b::KVM_CAP_INTR_SHADOW => Some(1),
             b::KVM_CAP_XCRS => Some((self.g.host.guest_xcr0 != 0).into()),
             _ => None,
         }

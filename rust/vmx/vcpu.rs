@@ -16,6 +16,7 @@
 
 use super::config::VmcsConfig;
 use super::entry::{self, GuestRegs, RAX, RBX, RCX, RDI, RDX, RSI, RSP};
+use super::events::{self, Events, Exception, Interrupt};
 use super::vmcs::{self, field as f, Vmcs};
 use super::pt::{self, PtContext};
 use super::{insn, rdmsr, KernelMsrs, VmxGlobal};
@@ -159,6 +160,11 @@ pub(crate) struct VmxVcpu {
     ran: bool,
     /// This vCPU's VPID (0: none, the guest's TLB entries are flushed on every entry and exit).
     vpid: u16,
+    /// Exceptions, NMIs and interrupts still to deliver.
+    events: Events,
+    /// `KVM_SET_VCPU_EVENTS`' SIPI vector (kept for `KVM_GET_VCPU_EVENTS`; no in-kernel APIC
+    /// uses it).
+    sipi_vector: u32,
     /// The guest's VPID-tagged translations must be flushed before the next entry: the vCPU
     /// moved to another CPU (which may hold stale ones from an earlier visit), or rkvm changed
     /// guest paging state on the guest's behalf (emulated CR0/CR4 writes, KVM_SET_SREGS).
@@ -184,6 +190,8 @@ mod reason {
     pub(super) const EXCEPTION_NMI: u32 = b::EXIT_REASON_EXCEPTION_NMI;
     pub(super) const EXTERNAL_INTERRUPT: u32 = b::EXIT_REASON_EXTERNAL_INTERRUPT;
     pub(super) const TRIPLE_FAULT: u32 = b::EXIT_REASON_TRIPLE_FAULT;
+    pub(super) const INTERRUPT_WINDOW: u32 = b::EXIT_REASON_INTERRUPT_WINDOW;
+    pub(super) const NMI_WINDOW: u32 = b::EXIT_REASON_NMI_WINDOW;
     pub(super) const CPUID: u32 = b::EXIT_REASON_CPUID;
     pub(super) const HLT: u32 = b::EXIT_REASON_HLT;
     pub(super) const CR_ACCESS: u32 = b::EXIT_REASON_CR_ACCESS;
@@ -252,6 +260,8 @@ impl VmxVcpu {
             dr7: DR7_RESET,
             vpid: 0,
             tlb_flush: true,
+            events: Events::default(),
+            sipi_vector: 0,
         };
         // From here on `Drop` returns the VPID.
         v.vpid = g.alloc_vpid();
@@ -489,9 +499,30 @@ impl VmxVcpu {
 
     /// Queues a hardware exception with an optional error code for the next entry.
     fn inject_exception_code(&mut self, vector: u32, code: Option<u32>) {
-        let info = (1 << 31) | (3 << 8) | vector | if code.is_some() { 1 << 11 } else { 0 };
-        vmcs::write(f::VM_ENTRY_INTR_INFO_FIELD, info.into());
-        vmcs::write(f::VM_ENTRY_EXCEPTION_ERROR_CODE, code.unwrap_or(0).into());
+        self.events.exception = Some(Exception { vector: vector as u8, error_code: code, soft: None });
+    }
+
+    /// What the guest accepts now (VMCS current).
+    fn event_guest_state(&self) -> events::Guest {
+        events::Guest {
+            if_flag: vmcs::read(f::GUEST_RFLAGS) & (1 << 9) != 0,
+            interruptibility: vmcs::read(f::GUEST_INTERRUPTIBILITY_INFO) as u32,
+        }
+    }
+
+    /// Fills the fields of `kvm_run` every exit to userspace carries in the userspace-irqchip
+    /// model (upstream `post_kvm_run_save`).
+    fn post_run_save(&mut self, run: *mut b::kvm_run) -> Result {
+        let (g, apic_base, cr8) = self.with_vmcs(|v| (v.event_guest_state(), v.apic_base, v.cr8))?;
+        let ready = self.events.ready_for_interrupt(g);
+        // SAFETY: `run` is the vCPU's kvm_run page; these are plain integer fields.
+        unsafe {
+            (*run).if_flag = g.if_flag.into();
+            (*run).cr8 = cr8;
+            (*run).apic_base = apic_base;
+            (*run).ready_for_interrupt_injection = ready.into();
+        }
+        Ok(())
     }
 
     /// Queues a #PF for linear address `la` (CR2) with `code` (upstream:
@@ -547,7 +578,7 @@ impl VmxVcpu {
 
     /// One guest entry and exit (steps 3–6 of the module doc). Returns the exit information,
     /// or `None` if VMLAUNCH/VMRESUME failed (the VM-instruction error is in `fail`).
-    fn enter_once(&mut self, fail: &mut u32) -> Result<Option<ExitInfo>> {
+    fn enter_once(&mut self, fail: &mut u32, user_window: bool) -> Result<Option<ExitInfo>> {
         // SAFETY: preemption stays disabled until the matching enable at the end.
         unsafe { b::rkvm_preempt_disable() };
         // SAFETY: preemption disabled; this CPU is in VMX operation; vCPU mutex held.
@@ -565,6 +596,21 @@ impl VmxVcpu {
                 return Err(e);
             }
         }
+        // The event to deliver and the window exits to ask for (upstream: inject_pending_event).
+        let ev = self.events.next_entry(self.event_guest_state(), user_window);
+        vmcs::write(f::VM_ENTRY_INTR_INFO_FIELD, ev.info.into());
+        if ev.info != 0 {
+            vmcs::write(f::VM_ENTRY_EXCEPTION_ERROR_CODE, ev.error_code.into());
+            vmcs::write(f::VM_ENTRY_INSTRUCTION_LEN, ev.instr_len.into());
+        }
+        let mut proc = self.config.proc;
+        if ev.irq_window {
+            proc |= b::CPU_BASED_INTR_WINDOW_EXITING;
+        }
+        if ev.nmi_window {
+            proc |= b::CPU_BASED_NMI_WINDOW_EXITING;
+        }
+        vmcs::write(f::CPU_BASED_VM_EXEC_CONTROL, proc.into());
         // Host state that changes per task or over time (upstream: vmx_prepare_switch_to_guest).
         let sel = insn::host_selectors();
         // SAFETY: reading this CPU's CR3/CR4 and base MSRs has no side effects.
@@ -648,6 +694,13 @@ impl VmxVcpu {
             // entry must be VMLAUNCH again (SDM 27.8; upstream: vmx_vcpu_run).
             if info.reason & (1 << 31) == 0 {
                 self.vmcs.launched = true;
+                // What was delivered, and what an exit cut short (upstream:
+                // vmx_complete_interrupts). A failed entry delivered nothing: all stays queued.
+                self.events.complete(
+                    vmcs::read(f::IDT_VECTORING_INFO_FIELD) as u32,
+                    vmcs::read(f::IDT_VECTORING_ERROR_CODE) as u32,
+                    info.instr_len as u32,
+                );
             }
             // An NMI that arrived in the guest is the host's: run its handler now, as if it
             // had arrived here (upstream: vmx_do_nmi_irqoff).
@@ -709,6 +762,9 @@ impl VmxVcpu {
         }
         match e.reason & 0xffff {
             reason::EXTERNAL_INTERRUPT => Ok(Next::Resume),
+            // The window exits were asked for by `next_entry`; it runs again before the next
+            // entry and injects what is now allowed.
+            reason::INTERRUPT_WINDOW | reason::NMI_WINDOW => Ok(Next::Resume),
             reason::EXCEPTION_NMI if (e.intr_info >> 8) & 7 == 2 => Ok(Next::Resume),
             reason::TRIPLE_FAULT => {
                 // SAFETY: as above.
@@ -1451,6 +1507,89 @@ impl BackendVcpu for VmxVcpu {
     }
 
     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result {
+        let r = self.run_loop(ctx);
+        self.post_run_save(ctx.run)?;
+        r
+    }
+
+    fn queue_interrupt(&mut self, vector: u8) -> Result {
+        // Upstream `kvm_queue_interrupt`: replaces any interrupt queued by userspace before.
+        self.events.interrupt = Some(Interrupt { vector, reinject: false, soft_len: None });
+        Ok(())
+    }
+
+    fn queue_nmi(&mut self) -> Result {
+        let masked = self.with_vmcs(|v| v.event_guest_state().interruptibility & events::BLOCKING_BY_NMI != 0)?;
+        self.events.queue_nmi(masked);
+        Ok(())
+    }
+
+    fn get_vcpu_events(&mut self, e: &mut b::kvm_vcpu_events) -> Result {
+        let g = self.with_vmcs(|v| v.event_guest_state())?;
+        let ev = &self.events;
+        if let Some(x) = ev.exception {
+            e.exception.injected = 1;
+            e.exception.nr = x.vector;
+            e.exception.has_error_code = x.error_code.is_some().into();
+            e.exception.error_code = x.error_code.unwrap_or(0);
+        }
+        // Upstream reports hardware interrupts only: a software INT n is simply executed again.
+        if let Some(i) = ev.interrupt.filter(|i| i.soft_len.is_none()) {
+            e.interrupt.injected = 1;
+            e.interrupt.nr = i.vector;
+        }
+        e.interrupt.shadow = (if g.interruptibility & events::BLOCKING_BY_STI != 0 { b::KVM_X86_SHADOW_INT_STI } else { 0 }
+            | if g.interruptibility & events::BLOCKING_BY_MOV_SS != 0 { b::KVM_X86_SHADOW_INT_MOV_SS } else { 0 })
+            as u8;
+        e.nmi.injected = ev.nmi_injected.into();
+        e.nmi.pending = ev.nmi_pending;
+        e.nmi.masked = (g.interruptibility & events::BLOCKING_BY_NMI != 0).into();
+        e.sipi_vector = self.sipi_vector;
+        e.flags = b::KVM_VCPUEVENT_VALID_NMI_PENDING | b::KVM_VCPUEVENT_VALID_SHADOW;
+        Ok(())
+    }
+
+    fn set_vcpu_events(&mut self, e: &b::kvm_vcpu_events) -> Result {
+        let ev = &mut self.events;
+        ev.exception = (e.exception.injected != 0).then_some(Exception {
+            vector: e.exception.nr,
+            error_code: (e.exception.has_error_code != 0).then_some(e.exception.error_code),
+            soft: None,
+        });
+        ev.interrupt = (e.interrupt.injected != 0).then_some(Interrupt {
+            vector: e.interrupt.nr,
+            reinject: true,
+            soft_len: None,
+        });
+        ev.nmi_injected = e.nmi.injected != 0;
+        if e.flags & b::KVM_VCPUEVENT_VALID_NMI_PENDING != 0 {
+            ev.nmi_pending = e.nmi.pending.min(2);
+        }
+        if e.flags & b::KVM_VCPUEVENT_VALID_SIPI_VECTOR != 0 {
+            self.sipi_vector = e.sipi_vector;
+        }
+        let shadow = (e.flags & b::KVM_VCPUEVENT_VALID_SHADOW != 0).then_some(u32::from(e.interrupt.shadow));
+        let masked = e.nmi.masked != 0;
+        self.with_vmcs(|v| {
+            let mut st = v.event_guest_state().interruptibility;
+            if let Some(s) = shadow {
+                st &= !(events::BLOCKING_BY_STI | events::BLOCKING_BY_MOV_SS);
+                if s & b::KVM_X86_SHADOW_INT_STI != 0 {
+                    st |= events::BLOCKING_BY_STI;
+                }
+                if s & b::KVM_X86_SHADOW_INT_MOV_SS != 0 {
+                    st |= events::BLOCKING_BY_MOV_SS;
+                }
+            }
+            st = if masked { st | events::BLOCKING_BY_NMI } else { st & !events::BLOCKING_BY_NMI };
+            vmcs::write(f::GUEST_INTERRUPTIBILITY_INFO, st.into());
+        })
+    }
+}
+
+impl VmxVcpu {
+    /// `run` without the `kvm_run` fields every exit fills (`post_run_save`).
+    fn run_loop(&mut self, ctx: &mut RunContext<'_>) -> Result {
         let (pio, run) = (ctx.pio, ctx.run);
         let vm = ctx.vm;
         self.with_vmcs(|v| v.complete_pending(vm, pio, run))?;
@@ -1468,10 +1607,22 @@ impl BackendVcpu for VmxVcpu {
                 }
             }
             let mut fail = 0;
-            match self.enter_once(&mut fail)? {
+            // SAFETY: `run` is the vCPU's kvm_run page; userspace may change it: read once.
+            let user_window = unsafe { core::ptr::addr_of!((*run).request_interrupt_window).read_volatile() } != 0;
+            match self.enter_once(&mut fail, user_window)? {
                 Some(info) => {
                     if let Next::User = self.handle_exit(ctx, &info)? {
                         return Ok(());
+                    }
+                    // Userspace asked to be told when it may inject (upstream: vcpu_run's
+                    // dm_request_for_irq_injection check after each exit).
+                    if user_window {
+                        let g = self.with_vmcs(|v| v.event_guest_state())?;
+                        if self.events.ready_for_interrupt(g) {
+                            // SAFETY: as above.
+                            unsafe { (*run).exit_reason = b::KVM_EXIT_IRQ_WINDOW_OPEN };
+                            return Ok(());
+                        }
                     }
                 }
                 None => {

@@ -10,6 +10,9 @@ pub mod x86;
 /// The pure part of the VMX backend.
 #[path = "../../vmx/config.rs"]
 pub mod vmx_config;
+/// Event injection rules of the VMX backend.
+#[path = "../../vmx/events.rs"]
+pub mod vmx_events;
 /// Intel PT context rules of the VMX backend.
 #[path = "../../vmx/pt.rs"]
 pub mod vmx_pt;
@@ -18,6 +21,8 @@ pub mod vmx_pt;
 mod cpuid_tests;
 #[cfg(test)]
 mod decode_tests;
+#[cfg(test)]
+mod events_tests;
 #[cfg(test)]
 mod memslot_tests;
 #[cfg(test)]

@@ -1,0 +1,113 @@
+//! Event injection: priorities, windows, and re-injection after an interrupted delivery.
+
+use crate::vmx_events::*;
+
+const OPEN: Guest = Guest { if_flag: true, interruptibility: 0 };
+const IF0: Guest = Guest { if_flag: false, interruptibility: 0 };
+
+fn with_interrupt(vector: u8) -> Events {
+    let mut ev = Events::default();
+    ev.interrupt = Some(Interrupt { vector, ..Default::default() });
+    ev
+}
+
+#[test]
+fn an_interrupt_waits_for_if_and_the_sti_shadow() {
+    let mut ev = with_interrupt(0x20);
+    // IF=0: nothing injected, an interrupt-window exit asked for.
+    let e = ev.next_entry(IF0, false);
+    assert_eq!((e.info, e.irq_window), (0, true));
+    ev.complete(0, 0, 0);
+    assert!(ev.interrupt.is_some(), "still queued");
+    // STI shadow: still not.
+    let e = ev.next_entry(Guest { if_flag: true, interruptibility: BLOCKING_BY_STI }, false);
+    assert_eq!(e.info, 0);
+    // Open: external interrupt, type 0.
+    let e = ev.next_entry(OPEN, false);
+    assert_eq!((e.info, e.irq_window), (INFO_VALID | 0x20, false));
+    ev.complete(0, 0, 0);
+    assert_eq!(ev.interrupt, None, "delivered");
+}
+
+#[test]
+fn exception_before_nmi_before_interrupt() {
+    let mut ev = with_interrupt(0x30);
+    ev.exception = Some(Exception { vector: 13, error_code: Some(0x18), soft: None });
+    ev.nmi_pending = 1;
+    let e = ev.next_entry(OPEN, false);
+    assert_eq!(e.info, INFO_VALID | INFO_HAS_ERROR | (TYPE_HW_EXCEPTION << 8) | 13);
+    assert_eq!(e.error_code, 0x18);
+    assert!(e.nmi_window && e.irq_window);
+    ev.complete(0, 0, 0);
+    let e = ev.next_entry(OPEN, false);
+    assert_eq!(e.info, INFO_VALID | (TYPE_NMI << 8) | 2);
+    ev.complete(0, 0, 0);
+    assert!(!ev.nmi_injected && ev.nmi_pending == 0);
+    let e = ev.next_entry(OPEN, false);
+    assert_eq!(e.info, INFO_VALID | 0x30);
+}
+
+#[test]
+fn nmis_wait_while_blocked_and_collapse_to_two() {
+    let mut ev = Events::default();
+    ev.queue_nmi(false);
+    ev.queue_nmi(false);
+    ev.queue_nmi(false);
+    assert_eq!(ev.nmi_pending, 2);
+    let blocked = Guest { if_flag: true, interruptibility: BLOCKING_BY_NMI };
+    let e = ev.next_entry(blocked, false);
+    assert_eq!((e.info, e.nmi_window), (0, true));
+    // While masked, only one can wait.
+    let mut m = Events::default();
+    m.queue_nmi(true);
+    m.queue_nmi(true);
+    assert_eq!(m.nmi_pending, 1);
+    // NMIs ignore IF.
+    let e = ev.next_entry(IF0, false);
+    assert_eq!(e.info, INFO_VALID | (TYPE_NMI << 8) | 2);
+}
+
+#[test]
+fn an_interrupted_delivery_is_reinjected_whatever_if_says() {
+    let mut ev = with_interrupt(0x20);
+    let e = ev.next_entry(OPEN, false);
+    assert_eq!(e.info, INFO_VALID | 0x20);
+    // The delivery hit an EPT violation (IDT-vectoring information valid).
+    ev.complete(INFO_VALID | 0x20, 0, 0);
+    assert!(ev.needs_reinjection());
+    assert!(!ev.ready_for_interrupt(OPEN));
+    // The guest's IF is 0 now only because the delivery began: inject again anyway.
+    let e = ev.next_entry(IF0, false);
+    assert_eq!(e.info, INFO_VALID | 0x20);
+    ev.complete(0, 0, 0);
+    assert!(ev.ready_for_interrupt(OPEN));
+}
+
+#[test]
+fn software_events_keep_their_instruction_length() {
+    let mut ev = Events::default();
+    // INT3 (soft exception) and INT 0x80 (soft interrupt) cut short.
+    ev.complete(INFO_VALID | (TYPE_SOFT_EXCEPTION << 8) | 3, 0, 1);
+    let e = ev.next_entry(IF0, false);
+    assert_eq!((e.info, e.instr_len), (INFO_VALID | (TYPE_SOFT_EXCEPTION << 8) | 3, 1));
+    ev.complete(INFO_VALID | (TYPE_SOFT_INTR << 8) | 0x80, 0, 2);
+    let e = ev.next_entry(IF0, false);
+    assert_eq!((e.info, e.instr_len), (INFO_VALID | (TYPE_SOFT_INTR << 8) | 0x80, 2));
+    // An exception with its error code.
+    ev.complete(INFO_VALID | INFO_HAS_ERROR | (TYPE_HW_EXCEPTION << 8) | 14, 6, 0);
+    assert_eq!(ev.exception, Some(Exception { vector: 14, error_code: Some(6), soft: None }));
+}
+
+#[test]
+fn a_failed_entry_keeps_everything_and_userspace_window() {
+    let mut ev = with_interrupt(0x21);
+    assert!(!ev.ready_for_interrupt(OPEN), "one is queued already");
+    let _ = ev.next_entry(OPEN, true);
+    // No complete() after a failed entry: the next entry carries it again.
+    let e = ev.next_entry(OPEN, true);
+    assert_eq!(e.info, INFO_VALID | 0x21);
+    assert!(e.irq_window, "userspace asked for the window");
+    let mut empty = Events::default();
+    assert!(empty.ready_for_interrupt(OPEN) && !empty.ready_for_interrupt(IF0));
+    assert!(empty.next_entry(IF0, true).irq_window);
+}
