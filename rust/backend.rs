@@ -117,6 +117,19 @@ pub(crate) trait BackendVcpu: Send {
     fn set_xcrs(&mut self, _x: &bindings::kvm_xcrs) -> Result {
         Err(EINVAL)
     }
+    /// `KVM_GET_XSAVE`: the standard-format XSAVE area (`x86::xsave::SIZE` bytes).
+    fn get_xsave(&mut self, _area: &mut [u8]) -> Result {
+        Err(EINVAL)
+    }
+    /// `KVM_SET_XSAVE`.
+    fn set_xsave(&mut self, _area: &[u8]) -> Result {
+        Err(EINVAL)
+    }
+    /// `KVM_TRANSLATE`: the guest-physical address of linear address `la` for a supervisor read
+    /// through the guest's current paging, `None` if it does not translate.
+    fn translate(&mut self, _vm: &crate::vm::Vm, _la: u64) -> Result<Option<u64>> {
+        Err(EINVAL)
+    }
     /// `KVM_INTERRUPT`: queue external interrupt `vector` for injection (userspace irqchip).
     fn queue_interrupt(&mut self, _vector: u8) -> Result {
         Err(EINVAL)

@@ -44,6 +44,8 @@ pub(crate) fn check_extension(backend: &dyn Backend, cap: usize) -> isize {
         b::KVM_CAP_NR_MEMSLOTS => memslot::USER_MEM_SLOTS as isize,
         // Bit mask of the accepted KVM_CREATE_VM types: only the default x86 VM.
         b::KVM_CAP_VM_TYPES => 1 << b::KVM_X86_DEFAULT_VM,
+        // The kvm_run->s.regs parts (KVM_SYNC_X86_*).
+        b::KVM_CAP_SYNC_REGS => crate::vcpu::SYNC_REGS_VALID as isize,
         _ => 0,
     }
 }

@@ -16,7 +16,8 @@ use crate::ffi::bindings as b;
 use crate::ffi::fileops::{self, FileKind, Fops};
 use crate::ffi::uapi::{read_user, read_user_array, write_user, write_user_array};
 use crate::vm::Vm;
-use crate::x86::{cpuid, cr, segment};
+use crate::x86::{cpuid, cr, segment, xsave};
+use kernel::uaccess::UserSlice;
 use kernel::page::Page;
 use kernel::fmt;
 use kernel::prelude::*;
@@ -173,28 +174,24 @@ impl FileKind for VcpuKind {
                 write_user(arg, &regs)?;
                 Ok(0)
             }
-            b::KVM_SET_REGS => {
-                let mut regs: b::kvm_regs = read_user(arg)?;
-                regs.rflags |= segment::reset::RFLAGS;
-                arch.set_regs(&regs)?;
-                Ok(0)
-            }
+            b::KVM_SET_REGS => set_regs(&mut **arch, read_user(arg)?).map(|()| 0),
             b::KVM_GET_SREGS => {
                 let mut sregs = b::kvm_sregs::default();
                 arch.get_sregs(&mut sregs)?;
                 write_user(arg, &sregs)?;
                 Ok(0)
             }
-            b::KVM_SET_SREGS => {
-                let sregs: b::kvm_sregs = read_user(arg)?;
-                let limits = f.vm.backend.limits();
-                if !limits.sregs_valid(sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer, sregs.cs.l != 0)
-                    || !limits.apic_base_valid(sregs.apic_base)
-                {
-                    return Err(EINVAL);
-                }
-                arch.set_sregs(&sregs)?;
-                Ok(0)
+            b::KVM_SET_SREGS => set_sregs(f, &mut **arch, &read_user(arg)?).map(|()| 0),
+            // Upstream `kvm_arch_vcpu_ioctl_translate`: a supervisor read through the guest's
+            // page tables; `writeable` is always 1 and `usermode` 0, as upstream reports.
+            b::KVM_TRANSLATE => {
+                let mut t: b::kvm_translation = read_user(arg)?;
+                let gpa = arch.translate(&f.vm, t.linear_address)?;
+                t.physical_address = gpa.unwrap_or(u64::MAX);
+                t.valid = gpa.is_some().into();
+                t.writeable = 1;
+                t.usermode = 0;
+                write_user(arg, &t).map(|()| 0)
             }
             b::KVM_SET_CPUID2 => {
                 let entries = read_cpuid2(arg, cpuid::MAX_ENTRIES)?.0;
@@ -260,6 +257,18 @@ impl FileKind for VcpuKind {
                 }
                 Ok(0)
             }
+            // Upstream `kvm_vcpu_ioctl_x86_get_xsave` / `_get_xsave2` / `_set_xsave`: the area is
+            // `KVM_CAP_XSAVE2` bytes, which is exactly `struct kvm_xsave` here.
+            b::KVM_GET_XSAVE | b::KVM_GET_XSAVE2 => {
+                let mut area = KVec::from_elem(0u8, xsave::SIZE, GFP_KERNEL_ACCOUNT)?;
+                arch.get_xsave(&mut area)?;
+                UserSlice::new(arg, xsave::SIZE).writer().write_slice(&area).map(|()| 0)
+            }
+            b::KVM_SET_XSAVE => {
+                let mut area = KVec::from_elem(0u8, xsave::SIZE, GFP_KERNEL_ACCOUNT)?;
+                UserSlice::new(arg, xsave::SIZE).reader().read_slice(&mut area)?;
+                arch.set_xsave(&area).map(|()| 0)
+            }
             b::KVM_SET_SIGNAL_MASK => {
                 *f.vcpu.sigmask.lock() = read_sigmask(arg)?;
                 Ok(0)
@@ -281,11 +290,7 @@ impl FileKind for VcpuKind {
                 arch.get_vcpu_events(&mut e)?;
                 write_user(arg, &e).map(|()| 0)
             }
-            b::KVM_SET_VCPU_EVENTS => {
-                let e: b::kvm_vcpu_events = read_user(arg)?;
-                check_vcpu_events(&e)?;
-                arch.set_vcpu_events(&e).map(|()| 0)
-            }
+            b::KVM_SET_VCPU_EVENTS => set_vcpu_events(&mut **arch, &read_user(arg)?).map(|()| 0),
             b::KVM_GET_MSRS => msr_io(&mut **arch, arg, false),
             b::KVM_SET_MSRS => msr_io(&mut **arch, arg, true),
             // Upstream x86's `kvm_arch_vcpu_ioctl` default.
@@ -327,6 +332,85 @@ fn read_sigmask(arg: usize) -> Result<Option<u64>> {
 }
 
 /// The checks upstream's `kvm_vcpu_ioctl_x86_set_vcpu_events` makes before touching state.
+/// `KVM_SET_REGS` (RFLAGS bit 1 is always set).
+fn set_regs(arch: &mut dyn BackendVcpu, mut regs: b::kvm_regs) -> Result {
+    regs.rflags |= segment::reset::RFLAGS;
+    arch.set_regs(&regs)
+}
+
+/// `KVM_SET_SREGS`, validated against the backend's limits (upstream `kvm_is_valid_sregs`).
+fn set_sregs(f: &VcpuFile, arch: &mut dyn BackendVcpu, sregs: &b::kvm_sregs) -> Result {
+    let limits = f.vm.backend.limits();
+    if !limits.sregs_valid(sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer, sregs.cs.l != 0)
+        || !limits.apic_base_valid(sregs.apic_base)
+    {
+        return Err(EINVAL);
+    }
+    arch.set_sregs(sregs)
+}
+
+/// `KVM_SET_VCPU_EVENTS`.
+fn set_vcpu_events(arch: &mut dyn BackendVcpu, e: &b::kvm_vcpu_events) -> Result {
+    check_vcpu_events(e)?;
+    arch.set_vcpu_events(e)
+}
+
+/// The `kvm_run->s.regs` parts `KVM_CAP_SYNC_REGS` offers (upstream
+/// `KVM_SYNC_X86_VALID_FIELDS`).
+pub(crate) const SYNC_REGS_VALID: u64 = (b::KVM_SYNC_X86_REGS | b::KVM_SYNC_X86_SREGS | b::KVM_SYNC_X86_EVENTS) as u64;
+
+/// Before `KVM_RUN`: what userspace marked dirty in `kvm_run->s.regs` is loaded into the vCPU,
+/// each part through its ioctl's checks, and its dirty bit cleared (upstream `sync_regs`).
+fn sync_regs_in(f: &VcpuFile, arch: &mut dyn BackendVcpu, run: *mut b::kvm_run, dirty: u64) -> Result {
+    // SAFETY: `run` is the vCPU's page; the sync area is plain data userspace may change at any
+    // time: it is copied out once (volatile), and any bit pattern is a valid value.
+    let s = unsafe { core::ptr::addr_of!((*run).s.regs).read_volatile() };
+    let clear = |bit: u32| {
+        // SAFETY: as above; a plain integer field.
+        unsafe {
+            let p = core::ptr::addr_of_mut!((*run).kvm_dirty_regs);
+            p.write_volatile(p.read_volatile() & !u64::from(bit));
+        }
+    };
+    if dirty & u64::from(b::KVM_SYNC_X86_REGS) != 0 {
+        set_regs(arch, s.regs)?;
+        clear(b::KVM_SYNC_X86_REGS);
+    }
+    if dirty & u64::from(b::KVM_SYNC_X86_SREGS) != 0 {
+        set_sregs(f, arch, &s.sregs)?;
+        clear(b::KVM_SYNC_X86_SREGS);
+    }
+    if dirty & u64::from(b::KVM_SYNC_X86_EVENTS) != 0 {
+        set_vcpu_events(arch, &s.events)?;
+        clear(b::KVM_SYNC_X86_EVENTS);
+    }
+    Ok(())
+}
+
+/// After `KVM_RUN`, whatever its result: the parts userspace asked for in `kvm_valid_regs` are
+/// stored into `kvm_run->s.regs` (upstream `store_regs`).
+fn sync_regs_out(arch: &mut dyn BackendVcpu, run: *mut b::kvm_run, valid: u64) -> Result {
+    if valid & u64::from(b::KVM_SYNC_X86_REGS) != 0 {
+        let mut regs = b::kvm_regs::default();
+        arch.get_regs(&mut regs)?;
+        // SAFETY: `run` is the vCPU's page; a plain-data field.
+        unsafe { core::ptr::addr_of_mut!((*run).s.regs.regs).write_volatile(regs) };
+    }
+    if valid & u64::from(b::KVM_SYNC_X86_SREGS) != 0 {
+        let mut sregs = b::kvm_sregs::default();
+        arch.get_sregs(&mut sregs)?;
+        // SAFETY: as above.
+        unsafe { core::ptr::addr_of_mut!((*run).s.regs.sregs).write_volatile(sregs) };
+    }
+    if valid & u64::from(b::KVM_SYNC_X86_EVENTS) != 0 {
+        let mut e = b::kvm_vcpu_events::default();
+        arch.get_vcpu_events(&mut e)?;
+        // SAFETY: as above.
+        unsafe { core::ptr::addr_of_mut!((*run).s.regs.events).write_volatile(e) };
+    }
+    Ok(())
+}
+
 /// Exception payloads (`KVM_CAP_EXCEPTION_PAYLOAD`) and triple-fault events
 /// (`KVM_CAP_X86_TRIPLE_FAULT_EVENT`) are never enabled, so their flags are invalid; without the
 /// payload flag `exception.pending` is ignored. There is no SMM: the SMM flag is accepted only
@@ -365,8 +449,8 @@ fn run(f: &VcpuFile, arch: &mut dyn BackendVcpu) -> Result {
             core::ptr::addr_of!((*run).immediate_exit__unsafe).read_volatile(),
         )
     };
-    // No KVM_CAP_SYNC_REGS yet: no sync-register field is valid.
-    if valid_regs != 0 || dirty_regs != 0 {
+    // KVM_CAP_SYNC_REGS: only the parts it offers.
+    if valid_regs & !SYNC_REGS_VALID != 0 || dirty_regs & !SYNC_REGS_VALID != 0 {
         return Err(EINVAL);
     }
     // Userspace irqchip: TPR comes from kvm_run->cr8, 4 bits.
@@ -378,10 +462,16 @@ fn run(f: &VcpuFile, arch: &mut dyn BackendVcpu) -> Result {
         // SAFETY: swaps the task's blocked mask for the vCPU's; undone below on every path.
         unsafe { b::rkvm_sigmask_activate(mask) };
     }
-    let r = run_with_mask(f, arch, run, immediate_exit);
+    let mut r = if dirty_regs != 0 { sync_regs_in(f, arch, run, dirty_regs) } else { Ok(()) };
+    if r.is_ok() {
+        r = run_with_mask(f, arch, run, immediate_exit);
+    }
     if sigmask.is_some() {
         // SAFETY: restores the mask parked by the activation above.
         unsafe { b::rkvm_sigmask_deactivate() };
+    }
+    if valid_regs != 0 {
+        sync_regs_out(arch, run, valid_regs)?;
     }
     r
 }

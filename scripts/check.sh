@@ -5,8 +5,8 @@
 #   qemu   QEMU TCG, 2 CPUs, backend=none: the selftests (whole ioctl surface, lifetimes,
 #          drop-in mode); and the refusal to load without VMX unless backend=none
 #   bochs  Bochs (emulated VMX + EPT), backend=vmx, 1 and 2 CPUs: the demo guest (must print 4
-#          and KVM_EXIT_HLT), guests in all four CPU modes and port I/O (vmx_guests), and the
-#          selftests against the VMX backend
+#          and KVM_EXIT_HLT), the rust-vmm kvm-ioctls client (rkvm-kvm-ioctls-test), guests in
+#          all four CPU modes and port I/O (vmx_guests), and the selftests against the VMX backend
 #
 # Every KTAP "ok"/"not ok" line and every cargo test counts; each VM run also counts as one test
 # of its own (it must boot, run and exit with the expected status, with no kernel splat).
@@ -63,7 +63,7 @@ fi
 
 if stage qemu; then
   vm_case qemu-selftests 0 --emulator qemu --cpus 2 --modargs backend=none --run \
-    'test "$(nproc)" = 2 || echo "not ok - expected 2 CPUs, got $(nproc)"; /selftests/run_tests; s=$?; /selftests/kmemleak_check && exit $s'
+    'test "$(nproc)" = 2 || echo "not ok - expected 2 CPUs, got $(nproc)"; rkvm-kvm-ioctls-test; /selftests/run_tests; s=$?; /selftests/kmemleak_check && exit $s'
   count_ktap "$logs/qemu-selftests.log" "selftests (QEMU, backend=none, 2 CPUs)"
   # Without VMX, the default backend refuses to load, with one clear line; backend=none loads.
   vm_case qemu-no-vmx-refusal 0 --emulator qemu --no-load --run \
@@ -79,7 +79,7 @@ if stage bochs; then
     vm_case "bochs-vmx-${n}cpu" 0 --emulator vmx --cpus "$n" --modargs backend=vmx --timeout $((n * 300)) --run \
       "test \"\$(nproc)\" = $n || echo 'not ok - expected $n CPUs'; rkvm-demo > /tmp/demo.out 2>&1; cat /tmp/demo.out; \
        if [ \"\$(cat /tmp/demo.out)\" = \"\$(printf '4\nKVM_EXIT_HLT')\" ]; then echo 'ok 1 - demo guest prints 4 and KVM_EXIT_HLT'; else echo 'not ok 1 - demo guest'; fi; \
-       /selftests/vmx_guests; /selftests/run_tests; s=\$?; $leak"
+       rkvm-kvm-ioctls-test; /selftests/vmx_guests; /selftests/run_tests; s=\$?; $leak"
     count_ktap "$logs/bochs-vmx-${n}cpu.log" "demo + selftests (Bochs, backend=vmx, $n CPU)"
   done
 fi

@@ -67,6 +67,7 @@ static const struct { int cap; long want; } caps[] = {
 	{ KVM_CAP_MP_STATE, 1 },
 	{ KVM_CAP_USER_MEMORY2, 1 },
 	{ KVM_CAP_GET_TSC_KHZ, 1 },
+	{ KVM_CAP_SYNC_REGS, KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS | KVM_SYNC_X86_EVENTS },
 	{ KVM_CAP_NR_VCPUS, -1 },
 	{ KVM_CAP_MAX_VCPUS, 64 },
 	{ KVM_CAP_MAX_VCPU_ID, 1024 },
@@ -77,6 +78,7 @@ static const struct { int cap; long want; } caps[] = {
 /* Caps only the VMX backend reports (the Bochs models have XSAVE, so XCRS is 1 there). */
 static const int vmx_caps[] = {
 	KVM_CAP_DEBUGREGS, KVM_CAP_XCRS, KVM_CAP_USER_NMI, KVM_CAP_VCPU_EVENTS, KVM_CAP_INTR_SHADOW,
+	KVM_CAP_XSAVE,
 };
 
 static long want_for(int cap)
@@ -87,6 +89,8 @@ static long want_for(int cap)
 	for (unsigned int i = 0; i < sizeof(vmx_caps) / sizeof(vmx_caps[0]); i++)
 		if (vmx_caps[i] == cap)
 			return !no_guests();
+	if (cap == KVM_CAP_XSAVE2)
+		return no_guests() ? 0 : 4096;
 	return 0;
 }
 

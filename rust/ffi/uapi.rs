@@ -40,6 +40,7 @@ plain_old_data!(
     kvm_interrupt,
     kvm_vcpu_events,
     kvm_signal_mask,
+    kvm_translation,
 );
 
 /// Copies `n` `T`s in from the user array at `arg` (`EFAULT` if it cannot be read).

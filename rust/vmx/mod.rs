@@ -493,7 +493,10 @@ impl Backend for VmxBackend {
             // KVM_INTERRUPT, KVM_NMI and KVM_GET/SET_VCPU_EVENTS with the interrupt shadow.
             | b::KVM_CAP_USER_NMI
             | b::KVM_CAP_VCPU_EVENTS
-            | b::KVM_CAP_INTR_SHADOW => Some(1),
+            | b::KVM_CAP_INTR_SHADOW
+            // KVM_GET/SET_XSAVE: the FXSAVE image in standard XSAVE format.
+            | b::KVM_CAP_XSAVE => Some(1),
+            b::KVM_CAP_XSAVE2 => Some(crate::x86::xsave::SIZE as isize),
             b::KVM_CAP_XCRS => Some((self.g.host.guest_xcr0 != 0).into()),
             _ => None,
         }

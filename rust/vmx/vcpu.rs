@@ -28,6 +28,7 @@ use crate::x86::decode::{self, Access};
 use crate::x86::msr;
 use crate::x86::segment::{self, Which};
 use crate::x86::walk::{self, GuestMem};
+use crate::x86::xsave;
 use kernel::prelude::*;
 
 /// The FXSAVE image of the guest's x87/SSE state.
@@ -142,6 +143,10 @@ pub(crate) struct VmxVcpu {
     interrupt_bitmap: [u64; 4],
     fpu: KBox<FxArea>,
     pending: Option<PendingIo>,
+    /// The linear RIP of the instruction `pending` belongs to: if userspace moves RIP before
+    /// the next `KVM_RUN`, the completion is dropped (upstream: the `kvm_is_linear_rip` checks
+    /// of `complete_fast_pio_in/out`).
+    pending_rip: u64,
     config: VmcsConfig,
     /// The CPU the VMCS was last loaded on.
     last_cpu: i32,
@@ -214,8 +219,6 @@ enum Next {
 /// DR6 and DR7 at RESET (SDM 18.2.3, 18.2.4): their fixed-1 bits.
 const DR6_RESET: u64 = 0xffff_0ff0;
 const DR7_RESET: u64 = 0x400;
-/// MXCSR bits FXRSTOR accepts (all x86-64 CPUs have DAZ, bit 6).
-const MXCSR_MASK: u32 = 0xffff;
 
 /// Vector numbers of the exceptions the backend injects.
 const GP: u32 = 13;
@@ -244,6 +247,7 @@ impl VmxVcpu {
             interrupt_bitmap: [0; 4],
             fpu: KBox::new(fx, GFP_KERNEL_ACCOUNT)?,
             pending: None,
+            pending_rip: 0,
             config: *config,
             last_cpu: -1,
             pt_host: PtContext::default(),
@@ -502,6 +506,11 @@ impl VmxVcpu {
         self.events.exception = Some(Exception { vector: vector as u8, error_code: code, soft: None });
     }
 
+    /// CS base + RIP (VMCS current).
+    fn linear_rip(&self) -> u64 {
+        vmcs::read(f::GUEST_CS_BASE).wrapping_add(vmcs::read(f::GUEST_RIP))
+    }
+
     /// What the guest accepts now (VMCS current).
     fn event_guest_state(&self) -> events::Guest {
         events::Guest {
@@ -535,6 +544,9 @@ impl VmxVcpu {
     /// Completes the I/O or MMIO exit userspace has just handled.
     fn complete_pending(&mut self, vm: &crate::vm::Vm, pio: *const u8, run: *const b::kvm_run) {
         let Some(p) = self.pending.take() else { return };
+        if self.linear_rip() != self.pending_rip {
+            return;
+        }
         if let PendingIo::Str(s) = p {
             self.complete_string_io(vm, pio, &s);
             return;
@@ -1427,7 +1439,8 @@ impl BackendVcpu for VmxVcpu {
         fpu.last_opcode = u16_at(6);
         fpu.last_ip = u64_at(8);
         fpu.last_dp = u64_at(16);
-        fpu.mxcsr = u32::from_le_bytes([fx[24], fx[25], fx[26], fx[27]]);
+        // As upstream, MXCSR is neither reported nor set here (it travels in KVM_GET/SET_XSAVE):
+        // a client that zeroes `kvm_fpu` must not unmask every SIMD exception in its guest.
         for (i, r) in fpu.fpr.iter_mut().enumerate() {
             r.copy_from_slice(&fx[32 + 16 * i..48 + 16 * i]);
         }
@@ -1438,11 +1451,6 @@ impl BackendVcpu for VmxVcpu {
     }
 
     fn set_fpu(&mut self, fpu: &b::kvm_fpu) -> Result {
-        // FXRSTOR faults on reserved MXCSR bits: refuse them here (upstream checks the same
-        // for KVM_SET_XSAVE against mxcsr_feature_mask).
-        if fpu.mxcsr & !MXCSR_MASK != 0 {
-            return Err(EINVAL);
-        }
         let fx = &mut self.fpu.0;
         fx[0..2].copy_from_slice(&fpu.fcw.to_le_bytes());
         fx[2..4].copy_from_slice(&fpu.fsw.to_le_bytes());
@@ -1450,7 +1458,6 @@ impl BackendVcpu for VmxVcpu {
         fx[6..8].copy_from_slice(&fpu.last_opcode.to_le_bytes());
         fx[8..16].copy_from_slice(&fpu.last_ip.to_le_bytes());
         fx[16..24].copy_from_slice(&fpu.last_dp.to_le_bytes());
-        fx[24..28].copy_from_slice(&fpu.mxcsr.to_le_bytes());
         for (i, r) in fpu.fpr.iter().enumerate() {
             fx[32 + 16 * i..48 + 16 * i].copy_from_slice(r);
         }
@@ -1510,6 +1517,20 @@ impl BackendVcpu for VmxVcpu {
         let r = self.run_loop(ctx);
         self.post_run_save(ctx.run)?;
         r
+    }
+
+    fn get_xsave(&mut self, area: &mut [u8]) -> Result {
+        xsave::from_fxsave(&self.fpu.0, area);
+        Ok(())
+    }
+
+    fn set_xsave(&mut self, area: &[u8]) -> Result {
+        xsave::to_fxsave(area, &mut self.fpu.0).map_err(|_| EINVAL)
+    }
+
+    fn translate(&mut self, vm: &crate::vm::Vm, la: u64) -> Result<Option<u64>> {
+        let pg = self.with_vmcs(|v| v.paging())?;
+        Ok(walk::walk(&mut VmMem(vm), &pg.regs, la, false, false).ok())
     }
 
     fn queue_interrupt(&mut self, vector: u8) -> Result {
@@ -1612,6 +1633,9 @@ impl VmxVcpu {
             match self.enter_once(&mut fail, user_window)? {
                 Some(info) => {
                     if let Next::User = self.handle_exit(ctx, &info)? {
+                        if self.pending.is_some() {
+                            self.pending_rip = self.with_vmcs(|v| v.linear_rip())?;
+                        }
                         return Ok(());
                     }
                     // Userspace asked to be told when it may inject (upstream: vcpu_run's

@@ -1,5 +1,6 @@
 //! Pure x86 knowledge: control-register and EFER rules, segment access rights, RESET state,
-//! the MMIO instruction decoder, guest page-table walks, guest MSR and CPUID rules.
+//! the MMIO instruction decoder, guest page-table walks, guest MSR and CPUID rules, the XSAVE
+//! area of an FXSAVE-only vCPU.
 //!
 //! No kernel dependency: host `cargo test` runs these files (see `rust/tests/`). The architectural
 //! bit values here are checked against the kernel's own headers at build time (`vcpu.rs` asserts
@@ -11,3 +12,4 @@ pub mod decode;
 pub mod msr;
 pub mod segment;
 pub mod walk;
+pub mod xsave;

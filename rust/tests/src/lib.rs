@@ -33,3 +33,5 @@ mod pt_tests;
 mod vmx_config_tests;
 #[cfg(test)]
 mod x86_tests;
+#[cfg(test)]
+mod xsave_tests;
