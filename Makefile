@@ -8,6 +8,8 @@
 # Both install what is missing first (scripts/deps.sh) and reuse the cached test kernel.
 # `make bench` (same prerequisites) boots Bochs once and measures exit costs, VM lifecycle and
 # kernel memory of rkvm and then of the kernel's kvm_intel, side by side (scripts/bench.sh).
+# `make upstream-selftests` runs the kernel's own KVM selftests (selftests/upstream/list) against
+# rkvm and then kvm_intel in one Bochs boot and prints a table (scripts/upstream-selftests.sh).
 # Kbuild (not this file) describes the module itself; this file wraps `make -C $KDIR M=$PWD`.
 
 SHELL := /bin/bash
@@ -22,7 +24,8 @@ EXTRA ?=
 MODARGS ?=
 TIMEOUT ?=
 
-.PHONY: all deps kernel module userspace selftests hosttest demo check bench vm-run clean
+.PHONY: all deps kernel module userspace selftests hosttest demo check bench vm-run clean \
+	upstream-selftests-build upstream-selftests
 
 all: module userspace selftests
 
@@ -64,6 +67,13 @@ check: module userspace selftests
 
 bench: module userspace selftests
 	@$(TOP)/scripts/bench.sh
+
+# The kernel's KVM selftests, static, cached under ~/.cache/rkvm/kvm-selftests-*; prints nothing when warm.
+upstream-selftests-build: kernel
+	@$(TOP)/scripts/upstream-selftests.sh build >/dev/null
+
+upstream-selftests: module upstream-selftests-build
+	@$(TOP)/scripts/upstream-selftests.sh run
 
 clean:
 	@$(ENV); kdir=$$($(TOP)/scripts/kernel.sh 2>/dev/null)/linux; \
