@@ -16,8 +16,9 @@
 # scripts/kernel.sh installed next to the tree.
 #
 # `run` knobs (environment): UPSTREAM_TIMEOUT per-test timeout in seconds (default 120),
-# UPSTREAM_VM_TIMEOUT whole Bochs run (default 5400), UPSTREAM_TESTS (space-separated names: run
-# only these, in list order), UPSTREAM_MODES (default "rkvm-nosysfs rkvm kvm_intel").
+# UPSTREAM_VM_TIMEOUT the whole Bochs run (default 1200; a full run takes about 5 minutes),
+# UPSTREAM_TESTS (space-separated names: run only these, in list order), UPSTREAM_MODES (default
+# "rkvm-nosysfs rkvm kvm_intel"; see selftests/upstream/run_upstream).
 # Output: build/upstream-selftests/{bochs.log,table.txt,logs/MODE/TEST.log}.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
@@ -29,8 +30,11 @@ OUT=$RKVM_TOP/build/upstream-selftests
 
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
 
-# The tests to build and run (first word of each non-comment line), in list order.
-list_tests() { awk '!/^[[:space:]]*#/ && NF { print $1 }' "$LIST"; }
+# The tests to build (first word of each non-comment line, and of "#~ NAME: ..." lines: listed
+# but not run in Bochs), in list order.
+list_tests() {
+  awk '/^#~ / { n = $2; sub(/:$/, "", n); print n; next } !/^[[:space:]]*#/ && NF { print $1 }' "$LIST"
+}
 
 # Every TEST_GEN_PROGS_x86_64 entry of the Makefile must be in the list, run or excluded (#- NAME:),
 # and the list must name nothing else.
@@ -87,7 +91,7 @@ build() {
   mapfile -t tests < <(list_tests)
   n=${#tests[@]}
   for t in "${tests[@]}"; do targets+=("$dir/build/$t"); done
-  say "upstream: building $n KVM selftests from $kvm (static; log: $dir/build.log; about half a minute on 2 cores)"
+  say "upstream: building $n KVM selftests from $kvm (static; log: $dir/build.log; about 10 s on 2 cores)"
   local start pid
   start=$(date +%s)
   # EXTRA_CFLAGS reaches both the compile and the link lines (the link rule passes CFLAGS), so
@@ -121,7 +125,7 @@ build() {
   done
   # The binaries are ~1 MiB each and mostly the same code (static glibc + libkvm): xz with a
   # dictionary larger than the whole tar packs them 25:1 (gzip's 32 KiB window only 2:1).
-  say "upstream: packing $dir/kvm-selftests.tar.xz (xz, 64 MiB dictionary; ~30 s)"
+  say "upstream: packing $dir/kvm-selftests.tar.xz (xz, 64 MiB dictionary; ~20 s)"
   tar -C "$dir/bin" -cf - . | xz -T1 --lzma2=preset=6,dict=64MiB > "$dir/kvm-selftests.tar.xz"
   local unstripped stripped tgz
   unstripped=$(cd "$dir/build" && du -cb "${tests[@]}" | tail -1 | cut -f1)
@@ -143,12 +147,17 @@ build() {
   echo "$dir"
 }
 
-# The console's "UPSTREAM-RESULT MODE TEST STATUS SECONDS REASON..." lines as MODE|TEST|STATUS|REASON.
+# The console's "UPSTREAM-RESULT MODE TEST STATUS SECONDS REASON..." lines as
+# MODE|TEST|STATUS|SECONDS|REASON; a test started (UPSTREAM-START) without a result is the one the
+# VM stopped in: a failure.
 results() {
   awk '{ sub(/\r$/, "") }
+       $1 == "UPSTREAM-START" { started = $2 "|" $3 }
        $1 == "UPSTREAM-RESULT" {
+         started = ""
          reason = ""; for (i = 6; i <= NF; i++) reason = reason (i > 6 ? " " : "") $i
-         print $2 "|" $3 "|" $4 "|" $5 "|" reason }' "$1"
+         print $2 "|" $3 "|" $4 "|" $5 "|" reason }
+       END { if (started != "") print started "|fail|-|the VM stopped during this test (no result)" }' "$1"
 }
 
 # Shorter reasons for the table: "X failed, rc: -1 errno: 25 (Inappropriate ioctl for device)"
@@ -175,7 +184,7 @@ run() {
   rm -rf "$OUT/logs"
   local log=$OUT/bochs.log
   local timeout=${UPSTREAM_TIMEOUT:-120}
-  local vmtimeout=${UPSTREAM_VM_TIMEOUT:-5400}
+  local vmtimeout=${UPSTREAM_VM_TIMEOUT:-1200}
   local modes=${UPSTREAM_MODES:-rkvm-nosysfs rkvm kvm_intel}
   local only=${UPSTREAM_TESTS:-}
   local n
@@ -192,6 +201,7 @@ run() {
     --run "run_upstream -t $timeout -l /extra/list -x /extra/kvm-selftests.tar.xz $modes${only:+ -- $only}" \
     2>&1 | tee "$log" | awk -v tot="$n" '
       { sub(/\r$/, "") }
+      $1 == "UPSTREAM-INFO" { printf "[rkvm] upstream: %s\n", substr($0, 15) > "/dev/stderr" }
       $1 == "UPSTREAM-MODE" { printf "[rkvm] upstream: %s\n", substr($0, 15) > "/dev/stderr"; k = 0 }
       $1 == "UPSTREAM-RESULT" { k++; printf "[rkvm] upstream: %-12s %3d/%d %-45s %s %ss\n", $2, k, tot, $3, $4, $5 > "/dev/stderr" }'
   rc=${PIPESTATUS[0]}
@@ -213,6 +223,9 @@ run() {
          "($(grep -ao 'RUN-START@@ .*' "$log" | head -1 | cut -d' ' -f2- | tr -d '\r'), per-test timeout ${timeout}s)"
     echo "# rkvm: insmod rkvm.ko devname=kvm ($modinfo), /sys/module/kvm{,_intel}/parameters shimmed (run_upstream);"
     echo "# kvm_intel: insmod irqbypass.ko kvm.ko kvm-intel.ko nested=0"
+    awk '{ v[$1] = $2 } END { printf "# binaries: %d static, %.1f MiB stripped, %.1f MiB as tar.xz", v["tests"],
+           v["stripped_bytes"] / 1048576, v["tarball_bytes"] / 1048576 }' "$dir/stats"
+    echo "$(grep -a '^UPSTREAM-INFO' "$log" | head -1 | sed 's/^UPSTREAM-INFO/; in the VM:/' | tr -d '\r')"
     printf '%-45s | %-40s | %s\n' test rkvm kvm_intel
     local t cell m
     while read -r t; do
@@ -220,15 +233,18 @@ run() {
       local cells=()
       for m in rkvm kvm_intel; do
         cell=$(awk -F'|' -v m="$m" -v t="$t" '$1 == m && $2 == t {
-                 if ($3 == "pass") c = "pass"; else c = $3 " (" $5 ")"; }
+                 if ($3 == "pass") c = "pass"; else if ($3 == "notrun") c = "not run (" $5 ")"
+                 else c = $3 " (" $5 ")" }
                  END { print (c == "" ? "not run" : c) }' <<<"$res")
+        [ "$cell" != "not run" ] || [ "$rc" = 0 ] || cell="not run (the VM run ended early)"
         cells+=("$cell")
       done
       printf '%-45s | %-40s | %s\n' "$t" "${cells[0]}" "${cells[1]}"
     done < <(list_tests)
     for m in rkvm kvm_intel; do
       awk -F'|' -v m="$m" '$1 == m { c[$3]++ }
-        END { printf "upstream selftests on %s: %d passed, %d failed, %d skipped\n", m, c["pass"], c["fail"], c["skip"] }' <<<"$res"
+        END { printf "upstream selftests on %s: %d passed, %d failed, %d skipped\n", m, c["pass"], c["fail"], c["skip"]
+              if (c["notrun"]) printf "# (and %d listed but not run in Bochs on %s)\n", c["notrun"], m }' <<<"$res"
     done
     if grep -q '^rkvm-nosysfs|' <<<"$res"; then
       echo "# rkvm without the /sys/module shim (what a plain drop-in run sees):"
