@@ -116,6 +116,21 @@ pub(crate) fn create(backend: &Arc<dyn Backend>, vm_type: usize) -> Result<i32> 
     fileops::create_fd::<VmFile>(&VM_FOPS, c_str!("kvm-vm"), vm)
 }
 
+/// The [`memslot::Region`] of a `struct kvm_userspace_memory_region` or `..._region2` (same
+/// field names).
+macro_rules! region {
+    ($r:expr) => {{
+        let r = $r;
+        memslot::Region {
+            slot: r.slot,
+            flags: r.flags,
+            guest_phys_addr: r.guest_phys_addr,
+            memory_size: r.memory_size,
+            userspace_addr: r.userspace_addr,
+        }
+    }};
+}
+
 impl Vm {
     /// `kvm_vm_ioctl`.
     fn ioctl(vm: ArcBorrow<'_, Vm>, cmd: u32, arg: usize) -> Result<isize> {
@@ -125,27 +140,13 @@ impl Vm {
         match cmd {
             b::KVM_CREATE_VCPU => Vm::create_vcpu(vm, arg).map(|fd| fd as isize),
             b::KVM_SET_USER_MEMORY_REGION => {
-                let r: b::kvm_userspace_memory_region = read_user(arg)?;
-                vm.set_memory_region(&memslot::Region {
-                    slot: r.slot,
-                    flags: r.flags,
-                    guest_phys_addr: r.guest_phys_addr,
-                    memory_size: r.memory_size,
-                    userspace_addr: r.userspace_addr,
-                })?;
+                vm.set_memory_region(&region!(read_user::<b::kvm_userspace_memory_region>(arg)?))?;
                 Ok(0)
             }
             // The same with guest_memfd fields; KVM_MEM_GUEST_MEMFD is not among the valid
             // flags (default VMs have no private memory), so those fields are never used.
             b::KVM_SET_USER_MEMORY_REGION2 => {
-                let r: b::kvm_userspace_memory_region2 = read_user(arg)?;
-                vm.set_memory_region(&memslot::Region {
-                    slot: r.slot,
-                    flags: r.flags,
-                    guest_phys_addr: r.guest_phys_addr,
-                    memory_size: r.memory_size,
-                    userspace_addr: r.userspace_addr,
-                })?;
+                vm.set_memory_region(&region!(read_user::<b::kvm_userspace_memory_region2>(arg)?))?;
                 Ok(0)
             }
             // The VM's default vCPU TSC rate (upstream `kvm->arch.default_tsc_khz`): the host's.

@@ -116,6 +116,11 @@ impl Events {
         self.nmi_pending = (self.nmi_pending + 1).min(limit);
     }
 
+    /// Nothing to deliver: an entry injects nothing and asks for no NMI window.
+    pub fn idle(&self) -> bool {
+        self.exception.is_none() && !self.nmi_injected && self.nmi_pending == 0 && self.interrupt.is_none()
+    }
+
     /// Whether some event must still be delivered before a new interrupt can be
     /// (upstream `kvm_event_needs_reinjection`).
     pub fn needs_reinjection(&self) -> bool {

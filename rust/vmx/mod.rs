@@ -443,10 +443,10 @@ unsafe extern "C" fn cpu_online(cpu: kernel::ffi::c_uint) -> kernel::ffi::c_int 
 /// CPU hotplug "offline" callback (and module unload): VMCLEAR what is loaded here, VMXOFF.
 unsafe extern "C" fn cpu_offline(_cpu: kernel::ffi::c_uint) -> kernel::ffi::c_int {
     let g = global();
-    // SAFETY: runs on the CPU going offline, which is in VMX operation (its online callback
-    // succeeded); after VMCLEARing every VMCS active here nothing depends on VMX operation.
     // The host's user-return MSRs come back and the notifier is disarmed here, so none is left
     // armed once the module is gone.
+    // SAFETY: runs on the CPU going offline, which is in VMX operation (its online callback
+    // succeeded), with interrupts saved and restored around the per-CPU user-return state.
     unsafe {
         let flags = b::rkvm_local_irq_save();
         if uret_restore_here() {
@@ -457,7 +457,8 @@ unsafe extern "C" fn cpu_offline(_cpu: kernel::ffi::c_uint) -> kernel::ffi::c_in
     // The hotplug thread is bound to this CPU; the registry lock is taken before preemption is
     // disabled, as it may sleep.
     let reg = g.registry.lock();
-    // SAFETY: as above.
+    // SAFETY: on the CPU going offline, in VMX operation; after VMCLEARing every VMCS active
+    // here nothing depends on VMX operation, so VMXOFF and clearing CR4.VMXE are safe.
     unsafe {
         b::rkvm_preempt_disable();
         vmcs::clear_all_on_this_cpu(&reg);

@@ -167,6 +167,12 @@ pub(crate) struct VmxVcpu {
     vpid: u16,
     /// Exceptions, NMIs and interrupts still to deliver.
     events: Events,
+    /// The VMCS's VM-entry interruption-information field may have its valid bit set (a VM
+    /// exit clears it), so "inject nothing" must be written.
+    entry_info_valid: bool,
+    /// The primary processor-based controls in the VMCS (the configured ones plus the window
+    /// exits asked for last), so that they are rewritten only when they change.
+    proc_ctls: u32,
     /// `KVM_SET_VCPU_EVENTS`' SIPI vector (kept for `KVM_GET_VCPU_EVENTS`; no in-kernel APIC
     /// uses it).
     sipi_vector: u32,
@@ -265,6 +271,8 @@ impl VmxVcpu {
             vpid: 0,
             tlb_flush: true,
             events: Events::default(),
+            entry_info_valid: false,
+            proc_ctls: config.proc,
             sipi_vector: 0,
         };
         // From here on `Drop` returns the VPID.
@@ -521,8 +529,14 @@ impl VmxVcpu {
 
     /// Fills the fields of `kvm_run` every exit to userspace carries in the userspace-irqchip
     /// model (upstream `post_kvm_run_save`).
+    /// Also records where a pending I/O completion belongs (`pending_rip`).
     fn post_run_save(&mut self, run: *mut b::kvm_run) -> Result {
-        let (g, apic_base, cr8) = self.with_vmcs(|v| (v.event_guest_state(), v.apic_base, v.cr8))?;
+        let (g, apic_base, cr8) = self.with_vmcs(|v| {
+            if v.pending.is_some() {
+                v.pending_rip = v.linear_rip();
+            }
+            (v.event_guest_state(), v.apic_base, v.cr8)
+        })?;
         let ready = self.events.ready_for_interrupt(g);
         // SAFETY: `run` is the vCPU's kvm_run page; these are plain integer fields.
         unsafe {
@@ -609,8 +623,17 @@ impl VmxVcpu {
             }
         }
         // The event to deliver and the window exits to ask for (upstream: inject_pending_event).
-        let ev = self.events.next_entry(self.event_guest_state(), user_window);
-        vmcs::write(f::VM_ENTRY_INTR_INFO_FIELD, ev.info.into());
+        // With nothing queued (the common case) the guest's RFLAGS and interruptibility are not
+        // read, and the VMCS is written only where it changes.
+        let ev = if self.events.idle() && !user_window {
+            events::Entry::default()
+        } else {
+            self.events.next_entry(self.event_guest_state(), user_window)
+        };
+        if ev.info != 0 || self.entry_info_valid {
+            vmcs::write(f::VM_ENTRY_INTR_INFO_FIELD, ev.info.into());
+            self.entry_info_valid = ev.info != 0;
+        }
         if ev.info != 0 {
             vmcs::write(f::VM_ENTRY_EXCEPTION_ERROR_CODE, ev.error_code.into());
             vmcs::write(f::VM_ENTRY_INSTRUCTION_LEN, ev.instr_len.into());
@@ -622,7 +645,10 @@ impl VmxVcpu {
         if ev.nmi_window {
             proc |= b::CPU_BASED_NMI_WINDOW_EXITING;
         }
-        vmcs::write(f::CPU_BASED_VM_EXEC_CONTROL, proc.into());
+        if proc != self.proc_ctls {
+            vmcs::write(f::CPU_BASED_VM_EXEC_CONTROL, proc.into());
+            self.proc_ctls = proc;
+        }
         // Host state that changes per task or over time (upstream: vmx_prepare_switch_to_guest).
         let sel = insn::host_selectors();
         // SAFETY: reading this CPU's CR3/CR4 and base MSRs has no side effects.
@@ -706,13 +732,18 @@ impl VmxVcpu {
             // entry must be VMLAUNCH again (SDM 27.8; upstream: vmx_vcpu_run).
             if info.reason & (1 << 31) == 0 {
                 self.vmcs.launched = true;
+                // Every VM exit clears the valid bit (SDM 24.8.3); after a failed entry the
+                // field is left as it was.
+                self.entry_info_valid = false;
                 // What was delivered, and what an exit cut short (upstream:
                 // vmx_complete_interrupts). A failed entry delivered nothing: all stays queued.
-                self.events.complete(
-                    vmcs::read(f::IDT_VECTORING_INFO_FIELD) as u32,
-                    vmcs::read(f::IDT_VECTORING_ERROR_CODE) as u32,
-                    info.instr_len as u32,
-                );
+                let idt = vmcs::read(f::IDT_VECTORING_INFO_FIELD) as u32;
+                let idt_error = if idt & events::INFO_HAS_ERROR != 0 {
+                    vmcs::read(f::IDT_VECTORING_ERROR_CODE) as u32
+                } else {
+                    0
+                };
+                self.events.complete(idt, idt_error, info.instr_len as u32);
             }
             // An NMI that arrived in the guest is the host's: run its handler now, as if it
             // had arrived here (upstream: vmx_do_nmi_irqoff).
@@ -1633,9 +1664,6 @@ impl VmxVcpu {
             match self.enter_once(&mut fail, user_window)? {
                 Some(info) => {
                     if let Next::User = self.handle_exit(ctx, &info)? {
-                        if self.pending.is_some() {
-                            self.pending_rip = self.with_vmcs(|v| v.linear_rip())?;
-                        }
                         return Ok(());
                     }
                     // Userspace asked to be told when it may inject (upstream: vcpu_run's

@@ -111,3 +111,13 @@ fn a_failed_entry_keeps_everything_and_userspace_window() {
     assert!(empty.ready_for_interrupt(OPEN) && !empty.ready_for_interrupt(IF0));
     assert!(empty.next_entry(IF0, true).irq_window);
 }
+
+#[test]
+fn idle_means_nothing_to_inject() {
+    let mut ev = Events::default();
+    assert!(ev.idle());
+    assert_eq!(ev.next_entry(OPEN, false), Entry::default(), "the fast path skips exactly this");
+    ev.queue_nmi(false);
+    assert!(!ev.idle());
+    assert!(!with_interrupt(0x20).idle());
+}
