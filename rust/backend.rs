@@ -40,7 +40,8 @@ pub(crate) trait Backend: Send + Sync {
 
     /// Creates the backend part of vCPU `id` of `vm` in its RESET state (upstream:
     /// `vcpu_create` followed by `vcpu_reset`).
-    fn create_vcpu(&self, vm: &dyn BackendVm, id: u32) -> Result<KBox<dyn BackendVcpu>>;
+    /// `apic`: the vCPU's in-kernel LAPIC, if the VM has an irqchip (`KVM_CREATE_IRQCHIP`).
+    fn create_vcpu(&self, vm: &dyn BackendVm, id: u32, apic: Option<crate::irq::VcpuApic>) -> Result<KBox<dyn BackendVcpu>>;
 }
 
 /// The backend half of one VM.
@@ -133,6 +134,27 @@ pub(crate) trait BackendVcpu: Send {
     /// `KVM_INTERRUPT`: queue external interrupt `vector` for injection (userspace irqchip).
     fn queue_interrupt(&mut self, _vector: u8) -> Result {
         Err(EINVAL)
+    }
+    /// `KVM_GET_LAPIC` (`EINVAL` without an in-kernel LAPIC, as upstream).
+    fn get_lapic(&mut self, _out: &mut [u8; crate::irq::lapic::REG_SIZE]) -> Result {
+        Err(EINVAL)
+    }
+    /// `KVM_SET_LAPIC`.
+    fn set_lapic(&mut self, _regs: &[u8; crate::irq::lapic::REG_SIZE]) -> Result {
+        Err(EINVAL)
+    }
+    /// `KVM_GET_MP_STATE`: without an in-kernel LAPIC a vCPU is always runnable (HLT exits to
+    /// userspace), as upstream.
+    fn get_mp_state(&mut self) -> u32 {
+        crate::ffi::bindings::KVM_MP_STATE_RUNNABLE
+    }
+    /// `KVM_SET_MP_STATE`.
+    fn set_mp_state(&mut self, s: u32) -> Result {
+        if s == crate::ffi::bindings::KVM_MP_STATE_RUNNABLE {
+            Ok(())
+        } else {
+            Err(EINVAL)
+        }
     }
     /// `KVM_NMI`: queue an NMI.
     fn queue_nmi(&mut self) -> Result {

@@ -11,9 +11,9 @@ use crate::ffi::bindings as b;
 use crate::memslot;
 
 /// Most vCPUs a VM may have (`KVM_CAP_MAX_VCPUS`).
-pub(crate) const MAX_VCPUS: u32 = 64;
+pub(crate) const MAX_VCPUS: u32 = 1024;
 /// vCPU ids are below this (`KVM_CAP_MAX_VCPU_ID`).
-pub(crate) const MAX_VCPU_ID: u32 = 1024;
+pub(crate) const MAX_VCPU_ID: u32 = 4096;
 
 /// The answer to `KVM_CHECK_EXTENSION(cap)`; unknown or unimplemented caps answer 0.
 pub(crate) fn check_extension(backend: &dyn Backend, cap: usize) -> isize {
@@ -37,7 +37,14 @@ pub(crate) fn check_extension(backend: &dyn Backend, cap: usize) -> isize {
         | b::KVM_CAP_MP_STATE
         // KVM_SET_USER_MEMORY_REGION2 (no guest_memfd: KVM_MEM_GUEST_MEMFD stays invalid).
         | b::KVM_CAP_USER_MEMORY2
-        | b::KVM_CAP_GET_TSC_KHZ => 1,
+        | b::KVM_CAP_GET_TSC_KHZ
+        // KVM_CREATE_IRQCHIP (LAPIC, IOAPIC, PIC), KVM_IRQ_LINE and KVM_IRQ_LINE_STATUS.
+        | b::KVM_CAP_IRQCHIP
+        | b::KVM_CAP_IRQ_INJECT_STATUS
+        // KVM_ENABLE_CAP on VM fds (KVM_CAP_MAX_VCPU_ID).
+        | b::KVM_CAP_ENABLE_CAP_VM
+        // KVM_SET_NR_MMU_PAGES (accepted; EPT has no shadow-page cache to bound).
+        | b::KVM_CAP_MMU_SHADOW_CACHE_CONTROL => 1,
         b::KVM_CAP_NR_VCPUS => crate::ffi::num_online_cpus().min(MAX_VCPUS) as isize,
         b::KVM_CAP_MAX_VCPUS => MAX_VCPUS as isize,
         b::KVM_CAP_MAX_VCPU_ID => MAX_VCPU_ID as isize,

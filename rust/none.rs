@@ -28,10 +28,16 @@ impl Backend for NoneBackend {
         crate::backend::boxed_vm(crate::backend::NoVmState)
     }
 
-    fn create_vcpu(&self, _vm: &dyn crate::backend::BackendVm, _id: u32) -> Result<KBox<dyn BackendVcpu>> {
+    fn create_vcpu(
+        &self,
+        _vm: &dyn crate::backend::BackendVm,
+        _id: u32,
+        apic: Option<crate::irq::VcpuApic>,
+    ) -> Result<KBox<dyn BackendVcpu>> {
         let mut v = NoneVcpu {
             regs: Default::default(),
             sregs: Default::default(),
+            apic,
         };
         crate::vcpu::reset_state(&mut v.regs, &mut v.sregs);
         crate::backend::boxed(v)
@@ -42,9 +48,33 @@ impl Backend for NoneBackend {
 struct NoneVcpu {
     regs: bindings::kvm_regs,
     sregs: bindings::kvm_sregs,
+    /// The in-kernel LAPIC, for its state ioctls (it never delivers: no guest runs).
+    apic: Option<crate::irq::VcpuApic>,
 }
 
 impl BackendVcpu for NoneVcpu {
+    fn get_lapic(&mut self, out: &mut [u8; crate::irq::lapic::REG_SIZE]) -> Result {
+        self.apic.as_ref().ok_or(EINVAL)?.get_state(out);
+        Ok(())
+    }
+
+    fn set_lapic(&mut self, regs: &[u8; crate::irq::lapic::REG_SIZE]) -> Result {
+        self.apic.as_mut().ok_or(EINVAL)?.set_state(regs);
+        Ok(())
+    }
+
+    fn get_mp_state(&mut self) -> u32 {
+        self.apic.as_ref().map_or(bindings::KVM_MP_STATE_RUNNABLE, |a| a.mp)
+    }
+
+    fn set_mp_state(&mut self, s: u32) -> Result {
+        match &mut self.apic {
+            Some(a) => a.set_mp_state(s, 0),
+            None if s == bindings::KVM_MP_STATE_RUNNABLE => Ok(()),
+            None => Err(EINVAL),
+        }
+    }
+
     fn get_regs(&mut self, regs: &mut bindings::kvm_regs) -> Result {
         *regs = self.regs;
         Ok(())

@@ -21,6 +21,7 @@ mod backend;
 mod caps;
 mod dev;
 mod ffi;
+mod irq;
 // The pure modules carry API that host tests and later backends use.
 #[allow(dead_code, unreachable_pub)]
 mod memslot;

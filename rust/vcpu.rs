@@ -71,6 +71,9 @@ pub(crate) struct Vcpu {
     run_page: Page,
     /// The PIO data page (`kvm_run->io.data_offset` points into it).
     pio_page: Page,
+    /// The VM had an in-kernel irqchip when this vCPU was created: it has an in-kernel LAPIC
+    /// (upstream `lapic_in_kernel`).
+    has_apic: bool,
     /// The backend's state, under the vCPU mutex.
     #[pin]
     arch: Mutex<KBox<dyn BackendVcpu>>,
@@ -90,14 +93,17 @@ impl Vcpu {
         backend: &dyn crate::backend::Backend,
         vm: &dyn crate::backend::BackendVm,
         id: u32,
+        apic: Option<crate::irq::VcpuApic>,
     ) -> Result<Arc<Vcpu>> {
         let zeroed = GFP_KERNEL_ACCOUNT | __GFP_ZERO;
-        let arch = backend.create_vcpu(vm, id)?;
+        let has_apic = apic.is_some();
+        let arch = backend.create_vcpu(vm, id, apic)?;
         Arc::pin_init(
             try_pin_init!(Vcpu {
                 id,
                 run_page: Page::alloc_page(zeroed)?,
                 pio_page: Page::alloc_page(zeroed)?,
+                has_apic,
                 arch <- kernel::new_mutex!(arch),
                 cpuid <- kernel::new_mutex!(KVec::new()),
                 sigmask <- kernel::new_mutex!(None),
@@ -245,17 +251,26 @@ impl FileKind for VcpuKind {
                 }
                 arch.set_xcrs(&x).map(|()| 0)
             }
-            // Userspace irqchip: a vCPU is always runnable (HLT exits to userspace), as
-            // upstream without an in-kernel LAPIC.
+            // RUNNABLE, or HALTED with an in-kernel LAPIC (INIT/SIPI states are not modelled).
             b::KVM_GET_MP_STATE => {
-                write_user(arg, &b::kvm_mp_state { mp_state: b::KVM_MP_STATE_RUNNABLE }).map(|()| 0)
+                write_user(arg, &b::kvm_mp_state { mp_state: arch.get_mp_state() }).map(|()| 0)
             }
             b::KVM_SET_MP_STATE => {
                 let s: b::kvm_mp_state = read_user(arg)?;
-                if s.mp_state != b::KVM_MP_STATE_RUNNABLE {
+                arch.set_mp_state(s.mp_state).map(|()| 0)
+            }
+            b::KVM_GET_LAPIC => {
+                let mut st = b::kvm_lapic_state::default();
+                let regs = lapic_regs(&mut st);
+                arch.get_lapic(regs)?;
+                write_user(arg, &st).map(|()| 0)
+            }
+            b::KVM_SET_LAPIC => {
+                if !f.vcpu.has_apic {
                     return Err(EINVAL);
                 }
-                Ok(0)
+                let mut st: b::kvm_lapic_state = read_user(arg)?;
+                arch.set_lapic(lapic_regs(&mut st)).map(|()| 0)
             }
             // Upstream `kvm_vcpu_ioctl_x86_get_xsave` / `_get_xsave2` / `_set_xsave`: the area is
             // `KVM_CAP_XSAVE2` bytes, which is exactly `struct kvm_xsave` here.
@@ -281,6 +296,10 @@ impl FileKind for VcpuKind {
                 let irq: b::kvm_interrupt = read_user(arg)?;
                 if irq.irq >= 256 {
                     return Err(EINVAL);
+                }
+                // Not with an in-kernel PIC.
+                if f.vcpu.has_apic {
+                    return Err(ENXIO);
                 }
                 arch.queue_interrupt(irq.irq as u8).map(|()| 0)
             }
@@ -313,6 +332,14 @@ impl FileKind for VcpuKind {
         unsafe { b::rkvm_get_page(page) };
         Some(page)
     }
+}
+
+/// The register image of a `struct kvm_lapic_state` as bytes.
+fn lapic_regs(st: &mut b::kvm_lapic_state) -> &mut [u8; crate::irq::lapic::REG_SIZE] {
+    const _: () = assert!(crate::irq::lapic::REG_SIZE == b::KVM_APIC_REG_SIZE as usize);
+    // SAFETY: `regs` is `[c_char; KVM_APIC_REG_SIZE]`; `c_char` and `u8` have the same size and
+    // alignment and every bit pattern is valid for both; the borrow is tied to `st`.
+    unsafe { &mut *st.regs.as_mut_ptr().cast::<[u8; crate::irq::lapic::REG_SIZE]>() }
 }
 
 /// `KVM_SET_SIGNAL_MASK`'s argument: `None` (a NULL pointer) turns the mask off; otherwise
@@ -453,8 +480,9 @@ fn run(f: &VcpuFile, arch: &mut dyn BackendVcpu) -> Result {
     if valid_regs & !SYNC_REGS_VALID != 0 || dirty_regs & !SYNC_REGS_VALID != 0 {
         return Err(EINVAL);
     }
-    // Userspace irqchip: TPR comes from kvm_run->cr8, 4 bits.
-    if cr8 > 15 {
+    // Userspace irqchip: TPR comes from kvm_run->cr8, 4 bits (upstream ignores it when the
+    // LAPIC is in the kernel: `kvm_arch_vcpu_ioctl_run` → `kvm_set_cr8` only without one).
+    if cr8 > 15 && !f.vcpu.has_apic {
         return Err(EINVAL);
     }
     let sigmask = *f.vcpu.sigmask.lock();

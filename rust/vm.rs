@@ -13,7 +13,8 @@ use crate::backend::{Backend, BackendVm};
 use crate::caps;
 use crate::ffi::bindings as b;
 use crate::ffi::fileops::{self, FileKind, Fops};
-use crate::ffi::uapi::read_user;
+use crate::ffi::uapi::{read_user, write_user};
+use crate::irq::{Irqchip, VcpuApic};
 use crate::memslot::{self, GfnRange, Memslot, Memslots, SlotError, SlotVec};
 use crate::vcpu::{self, Vcpu};
 use kernel::c_str;
@@ -70,6 +71,15 @@ struct VmState {
     tss_addr: Option<u64>,
     /// `KVM_SET_IDENTITY_MAP_ADDR` (likewise).
     identity_map_addr: Option<u64>,
+    /// The in-kernel PIC and IOAPIC (`KVM_CREATE_IRQCHIP`; upstream `kvm->arch.vpic` and
+    /// `vioapic`). Set once, before any vCPU exists, and kept until the VM goes.
+    irqchip: Option<Arc<Irqchip>>,
+    /// `KVM_ENABLE_CAP(KVM_CAP_MAX_VCPU_ID)`: vCPU ids are below this (0: not set, the global
+    /// limit applies; upstream `kvm->arch.max_vcpu_ids`).
+    max_vcpu_ids: u32,
+    /// `KVM_SET_NR_MMU_PAGES`. Recorded only: that limit bounds upstream's shadow-paging page
+    /// cache, and rkvm's EPT tables have no such cache.
+    nr_mmu_pages: u64,
 }
 
 /// A virtual machine (upstream: `struct kvm`).
@@ -108,7 +118,14 @@ pub(crate) fn create(backend: &Arc<dyn Backend>, vm_type: usize) -> Result<i32> 
             backend: backend.clone(),
             arch: backend.create_vm()?,
             mm: MmRef::current()?,
-            state <- kernel::new_mutex!(VmState { vcpus: KVec::new(), tss_addr: None, identity_map_addr: None }),
+            state <- kernel::new_mutex!(VmState {
+                vcpus: KVec::new(),
+                tss_addr: None,
+                identity_map_addr: None,
+                irqchip: None,
+                max_vcpu_ids: 0,
+                nr_mmu_pages: 0,
+            }),
             slots <- kernel::new_mutex!(Memslots::new(KVec::new(), KVec::new())),
         }),
         GFP_KERNEL_ACCOUNT,
@@ -168,8 +185,83 @@ impl Vm {
                 Ok(0)
             }
             b::KVM_CHECK_EXTENSION => Ok(caps::check_extension(&*vm.backend, arg)),
+            b::KVM_ENABLE_CAP => {
+                let cap: b::kvm_enable_cap = read_user(arg)?;
+                vm.enable_cap(&cap).map(|()| 0)
+            }
+            // Upstream `kvm_vm_ioctl_set_nr_mmu_pages`: at least KVM_MIN_ALLOC_MMU_PAGES (64).
+            b::KVM_SET_NR_MMU_PAGES => {
+                if arg < 64 {
+                    return Err(EINVAL);
+                }
+                vm.state.lock().nr_mmu_pages = arg as u64;
+                Ok(0)
+            }
+            // Upstream x86 `kvm_arch_vm_ioctl`: one irqchip per VM, before any vCPU.
+            b::KVM_CREATE_IRQCHIP => {
+                let mut state = vm.state.lock();
+                if state.irqchip.is_some() {
+                    return Err(EEXIST);
+                }
+                if !state.vcpus.is_empty() {
+                    return Err(EINVAL);
+                }
+                state.irqchip = Some(Irqchip::new()?);
+                Ok(0)
+            }
+            // Upstream `kvm_vm_ioctl_irq_line`: ENXIO without an in-kernel irqchip; the status
+            // is written back only for KVM_IRQ_LINE_STATUS.
+            b::KVM_IRQ_LINE | b::KVM_IRQ_LINE_STATUS => {
+                let mut ev: b::kvm_irq_level = read_user(arg)?;
+                let chip = vm.irqchip().ok_or(ENXIO)?;
+                // SAFETY: both views of the union are the same u32 (`irq` on input).
+                let gsi = unsafe { ev.__bindgen_anon_1.irq };
+                let status = chip.set_irq(gsi, ev.level != 0);
+                if cmd == b::KVM_IRQ_LINE_STATUS {
+                    ev.__bindgen_anon_1.status = status;
+                    write_user(arg, &ev)?;
+                }
+                Ok(0)
+            }
+            b::KVM_GET_IRQCHIP => {
+                let mut chip: b::kvm_irqchip = read_user(arg)?;
+                vm.irqchip().ok_or(ENXIO)?.get(&mut chip)?;
+                write_user(arg, &chip).map(|()| 0)
+            }
+            b::KVM_SET_IRQCHIP => {
+                let chip: b::kvm_irqchip = read_user(arg)?;
+                vm.irqchip().ok_or(ENXIO)?.set(&chip).map(|()| 0)
+            }
             // Upstream x86's `kvm_arch_vm_ioctl` default.
             _ => Err(ENOTTY),
+        }
+    }
+
+    /// `KVM_ENABLE_CAP` on the VM (upstream `kvm_vm_ioctl_enable_cap_generic` and x86's
+    /// `kvm_vm_ioctl_enable_cap`): flags must be 0; caps that cannot be enabled get `EINVAL`.
+    fn enable_cap(&self, cap: &b::kvm_enable_cap) -> Result {
+        if cap.flags != 0 {
+            return Err(EINVAL);
+        }
+        match cap.cap {
+            // Lowers the vCPU id limit, once (setting the same value again is allowed). The
+            // boot CPU is always vCPU 0, so any value of at least 1 keeps it creatable.
+            b::KVM_CAP_MAX_VCPU_ID => {
+                let want = cap.args[0];
+                if want > u64::from(caps::MAX_VCPU_ID) {
+                    return Err(EINVAL);
+                }
+                let mut state = self.state.lock();
+                if u64::from(state.max_vcpu_ids) == want {
+                    Ok(())
+                } else if state.max_vcpu_ids == 0 && want != 0 {
+                    state.max_vcpu_ids = want as u32;
+                    Ok(())
+                } else {
+                    Err(EINVAL)
+                }
+            }
+            _ => Err(EINVAL),
         }
     }
 
@@ -180,13 +272,18 @@ impl Vm {
         }
         let id = id as u32;
         let mut state = vm.state.lock();
+        // Upstream `kvm_arch_vcpu_precreate`.
+        if state.max_vcpu_ids != 0 && id >= state.max_vcpu_ids {
+            return Err(EINVAL);
+        }
         if state.vcpus.len() >= caps::MAX_VCPUS as usize {
             return Err(EINVAL);
         }
         if state.vcpus.iter().any(|v| v.id == id) {
             return Err(EEXIST);
         }
-        let vcpu = Vcpu::new(&*vm.backend, &*vm.arch, id)?;
+        let apic = state.irqchip.as_ref().map(|c| VcpuApic::new(c, id)).transpose()?;
+        let vcpu = Vcpu::new(&*vm.backend, &*vm.arch, id, apic)?;
         // Reserve the array slot first so that, once the fd exists, nothing can fail.
         state.vcpus.reserve(1, GFP_KERNEL_ACCOUNT)?;
         let fd = vcpu::create_fd(vm.into(), vcpu.clone())?;
@@ -206,6 +303,11 @@ impl Vm {
             self.arch.unmap_slot(&old);
         }
         slots.commit(change).map_err(slot_errno)
+    }
+
+    /// The in-kernel irqchip, if `KVM_CREATE_IRQCHIP` made one.
+    fn irqchip(&self) -> Option<Arc<Irqchip>> {
+        self.state.lock().irqchip.clone()
     }
 
     /// Whether the caller runs in the address space that created the VM.

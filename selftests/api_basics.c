@@ -9,6 +9,7 @@
  * kvm_vm_ioctl_create_vcpu (virt/kvm/kvm_main.c), kvm_arch_dev_ioctl, kvm_arch_vm_ioctl,
  * kvm_arch_vcpu_ioctl (arch/x86/kvm/x86.c: unknown → EINVAL / ENOTTY / EINVAL).
  */
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include "rkvm_util.h"
@@ -69,8 +70,12 @@ static const struct { int cap; long want; } caps[] = {
 	{ KVM_CAP_GET_TSC_KHZ, 1 },
 	{ KVM_CAP_SYNC_REGS, KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS | KVM_SYNC_X86_EVENTS },
 	{ KVM_CAP_NR_VCPUS, -1 },
-	{ KVM_CAP_MAX_VCPUS, 64 },
-	{ KVM_CAP_MAX_VCPU_ID, 1024 },
+	{ KVM_CAP_MAX_VCPUS, 1024 },
+	{ KVM_CAP_MAX_VCPU_ID, 4096 },
+	{ KVM_CAP_IRQCHIP, 1 },
+	{ KVM_CAP_IRQ_INJECT_STATUS, 1 },
+	{ KVM_CAP_ENABLE_CAP_VM, 1 },
+	{ KVM_CAP_MMU_SHADOW_CACHE_CONTROL, 1 },
 	{ KVM_CAP_NR_MEMSLOTS, 32764 },
 	{ KVM_CAP_VM_TYPES, 1 },
 };
@@ -107,7 +112,7 @@ TEST(check_extension_table)
 		long got_vm = ioctl(vm, KVM_CHECK_EXTENSION, cap);
 
 		if (cap == KVM_CAP_NR_VCPUS)
-			want = ncpus < 64 ? ncpus : 64;
+			want = ncpus < 1024 ? ncpus : 1024;
 		if (got != want || got_vm != want) {
 			printf("# cap %d: dev fd %ld, vm fd %ld, wanted %ld\n", cap, got, got_vm, want);
 			ktap_failed_case = 1;
@@ -125,10 +130,14 @@ TEST(vcpu_ids_and_limits)
 	int kvm = open_dev(), vm = create_vm(kvm);
 	long max_vcpus = ioctl(kvm, KVM_CHECK_EXTENSION, KVM_CAP_MAX_VCPUS);
 	long max_id = ioctl(kvm, KVM_CHECK_EXTENSION, KVM_CAP_MAX_VCPU_ID);
-	int fds[1024], n = 0, fd;
+	static int fds[1024];
+	int n = 0, fd;
 	char link[64], target[64] = "";
+	/* One fd per vCPU, plus a few: above the default limit of 1024 open files. */
+	struct rlimit rl = { max_vcpus + 64, max_vcpus + 64 };
 
 	CHECK(max_vcpus > 0 && max_vcpus <= 1024 && max_id >= max_vcpus);
+	CHECK(setrlimit(RLIMIT_NOFILE, &rl) == 0);
 	CHECK_ERRNO(ioctl(vm, KVM_CREATE_VCPU, max_id), EINVAL);
 	CHECK_ERRNO(ioctl(vm, KVM_CREATE_VCPU, 1UL << 32), EINVAL);
 	fd = ioctl(vm, KVM_CREATE_VCPU, max_id - 1);
@@ -240,6 +249,41 @@ TEST(tss_and_identity_map_addr)
 	close(kvm);
 }
 
+/* KVM_ENABLE_CAP(KVM_CAP_MAX_VCPU_ID) (upstream x86 kvm_vm_ioctl_enable_cap) and
+ * KVM_SET_NR_MMU_PAGES (kvm_vm_ioctl_set_nr_mmu_pages). */
+TEST(enable_cap_and_nr_mmu_pages)
+{
+	int kvm = open_dev(), vm = create_vm(kvm), fd;
+	long max_id = ioctl(kvm, KVM_CHECK_EXTENSION, KVM_CAP_MAX_VCPU_ID);
+	struct kvm_enable_cap cap = { .cap = KVM_CAP_MAX_VCPU_ID, .args = { max_id + 1 } };
+
+	CHECK(ioctl(vm, KVM_CHECK_EXTENSION, KVM_CAP_ENABLE_CAP_VM) == 1);
+	/* Beyond the global limit, nonzero flags, a cap that cannot be enabled: EINVAL. */
+	CHECK_ERRNO(ioctl(vm, KVM_ENABLE_CAP, &cap), EINVAL);
+	cap.args[0] = 2;
+	cap.flags = 1;
+	CHECK_ERRNO(ioctl(vm, KVM_ENABLE_CAP, &cap), EINVAL);
+	cap.flags = 0;
+	cap.cap = KVM_CAP_USER_MEMORY;
+	CHECK_ERRNO(ioctl(vm, KVM_ENABLE_CAP, &cap), EINVAL);
+	CHECK_ERRNO(ioctl(vm, KVM_ENABLE_CAP, NULL), EFAULT);
+	cap.cap = KVM_CAP_MAX_VCPU_ID;
+	CHECK(ioctl(vm, KVM_ENABLE_CAP, &cap) == 0);
+	/* The same value again is fine, another one is not. */
+	CHECK(ioctl(vm, KVM_ENABLE_CAP, &cap) == 0);
+	cap.args[0] = 3;
+	CHECK_ERRNO(ioctl(vm, KVM_ENABLE_CAP, &cap), EINVAL);
+	CHECK_ERRNO(ioctl(vm, KVM_CREATE_VCPU, 2), EINVAL);
+	fd = ioctl(vm, KVM_CREATE_VCPU, 1);
+	CHECK(fd >= 0);
+	close(fd);
+	/* At least KVM_MIN_ALLOC_MMU_PAGES (64). */
+	CHECK_ERRNO(ioctl(vm, KVM_SET_NR_MMU_PAGES, 63UL), EINVAL);
+	CHECK(ioctl(vm, KVM_SET_NR_MMU_PAGES, 64UL) == 0);
+	close(vm);
+	close(kvm);
+}
+
 TEST(device_node_mode)
 {
 	struct stat st;
@@ -261,4 +305,5 @@ KTAP_MAIN("rkvm api_basics",
 	CASE(unknown_ioctls),
 	CASE(other_address_space_gets_eio),
 	CASE(tss_and_identity_map_addr),
+	CASE(enable_cap_and_nr_mmu_pages),
 	CASE(device_node_mode))

@@ -323,3 +323,103 @@ void rkvm_local_irq_restore(unsigned long flags)
 {
 	local_irq_restore(flags);
 }
+
+/* --- in-kernel irqchip: the vCPU wake-up point ------------------------------------------------ */
+
+#include <linux/hrtimer.h>
+#include <linux/slab.h>
+#include <linux/spinlock.h>
+#include <linux/wait.h>
+
+struct rkvm_kick {
+	struct hrtimer timer;
+	wait_queue_head_t wq;
+	atomic_t seq;
+	atomic_t timer_fired;
+	raw_spinlock_t lock;		/* protects task */
+	struct task_struct *task;	/* in KVM_RUN; cleared by itself before it returns */
+};
+
+void rkvm_kick(struct rkvm_kick *k)
+{
+	unsigned long flags;
+
+	atomic_inc(&k->seq);
+	/* Orders the increment before the sleeper check (pairs with prepare_to_wait's barrier). */
+	smp_mb__after_atomic();
+	wake_up_interruptible(&k->wq);
+	raw_spin_lock_irqsave(&k->lock, flags);
+	/* A task running guest code elsewhere takes a reschedule IPI, i.e. a VM exit (upstream:
+	 * kvm_vcpu_kick's smp_send_reschedule). */
+	if (k->task)
+		kick_process(k->task);
+	raw_spin_unlock_irqrestore(&k->lock, flags);
+}
+
+static enum hrtimer_restart rkvm_kick_timer_fn(struct hrtimer *t)
+{
+	struct rkvm_kick *k = container_of(t, struct rkvm_kick, timer);
+
+	atomic_set(&k->timer_fired, 1);
+	rkvm_kick(k);
+	return HRTIMER_NORESTART;
+}
+
+struct rkvm_kick *rkvm_kick_alloc(void)
+{
+	struct rkvm_kick *k = kzalloc(sizeof(*k), GFP_KERNEL_ACCOUNT);
+
+	if (!k)
+		return NULL;
+	hrtimer_init(&k->timer, CLOCK_MONOTONIC, HRTIMER_MODE_ABS_HARD);
+	k->timer.function = rkvm_kick_timer_fn;
+	init_waitqueue_head(&k->wq);
+	raw_spin_lock_init(&k->lock);
+	return k;
+}
+
+void rkvm_kick_free(struct rkvm_kick *k)
+{
+	hrtimer_cancel(&k->timer);
+	kfree(k);
+}
+
+unsigned int rkvm_kick_seq(struct rkvm_kick *k)
+{
+	return atomic_read(&k->seq);
+}
+
+int rkvm_kick_wait(struct rkvm_kick *k, unsigned int seq)
+{
+	return wait_event_interruptible(k->wq, (unsigned int)atomic_read(&k->seq) != seq);
+}
+
+void rkvm_kick_set_task(struct rkvm_kick *k, bool running)
+{
+	unsigned long flags;
+
+	raw_spin_lock_irqsave(&k->lock, flags);
+	k->task = running ? current : NULL;
+	raw_spin_unlock_irqrestore(&k->lock, flags);
+}
+
+void rkvm_kick_timer_start(struct rkvm_kick *k, u64 ns)
+{
+	hrtimer_start(&k->timer, ns_to_ktime(ns), HRTIMER_MODE_ABS_HARD);
+}
+
+void rkvm_kick_timer_cancel(struct rkvm_kick *k)
+{
+	hrtimer_cancel(&k->timer);
+	atomic_set(&k->timer_fired, 0);
+}
+
+bool rkvm_kick_timer_fired(struct rkvm_kick *k)
+{
+	return atomic_xchg(&k->timer_fired, 0);
+}
+
+u64 rkvm_ktime_ns(void)
+{
+	return ktime_get_ns();
+}

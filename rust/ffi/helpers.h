@@ -102,4 +102,32 @@ void rkvm_uret_unregister(void);
 unsigned long rkvm_local_irq_save(void);
 void rkvm_local_irq_restore(unsigned long flags);
 
+
+/* --- for the in-kernel irqchip (rust/irq/) ------------------------------------------------------ */
+
+/*
+ * A vCPU's wake-up point (upstream: the parts of struct kvm_vcpu that kvm_vcpu_kick and
+ * kvm_vcpu_block use, plus the LAPIC timer's hrtimer). Opaque to Rust. Anyone may post work to the
+ * vCPU and then call rkvm_kick(); the vCPU snapshots rkvm_kick_seq() before it checks for work and
+ * sleeps in rkvm_kick_wait() only while the sequence is unchanged, so no kick is lost.
+ */
+struct rkvm_kick;
+struct rkvm_kick *rkvm_kick_alloc(void);
+/* Cancels the timer (waiting for a running callback) and frees. */
+void rkvm_kick_free(struct rkvm_kick *k);
+/* Wakes the vCPU: bumps the sequence, wakes a sleeper, and IPIs its task if it runs elsewhere. */
+void rkvm_kick(struct rkvm_kick *k);
+unsigned int rkvm_kick_seq(struct rkvm_kick *k);
+/* Sleeps (interruptibly) until the sequence differs from `seq`; -ERESTARTSYS on a signal. */
+int rkvm_kick_wait(struct rkvm_kick *k, unsigned int seq);
+/* The task in KVM_RUN (the caller) for IPIs, or none. */
+void rkvm_kick_set_task(struct rkvm_kick *k, bool running);
+/* The LAPIC timer: fires once at absolute CLOCK_MONOTONIC time `ns` (restarting replaces). */
+void rkvm_kick_timer_start(struct rkvm_kick *k, u64 ns);
+void rkvm_kick_timer_cancel(struct rkvm_kick *k);
+/* Whether the timer fired since the last call (and clears the flag). */
+bool rkvm_kick_timer_fired(struct rkvm_kick *k);
+/* CLOCK_MONOTONIC now, in ns. */
+u64 rkvm_ktime_ns(void);
+
 #endif

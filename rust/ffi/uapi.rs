@@ -41,6 +41,10 @@ plain_old_data!(
     kvm_vcpu_events,
     kvm_signal_mask,
     kvm_translation,
+    kvm_irqchip,
+    kvm_irq_level,
+    kvm_lapic_state,
+    kvm_enable_cap,
 );
 
 /// Copies `n` `T`s in from the user array at `arg` (`EFAULT` if it cannot be read).

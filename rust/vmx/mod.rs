@@ -250,7 +250,8 @@ fn wants() -> Wants {
         pin: Want {
             // Virtual NMIs: the CPU tracks the guest's NMI blocking, and NMI-window exits exist.
             required: b::PIN_BASED_EXT_INTR_MASK | b::PIN_BASED_NMI_EXITING | b::PIN_BASED_VIRTUAL_NMIS,
-            optional: 0,
+            // A watchdog exit (see `vcpu::WATCHDOG`).
+            optional: b::PIN_BASED_VMX_PREEMPTION_TIMER,
             forbidden: 0,
         },
         proc: Want {
@@ -523,8 +524,8 @@ impl Backend for VmxBackend {
         Ok(unsafe { KBox::from_raw(raw as *mut dyn BackendVm) })
     }
 
-    fn create_vcpu(&self, vm: &dyn BackendVm, id: u32) -> Result<KBox<dyn BackendVcpu>> {
+    fn create_vcpu(&self, vm: &dyn BackendVm, id: u32, apic: Option<crate::irq::VcpuApic>) -> Result<KBox<dyn BackendVcpu>> {
         let vm = vm.as_any().downcast_ref::<ept::VmxVm>().ok_or(EINVAL)?;
-        crate::backend::boxed(vcpu::VmxVcpu::new(&self.g, vm.eptp(), id)?)
+        crate::backend::boxed(vcpu::VmxVcpu::new(&self.g, vm.eptp(), id, apic)?)
     }
 }

@@ -21,6 +21,7 @@ use super::vmcs::{self, field as f, Vmcs};
 use super::pt::{self, PtContext};
 use super::{insn, rdmsr, KernelMsrs, VmxGlobal};
 use crate::backend::{BackendVcpu, RunContext};
+use crate::irq::{lapic, VcpuApic};
 use crate::ffi::bindings as b;
 use crate::vm::Fault;
 use crate::x86::cr;
@@ -138,8 +139,11 @@ pub(crate) struct VmxVcpu {
     regs: GuestRegs,
     cr2: u64,
     efer: u64,
+    /// CR8 and IA32_APIC_BASE without an in-kernel LAPIC (with one, `apic` holds them).
     cr8: u64,
     apic_base: u64,
+    /// The in-kernel LAPIC (`KVM_CREATE_IRQCHIP` before this vCPU was created).
+    apic: Option<VcpuApic>,
     interrupt_bitmap: [u64; 4],
     fpu: KBox<FxArea>,
     pending: Option<PendingIo>,
@@ -212,6 +216,16 @@ mod reason {
     pub(super) const MSR_WRITE: u32 = b::EXIT_REASON_MSR_WRITE;
     pub(super) const EPT_VIOLATION: u32 = b::EXIT_REASON_EPT_VIOLATION;
     pub(super) const XSETBV: u32 = b::EXIT_REASON_XSETBV;
+    pub(super) const PREEMPTION_TIMER: u32 = b::EXIT_REASON_PREEMPTION_TIMER;
+}
+
+/// How one attempt to enter the guest ended.
+enum Entered {
+    Exit(ExitInfo),
+    /// VMLAUNCH/VMRESUME failed: the VM-instruction error.
+    Failed(u32),
+    /// A kick arrived before the entry: look for the posted work and try again.
+    Cancelled,
 }
 
 /// What to do after an exit.
@@ -226,6 +240,15 @@ enum Next {
 const DR6_RESET: u64 = 0xffff_0ff0;
 const DR7_RESET: u64 = 0x400;
 
+/// The VMX-preemption timer's start value at every entry: a guest exits at the latest after
+/// `WATCHDOG << IA32_VMX_MISC[4:0]` TSC ticks (about 2 M ticks, ~1 ms at 2 GHz, ~40 ms of
+/// emulated time in Bochs). Host interrupts cause exits anyway; this bounds how long a guest
+/// can run when they do not: Bochs 2.7 keeps host interrupts masked while a guest with
+/// RFLAGS.IF = 0 runs (see the README's Bochs notes), which froze a 1-CPU machine whenever a
+/// selftest guest spun with interrupts off (upstream's memslot_perf_test). Upstream has no such
+/// watchdog; it uses the timer only for the LAPIC timer and nested VMX.
+const WATCHDOG: u64 = 1 << 16;
+
 /// Vector numbers of the exceptions the backend injects.
 const GP: u32 = 13;
 const PF: u32 = 14;
@@ -233,7 +256,7 @@ const UD: u32 = 6;
 
 impl VmxVcpu {
     /// Creates vCPU `id` with a VMCS set up for `config` and the VM's EPT, in RESET state.
-    pub(crate) fn new(g: &VmxGlobal, eptp: u64, id: u32) -> Result<VmxVcpu> {
+    pub(crate) fn new(g: &VmxGlobal, eptp: u64, id: u32, apic: Option<VcpuApic>) -> Result<VmxVcpu> {
         let config = &g.config;
         let vmcs = Vmcs::new(config.revision_id)?;
         // A freshly initialised FXSAVE image: FCW 0x37f, MXCSR 0x1f80 (upstream: fpstate_init).
@@ -250,6 +273,7 @@ impl VmxVcpu {
             efer: 0,
             cr8: 0,
             apic_base: 0,
+            apic,
             interrupt_bitmap: [0; 4],
             fpu: KBox::new(fx, GFP_KERNEL_ACCOUNT)?,
             pending: None,
@@ -280,6 +304,8 @@ impl VmxVcpu {
         let mut regs = b::kvm_regs::default();
         let mut sregs = b::kvm_sregs::default();
         crate::vcpu::reset_state(&mut regs, &mut sregs);
+        // The LAPIC's own RESET value (0 without one, as upstream).
+        sregs.apic_base = v.get_apic_base();
         v.with_vmcs(|v| {
             v.init_vmcs(eptp);
             v.write_regs(&regs);
@@ -317,6 +343,11 @@ impl VmxVcpu {
     fn init_vmcs(&mut self, eptp: u64) {
         let c = &self.config;
         vmcs::write(f::PIN_BASED_VM_EXEC_CONTROL, c.pin.into());
+        if c.pin & b::PIN_BASED_VMX_PREEMPTION_TIMER != 0 {
+            // Reloaded from this field at every entry (the exit control that saves the
+            // running value is off), so it never needs writing again.
+            vmcs::write(f::VMX_PREEMPTION_TIMER_VALUE, WATCHDOG);
+        }
         vmcs::write(f::CPU_BASED_VM_EXEC_CONTROL, c.proc.into());
         vmcs::write(f::SECONDARY_VM_EXEC_CONTROL, c.proc2.into());
         vmcs::write(f::VM_EXIT_CONTROLS, c.exit.into());
@@ -467,9 +498,9 @@ impl VmxVcpu {
         self.set_cr0(s.cr0);
         self.set_cr4(s.cr4);
         if s.cr8 <= 15 {
-            self.cr8 = s.cr8;
+            self.set_cr8(s.cr8);
         }
-        self.apic_base = s.apic_base;
+        self.set_apic_base(s.apic_base);
         self.interrupt_bitmap = s.interrupt_bitmap;
         crate::vcpu::normalize_interrupt_bitmap(&mut self.interrupt_bitmap);
     }
@@ -490,9 +521,9 @@ impl VmxVcpu {
         s.cr2 = self.cr2;
         s.cr3 = vmcs::read(f::GUEST_CR3);
         s.cr4 = vmcs::read(f::CR4_READ_SHADOW);
-        s.cr8 = self.cr8;
+        s.cr8 = self.get_cr8();
         s.efer = self.efer;
-        s.apic_base = self.apic_base;
+        s.apic_base = self.get_apic_base();
         s.interrupt_bitmap = self.interrupt_bitmap;
     }
 
@@ -502,6 +533,43 @@ impl VmxVcpu {
         // Outside 64-bit mode RIP wraps at 32 bits.
         let rip = if self.efer & cr::EFER_LMA != 0 { rip.wrapping_add(len) } else { (rip + len) & 0xffff_ffff };
         vmcs::write(f::GUEST_RIP, rip);
+        // The instruction has completed: an STI or MOV SS shadow it sat in is over (upstream
+        // `vmx_skip_emulated_instruction` → `vmx_set_interrupt_shadow(vcpu, 0)`). Otherwise an
+        // `sti; hlt` guest would stay uninterruptible after the emulated HLT.
+        let st = vmcs::read(f::GUEST_INTERRUPTIBILITY_INFO) as u32;
+        if st & (events::BLOCKING_BY_STI | events::BLOCKING_BY_MOV_SS) != 0 {
+            vmcs::write(f::GUEST_INTERRUPTIBILITY_INFO, (st & !(events::BLOCKING_BY_STI | events::BLOCKING_BY_MOV_SS)).into());
+        }
+    }
+
+    /// CR8: the LAPIC's TPR[7:4] with an in-kernel LAPIC (upstream `kvm_get_cr8`).
+    fn get_cr8(&self) -> u64 {
+        match &self.apic {
+            Some(a) => a.lapic.cr8(),
+            None => self.cr8,
+        }
+    }
+
+    fn set_cr8(&mut self, v: u64) {
+        match &mut self.apic {
+            Some(a) => a.lapic.set_cr8(v),
+            None => self.cr8 = v,
+        }
+    }
+
+    /// IA32_APIC_BASE (upstream `kvm_get_apic_base`).
+    fn get_apic_base(&self) -> u64 {
+        match &self.apic {
+            Some(a) => a.lapic.base(),
+            None => self.apic_base,
+        }
+    }
+
+    fn set_apic_base(&mut self, v: u64) {
+        match &mut self.apic {
+            Some(a) => a.set_base(v),
+            None => self.apic_base = v,
+        }
     }
 
     /// Queues a hardware exception for the next entry (with error code 0 for #GP).
@@ -535,9 +603,11 @@ impl VmxVcpu {
             if v.pending.is_some() {
                 v.pending_rip = v.linear_rip();
             }
-            (v.event_guest_state(), v.apic_base, v.cr8)
+            (v.event_guest_state(), v.get_apic_base(), v.get_cr8())
         })?;
-        let ready = self.events.ready_for_interrupt(g);
+        // With an in-kernel irqchip userspace never injects: always "ready" (upstream
+        // `post_kvm_run_save`: `pic_in_kernel(kvm) || ...`).
+        let ready = self.apic.is_some() || self.events.ready_for_interrupt(g);
         // SAFETY: `run` is the vCPU's kvm_run page; these are plain integer fields.
         unsafe {
             (*run).if_flag = g.if_flag.into();
@@ -566,45 +636,68 @@ impl VmxVcpu {
             return;
         }
         if let PendingIo::Mmio { access, len } = p {
-            match access {
-                Access::Read { reg, high8, size, extend } => {
-                    let mut data = [0u8; 8];
-                    // SAFETY: `run` is the vCPU's kvm_run page; mmio.data is 8 plain bytes that
-                    // userspace filled in.
-                    unsafe { core::ptr::copy_nonoverlapping((*run).__bindgen_anon_1.mmio.data.as_ptr(), data.as_mut_ptr(), 8) };
-                    let old = self.gpr(reg as usize);
-                    self.set_gpr(reg as usize, decode::merge(old, u64::from_le_bytes(data), size, high8, extend));
-                }
-                Access::Stos { size, addr_size } => {
-                    let df = vmcs::read(f::GUEST_RFLAGS) & (1 << 10) != 0;
-                    let rdi = self.regs.gpr[RDI];
-                    let moved = if df { rdi.wrapping_sub(size.into()) } else { rdi.wrapping_add(size.into()) };
-                    self.regs.gpr[RDI] = decode::merge(rdi, moved, addr_size, false, decode::Extend::None);
-                }
-                _ => {}
-            }
-            self.skip_instruction(len.into());
+            let mut data = [0u8; 8];
+            // SAFETY: `run` is the vCPU's kvm_run page; mmio.data is 8 plain bytes that
+            // userspace filled in (for a read).
+            unsafe { core::ptr::copy_nonoverlapping((*run).__bindgen_anon_1.mmio.data.as_ptr(), data.as_mut_ptr(), 8) };
+            self.finish_mmio(access, len, data);
             return;
         }
         if let PendingIo::In { size } = p {
             let mut data = [0u8; 8];
             // SAFETY: `pio` is the vCPU's PIO page; `size` ≤ 4 bytes at offset 0.
             unsafe { core::ptr::copy_nonoverlapping(pio, data.as_mut_ptr(), size as usize) };
-            let v = u64::from_le_bytes(data);
-            let rax = &mut self.regs.gpr[RAX];
-            *rax = match size {
-                1 => (*rax & !0xff) | v,
-                2 => (*rax & !0xffff) | v,
-                _ => v & 0xffff_ffff,
-            };
+            self.set_in_result(size, u64::from_le_bytes(data));
         }
         let len = vmcs::read(f::VM_EXIT_INSTRUCTION_LEN);
         self.skip_instruction(len);
     }
 
-    /// One guest entry and exit (steps 3–6 of the module doc). Returns the exit information,
-    /// or `None` if VMLAUNCH/VMRESUME failed (the VM-instruction error is in `fail`).
-    fn enter_once(&mut self, fail: &mut u32, user_window: bool) -> Result<Option<ExitInfo>> {
+    /// Completes an emulated MMIO instruction (VMCS current): a read's `data` goes to its
+    /// register, STOS moves rDI, RIP moves past it.
+    fn finish_mmio(&mut self, access: Access, len: u8, data: [u8; 8]) {
+        match access {
+            Access::Read { reg, high8, size, extend } => {
+                let old = self.gpr(reg as usize);
+                self.set_gpr(reg as usize, decode::merge(old, u64::from_le_bytes(data), size, high8, extend));
+            }
+            Access::Stos { size, addr_size } => {
+                let df = vmcs::read(f::GUEST_RFLAGS) & (1 << 10) != 0;
+                let rdi = self.regs.gpr[RDI];
+                let moved = if df { rdi.wrapping_sub(size.into()) } else { rdi.wrapping_add(size.into()) };
+                self.regs.gpr[RDI] = decode::merge(rdi, moved, addr_size, false, decode::Extend::None);
+            }
+            Access::Test { size, src } => {
+                let b = match src {
+                    decode::TestSrc::Imm(v) => v,
+                    decode::TestSrc::Reg { reg, high8 } => {
+                        let v = self.gpr(reg as usize);
+                        if high8 { v >> 8 } else { v }
+                    }
+                };
+                let flags = decode::test_flags(vmcs::read(f::GUEST_RFLAGS), u64::from_le_bytes(data), b, size);
+                vmcs::write(f::GUEST_RFLAGS, flags);
+            }
+            _ => {}
+        }
+        self.skip_instruction(len.into());
+    }
+
+    /// Stores an IN instruction's `size`-byte result in rAX (upstream `complete_fast_pio_in`).
+    fn set_in_result(&mut self, size: u32, v: u64) {
+        let rax = &mut self.regs.gpr[RAX];
+        *rax = match size {
+            1 => (*rax & !0xff) | (v & 0xff),
+            2 => (*rax & !0xffff) | (v & 0xffff),
+            _ => v & 0xffff_ffff,
+        };
+    }
+
+    /// One guest entry and exit (steps 3–6 of the module doc). `window`: ask for an
+    /// interrupt-window exit. `kick_seq`: the LAPIC's kick sequence when its posted work was
+    /// last folded in; a kick since then cancels the entry (upstream: the `kvm_vcpu_exit_request`
+    /// check with interrupts off in `vcpu_enter_guest`).
+    fn enter_once(&mut self, window: bool, kick_seq: u32) -> Result<Entered> {
         // SAFETY: preemption stays disabled until the matching enable at the end.
         unsafe { b::rkvm_preempt_disable() };
         // SAFETY: preemption disabled; this CPU is in VMX operation; vCPU mutex held.
@@ -625,10 +718,10 @@ impl VmxVcpu {
         // The event to deliver and the window exits to ask for (upstream: inject_pending_event).
         // With nothing queued (the common case) the guest's RFLAGS and interruptibility are not
         // read, and the VMCS is written only where it changes.
-        let ev = if self.events.idle() && !user_window {
+        let ev = if self.events.idle() && !window {
             events::Entry::default()
         } else {
-            self.events.next_entry(self.event_guest_state(), user_window)
+            self.events.next_entry(self.event_guest_state(), window)
         };
         if ev.info != 0 || self.entry_info_valid {
             vmcs::write(f::VM_ENTRY_INTR_INFO_FIELD, ev.info.into());
@@ -705,22 +798,33 @@ impl VmxVcpu {
             // the host's comes back below, before kernel_fpu_end.
             unsafe { insn::xsetbv0(self.xcr0) };
         }
-        let pt_caps = super::global().pt;
+        // Work posted after the last look (an IPI, the timer) would otherwise wait for an
+        // unrelated exit; a kick that comes after this check finds interrupts off and causes
+        // an exit right after the entry.
+        let cancelled = self.apic.as_ref().is_some_and(|a| a.posted.kick.seq() != kick_seq);
+        let pt_caps = if cancelled { None } else { super::global().pt };
         if let Some(caps) = pt_caps {
             pt::guest_enter(&mut KernelMsrs, caps, &mut self.pt_host, &self.pt_guest);
         }
-        self.ran = true;
-        // SAFETY: interrupts are off until the entry, so no host fault observes the guest CR2;
-        // the VMCS is current with this CPU's host state; `launched` tracks VMLAUNCH.
-        let exited = unsafe {
-            insn::write_cr2(self.cr2);
-            entry::enter(&mut self.regs, self.vmcs.launched)
+        let exited = if cancelled {
+            None
+        } else {
+            self.ran = true;
+            // SAFETY: interrupts are off until the entry, so no host fault observes the guest
+            // CR2; the VMCS is current with this CPU's host state; `launched` tracks VMLAUNCH.
+            let exited = unsafe {
+                insn::write_cr2(self.cr2);
+                entry::enter(&mut self.regs, self.vmcs.launched)
+            };
+            self.cr2 = insn::read_cr2();
+            Some(exited)
         };
-        self.cr2 = insn::read_cr2();
         if let Some(caps) = pt_caps {
             pt::guest_exit(&mut KernelMsrs, caps, &self.pt_host, &mut self.pt_guest);
         }
-        let info = if exited {
+        let info = if cancelled {
+            Entered::Cancelled
+        } else if exited == Some(true) {
             let info = ExitInfo {
                 reason: vmcs::read(f::VM_EXIT_REASON) as u32,
                 qualification: vmcs::read(f::EXIT_QUALIFICATION),
@@ -751,10 +855,9 @@ impl VmxVcpu {
                 // SAFETY: interrupts are off; vector 2 is the kernel's NMI entry.
                 unsafe { core::arch::asm!("int 2") };
             }
-            Some(info)
+            Entered::Exit(info)
         } else {
-            *fail = vmcs::read(f::VM_INSTRUCTION_ERROR) as u32;
-            None
+            Entered::Failed(vmcs::read(f::VM_INSTRUCTION_ERROR) as u32)
         };
         // SAFETY: restore what the VM exit reset or the guest may have changed: the TR and GDT
         // limits, DR7 (reset to 0x400 by the exit), KERNEL_GS_BASE (guest SWAPGS or WRMSR),
@@ -763,7 +866,7 @@ impl VmxVcpu {
             b::rkvm_restore_host_descriptors();
             // The exit acknowledged the interrupt (VM_EXIT_ACK_INTR_ON_EXIT): run the host's
             // handler now, with interrupts still off (upstream: handle_external_interrupt_irqoff).
-            if let Some(e) = &info {
+            if let Entered::Exit(e) = &info {
                 if e.reason == reason::EXTERNAL_INTERRUPT && e.intr_info & (1 << 31) != 0 {
                     entry::deliver_host_interrupt(e.intr_info as u8);
                 }
@@ -808,6 +911,8 @@ impl VmxVcpu {
             // The window exits were asked for by `next_entry`; it runs again before the next
             // entry and injects what is now allowed.
             reason::INTERRUPT_WINDOW | reason::NMI_WINDOW => Ok(Next::Resume),
+            // The watchdog: back to the run loop, which reschedules if needed.
+            reason::PREEMPTION_TIMER => Ok(Next::Resume),
             reason::EXCEPTION_NMI if (e.intr_info >> 8) & 7 == 2 => Ok(Next::Resume),
             reason::TRIPLE_FAULT => {
                 // SAFETY: as above.
@@ -816,6 +921,12 @@ impl VmxVcpu {
             }
             reason::HLT => {
                 self.with_vmcs(|v| v.skip_instruction(e.instr_len))?;
+                // With an in-kernel LAPIC the vCPU blocks in the kernel until an event wakes it
+                // (upstream `kvm_emulate_halt` → `KVM_MP_STATE_HALTED`, then `kvm_vcpu_block`).
+                if let Some(a) = self.apic.as_mut() {
+                    a.mp = b::KVM_MP_STATE_HALTED;
+                    return Ok(Next::Resume);
+                }
                 // SAFETY: as above.
                 unsafe { (*run).exit_reason = b::KVM_EXIT_HLT };
                 Ok(Next::User)
@@ -941,9 +1052,10 @@ impl VmxVcpu {
             let ok = match (access, crn) {
                 (0, 0) => v.write_cr0_checked(val, &lim),
                 (0, 4) => lim.cr4_valid(val) && { v.set_cr4(val); true },
-                (0, 8) => val <= 15 && { v.cr8 = val; true },
+                (0, 8) => val <= 15 && { v.set_cr8(val); true },
                 (1, 8) => {
-                    if gpr == RSP { vmcs::write(f::GUEST_RSP, v.cr8) } else { v.regs.gpr[gpr] = v.cr8 }
+                    let cr8 = v.get_cr8();
+                    if gpr == RSP { vmcs::write(f::GUEST_RSP, cr8) } else { v.regs.gpr[gpr] = cr8 }
                     true
                 }
                 (2, _) => {
@@ -1051,7 +1163,7 @@ impl VmxVcpu {
         let pat_in_vmcs = self.config.entry & b::VM_ENTRY_LOAD_IA32_PAT != 0;
         Some(match index {
             msr::TSC => insn::rdtsc().wrapping_add(vmcs::read(f::TSC_OFFSET)),
-            msr::APIC_BASE => self.apic_base,
+            msr::APIC_BASE => self.get_apic_base(),
             msr::FEATURE_CONTROL => msr::FEATURE_CONTROL_GUEST,
             msr::SPEC_CTRL if g.host.spec_ctrl_bits != 0 => self.msrs.spec_ctrl,
             // No variable-range or fixed-range MTRRs, no write-combining type.
@@ -1090,7 +1202,7 @@ impl VmxVcpu {
             msr::TSC if self.config.proc & b::CPU_BASED_USE_TSC_OFFSETTING != 0 => {
                 vmcs::write(f::TSC_OFFSET, v.wrapping_sub(insn::rdtsc()))
             }
-            msr::APIC_BASE if crate::x86::cr::Limits::ARCH.apic_base_valid(v) => self.apic_base = v,
+            msr::APIC_BASE if crate::x86::cr::Limits::ARCH.apic_base_valid(v) => self.set_apic_base(v),
             msr::SPEC_CTRL if v & !g.host.spec_ctrl_bits == 0 && g.host.spec_ctrl_bits != 0 => {
                 self.msrs.spec_ctrl = v
             }
@@ -1165,7 +1277,18 @@ impl VmxVcpu {
             }
             Access::WriteImm { value, size } => (true, size, value),
             Access::Stos { size, .. } => (true, size, self.regs.gpr[RAX]),
+            Access::Test { size, .. } => (false, size, 0),
         };
+        // The in-kernel LAPIC and IOAPIC (upstream: `vcpu_mmio_read/write` find them on the
+        // MMIO bus before exiting to userspace). Their registers are at most 32 bits wide.
+        if let Some(a) = self.apic.as_mut() {
+            let write = is_write.then_some(value as u32);
+            if let Some(v) = a.mmio(e.gpa, size.into(), write) {
+                let data = u64::from(v).to_le_bytes();
+                self.with_vmcs(|v| v.finish_mmio(insn.access, insn.len, data))?;
+                return Ok(Next::Resume);
+            }
+        }
         // SAFETY: `run` is the vCPU's kvm_run page; the mmio struct is plain data.
         unsafe {
             (*ctx.run).exit_reason = b::KVM_EXIT_MMIO;
@@ -1359,6 +1482,17 @@ impl VmxVcpu {
         if string {
             return self.string_io(ctx, e, size, is_in, port, q & 32 != 0);
         }
+        // The in-kernel PIC (upstream: `kernel_pio` on KVM_PIO_BUS).
+        if let Some(a) = self.apic.as_mut() {
+            let write = (!is_in).then_some(self.regs.gpr[RAX] as u32);
+            if let Some(v) = a.pio(port, size, write) {
+                if is_in {
+                    self.set_in_result(size, v.into());
+                }
+                self.with_vmcs(|v| v.skip_instruction(e.instr_len))?;
+                return Ok(Next::Resume);
+            }
+        }
         if !is_in {
             let data = self.regs.gpr[RAX].to_le_bytes();
             // SAFETY: `pio` is the vCPU's PIO page, at least 4 bytes.
@@ -1545,7 +1679,17 @@ impl BackendVcpu for VmxVcpu {
     }
 
     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result {
-        let r = self.run_loop(ctx);
+        if let Some(a) = &self.apic {
+            a.posted.kick.set_task(true);
+        }
+        let r = if self.apic.as_ref().is_some_and(|a| a.mp == b::KVM_MP_STATE_UNINITIALIZED) {
+            self.run_uninitialized(ctx.run)
+        } else {
+            self.run_loop(ctx)
+        };
+        if let Some(a) = &self.apic {
+            a.posted.kick.set_task(false);
+        }
         self.post_run_save(ctx.run)?;
         r
     }
@@ -1568,6 +1712,31 @@ impl BackendVcpu for VmxVcpu {
         // Upstream `kvm_queue_interrupt`: replaces any interrupt queued by userspace before.
         self.events.interrupt = Some(Interrupt { vector, reinject: false, soft_len: None });
         Ok(())
+    }
+
+    fn get_lapic(&mut self, out: &mut [u8; lapic::REG_SIZE]) -> Result {
+        self.apic.as_ref().ok_or(EINVAL)?.get_state(out);
+        Ok(())
+    }
+
+    fn set_lapic(&mut self, regs: &[u8; lapic::REG_SIZE]) -> Result {
+        self.apic.as_mut().ok_or(EINVAL)?.set_state(regs);
+        Ok(())
+    }
+
+    fn get_mp_state(&mut self) -> u32 {
+        self.apic.as_ref().map_or(b::KVM_MP_STATE_RUNNABLE, |a| a.mp)
+    }
+
+    /// Upstream `kvm_arch_vcpu_ioctl_set_mpstate`: without an in-kernel LAPIC only RUNNABLE;
+    /// SIPI_RECEIVED becomes INIT_RECEIVED with a SIPI (of `KVM_SET_VCPU_EVENTS`' vector)
+    /// pending.
+    fn set_mp_state(&mut self, s: u32) -> Result {
+        match &mut self.apic {
+            Some(a) => a.set_mp_state(s, self.sipi_vector as u8),
+            None if s == b::KVM_MP_STATE_RUNNABLE => Ok(()),
+            None => Err(EINVAL),
+        }
     }
 
     fn queue_nmi(&mut self) -> Result {
@@ -1639,7 +1808,154 @@ impl BackendVcpu for VmxVcpu {
     }
 }
 
+/// What the in-kernel LAPIC decided before an entry.
+enum ApicStep {
+    /// Enter; `window`: an interrupt waits for the guest to accept it.
+    Enter { kick_seq: u32, window: bool },
+    /// The vCPU was halted or waiting for a SIPI and something woke it: look again.
+    Again,
+    /// Halted (or waiting for a SIPI), and a signal arrived.
+    Interrupted,
+}
+
 impl VmxVcpu {
+    /// Before an entry with an in-kernel LAPIC (upstream: `kvm_apic_accept_events`,
+    /// `vcpu_block` for a vCPU that is not running, and the interrupt half of
+    /// `inject_pending_event`): folds in posted work, sleeps while halted or waiting for a SIPI
+    /// with nothing to wake it, and moves the next interrupt into the event queue once the
+    /// guest can take it.
+    fn apic_prepare(&mut self) -> Result<ApicStep> {
+        let Some(a) = self.apic.as_mut() else {
+            return Ok(ApicStep::Enter { kick_seq: 0, window: false });
+        };
+        let kick_seq = a.posted.kick.seq();
+        let work = a.sync();
+        self.accept_events(&work)?;
+        let Some(a) = self.apic.as_mut() else { return Ok(ApicStep::Again) };
+        let next = a.next();
+        let mp = a.mp;
+        if mp == b::KVM_MP_STATE_INIT_RECEIVED || mp == b::KVM_MP_STATE_UNINITIALIZED {
+            // Only INIT or SIPI (handled above) moves it on.
+            return Ok(match a.posted.kick.wait(kick_seq) {
+                Ok(()) => ApicStep::Again,
+                Err(_) => ApicStep::Interrupted,
+            });
+        }
+        let halted = mp == b::KVM_MP_STATE_HALTED;
+        let can_take = self.events.interrupt.is_none() && !self.events.needs_reinjection();
+        let g = if next.is_some() && can_take || halted {
+            Some(self.with_vmcs(|v| v.event_guest_state())?)
+        } else {
+            None
+        };
+        if halted {
+            // Upstream `kvm_vcpu_has_events`: an interrupt the guest accepts, an NMI, or an
+            // event already queued ends the halt.
+            let accepts = g.is_some_and(|g| g.accepts_interrupt());
+            let wake = (next.is_some() && accepts) || !self.events.idle();
+            let Some(a) = self.apic.as_mut() else { return Ok(ApicStep::Again) };
+            if !wake {
+                return Ok(match a.posted.kick.wait(kick_seq) {
+                    Ok(()) => ApicStep::Again,
+                    Err(_) => ApicStep::Interrupted,
+                });
+            }
+            a.mp = b::KVM_MP_STATE_RUNNABLE;
+        }
+        let mut window = false;
+        if let (Some(src), true) = (next, can_take) {
+            if g.is_some_and(|g| g.accepts_interrupt()) {
+                let Some(a) = self.apic.as_mut() else { return Ok(ApicStep::Again) };
+                if let Some(vector) = a.ack(src) {
+                    self.events.interrupt = Some(Interrupt { vector, reinject: false, soft_len: None });
+                }
+            } else {
+                window = true;
+            }
+        }
+        Ok(ApicStep::Enter { kick_seq, window })
+    }
+
+    /// Acts on posted NMIs, INIT and SIPI (upstream `process_nmi` and
+    /// `kvm_apic_accept_events`).
+    fn accept_events(&mut self, w: &crate::irq::Work) -> Result {
+        if w.nmis != 0 {
+            let masked = self.with_vmcs(|v| v.event_guest_state().interruptibility & events::BLOCKING_BY_NMI != 0)?;
+            for _ in 0..w.nmis {
+                self.events.queue_nmi(masked);
+            }
+        }
+        if w.init {
+            self.init_reset()?;
+        }
+        if let Some(vector) = w.sipi {
+            let waiting = self.apic.as_ref().is_some_and(|a| a.mp == b::KVM_MP_STATE_INIT_RECEIVED);
+            // A SIPI to a vCPU that is not waiting for one is dropped (SDM 10.4.7.3).
+            if waiting {
+                self.sipi_vector = vector.into();
+                self.with_vmcs(|_| {
+                    // Upstream `kvm_vcpu_deliver_sipi_vector`: real mode at vector << 12.
+                    vmcs::write(f::GUEST_CS_SELECTOR, u64::from(vector) << 8);
+                    vmcs::write(f::GUEST_CS_BASE, u64::from(vector) << 12);
+                    vmcs::write(f::GUEST_RIP, 0);
+                })?;
+                if let Some(a) = self.apic.as_mut() {
+                    a.mp = b::KVM_MP_STATE_RUNNABLE;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The architectural INIT (upstream `kvm_vcpu_reset(vcpu, true)`): registers to their
+    /// INIT values (as at RESET, except that the APIC base and the MSRs INIT leaves alone are
+    /// kept), no events pending, the LAPIC in its INIT state.
+    fn init_reset(&mut self) -> Result {
+        let mut regs = b::kvm_regs::default();
+        let mut sregs = b::kvm_sregs::default();
+        crate::vcpu::reset_state(&mut regs, &mut sregs);
+        sregs.apic_base = self.get_apic_base();
+        self.events = Events::default();
+        self.pending = None;
+        self.dr = [0; 4];
+        self.dr6 = DR6_RESET;
+        self.dr7 = DR7_RESET;
+        self.xcr0 = 1;
+        if let Some(a) = self.apic.as_mut() {
+            a.init();
+        }
+        self.with_vmcs(|v| {
+            v.write_regs(&regs);
+            v.write_sregs(&sregs);
+            vmcs::write(f::GUEST_INTERRUPTIBILITY_INFO, 0);
+            v.tlb_flush = true;
+        })
+    }
+
+    /// `KVM_RUN` of a vCPU that never got INIT (upstream: the `KVM_MP_STATE_UNINITIALIZED` case
+    /// of `kvm_arch_vcpu_ioctl_run`): waits once for an event, accepts INIT/SIPI, and returns
+    /// `EAGAIN` (or `EINTR` with `KVM_EXIT_INTR` on a signal) without entering the guest.
+    fn run_uninitialized(&mut self, run: *mut b::kvm_run) -> Result {
+        let Some(a) = self.apic.as_mut() else { return Err(EAGAIN) };
+        let seq = a.posted.kick.seq();
+        // SAFETY: querying the current task's state.
+        let idle = !unsafe { b::rkvm_signal_pending() };
+        if idle && a.posted.kick.wait(seq).is_err() {
+            // SAFETY: `run` is the vCPU's kvm_run page.
+            unsafe { (*run).exit_reason = b::KVM_EXIT_INTR };
+            return Err(EINTR);
+        }
+        let work = a.sync();
+        self.accept_events(&work)?;
+        // SAFETY: as above.
+        if unsafe { b::rkvm_signal_pending() } {
+            // SAFETY: as above.
+            unsafe { (*run).exit_reason = b::KVM_EXIT_INTR };
+            return Err(EINTR);
+        }
+        Err(EAGAIN)
+    }
+
     /// `run` without the `kvm_run` fields every exit fills (`post_run_save`).
     fn run_loop(&mut self, ctx: &mut RunContext<'_>) -> Result {
         let (pio, run) = (ctx.pio, ctx.run);
@@ -1658,11 +1974,20 @@ impl VmxVcpu {
                     b::rkvm_cond_resched();
                 }
             }
-            let mut fail = 0;
             // SAFETY: `run` is the vCPU's kvm_run page; userspace may change it: read once.
             let user_window = unsafe { core::ptr::addr_of!((*run).request_interrupt_window).read_volatile() } != 0;
-            match self.enter_once(&mut fail, user_window)? {
-                Some(info) => {
+            let (kick_seq, apic_window) = match self.apic_prepare()? {
+                ApicStep::Enter { kick_seq, window } => (kick_seq, window),
+                ApicStep::Again => continue,
+                ApicStep::Interrupted => {
+                    // SAFETY: `run` is the vCPU's kvm_run page.
+                    unsafe { (*ctx.run).exit_reason = b::KVM_EXIT_INTR };
+                    return Err(EINTR);
+                }
+            };
+            match self.enter_once(user_window || apic_window, kick_seq)? {
+                Entered::Cancelled => continue,
+                Entered::Exit(info) => {
                     if let Next::User = self.handle_exit(ctx, &info)? {
                         return Ok(());
                     }
@@ -1677,7 +2002,7 @@ impl VmxVcpu {
                         }
                     }
                 }
-                None => {
+                Entered::Failed(fail) => {
                     // SAFETY: `run` is the vCPU's kvm_run page.
                     unsafe {
                         (*ctx.run).exit_reason = b::KVM_EXIT_FAIL_ENTRY;

@@ -4,8 +4,10 @@
 //! An EPT violation outside every memory slot tells the hypervisor the guest-physical address
 //! but not the access: the instruction is fetched and decoded here to learn its size, direction,
 //! register or immediate and length. Covered: MOV to and from memory in every size (88, 89, 8A,
-//! 8B, A0–A3), MOV of an immediate to memory (C6, C7), MOVZX/MOVSX (0F B6/B7/BE/BF) and STOS
-//! without REP (AA, AB). Anything else is `None`: the caller reports an emulation failure.
+//! 8B, A0–A3), MOV of an immediate to memory (C6, C7), MOVZX/MOVSX (0F B6/B7/BE/BF), STOS
+//! without REP (AA, AB), and TEST of memory with a register or an immediate (84, 85, F6 /0,
+//! F7 /0: device drivers poll status bits that way). Anything else is `None`: the caller
+//! reports an emulation failure.
 //! [`string_io`] decodes the prefixes of INS/OUTS, whose memory operand the I/O exit leaves out.
 
 /// Execution mode of the code being decoded.
@@ -42,6 +44,35 @@ pub enum Access {
     WriteImm { value: u64, size: u8 },
     /// STOS: writes `size` bytes of rAX, then moves rDI by `size` (by the address size).
     Stos { size: u8, addr_size: u8 },
+    /// TEST: reads `size` bytes and sets RFLAGS from their AND with `src` ([`test_flags`]).
+    Test { size: u8, src: TestSrc },
+}
+
+/// The second operand of a TEST.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestSrc {
+    Imm(u64),
+    Reg { reg: u8, high8: bool },
+}
+
+/// RFLAGS bits TEST writes: CF, PF, AF (undefined: cleared, as the CPU does), ZF, SF, OF.
+const ARITH_FLAGS: u64 = 0x8d5;
+
+/// RFLAGS after `TEST a, b` on `size`-byte operands: CF = OF = 0, SF/ZF/PF from the result
+/// (PF: even parity of its low byte).
+pub fn test_flags(rflags: u64, a: u64, b: u64, size: u8) -> u64 {
+    let r = a & b & size_mask(size);
+    let mut f = rflags & !ARITH_FLAGS;
+    if r == 0 {
+        f |= 1 << 6;
+    }
+    if r >> (8 * u32::from(size) - 1) & 1 != 0 {
+        f |= 1 << 7;
+    }
+    if (r as u8).count_ones() % 2 == 0 {
+        f |= 1 << 2;
+    }
+    f
 }
 
 /// A decoded instruction.
@@ -185,6 +216,28 @@ pub fn decode(bytes: &[u8], mode: Mode) -> Option<Insn> {
                 Access::WriteReg { reg: 0, high8: false, size }
             };
             insn(end, access)
+        }
+        0x84 | 0x85 | 0xf6 | 0xf7 => {
+            if rep {
+                return None;
+            }
+            let modrm = *bytes.get(i)?;
+            let end = modrm_end(bytes, i, asize)?;
+            let byte = op & 1 == 0;
+            let size = if byte { 1 } else { osize };
+            if op >= 0xf6 {
+                // Group 3: only /0 (TEST; /1 is an alias the CPU also decodes as TEST).
+                if (modrm >> 3) & 6 != 0 {
+                    return None;
+                }
+                let isz = if byte { 1 } else { osize.min(4) } as usize;
+                let raw = read_le(bytes.get(end..end + isz)?);
+                let value = if size == 8 { raw as i32 as i64 as u64 } else { raw };
+                insn(end + isz, Access::Test { size, src: TestSrc::Imm(value) })
+            } else {
+                let (reg, high8) = reg_of(modrm, byte);
+                insn(end, Access::Test { size, src: TestSrc::Reg { reg, high8 } })
+            }
         }
         0xaa | 0xab => {
             if rep {

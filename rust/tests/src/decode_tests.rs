@@ -162,3 +162,31 @@ fn page_walk_permissions_and_fault_codes() {
     assert_eq!(walk(&mut m, &r32, 0x10, false, false), Ok(0x8010));
     assert_eq!(walk(&mut m, &r32, 0x10, false, true), Err(WalkError::PageFault(PF_PRESENT | PF_USER)));
 }
+
+#[test]
+fn test_instructions() {
+    use crate::x86::decode::{test_flags, TestSrc};
+    use Mode::*;
+    // testl $0x1000, 0xfee00300 (F7 /0, absolute disp32 through SIB in 64-bit mode)
+    let i = d(&[0xf7, 0x04, 0x25, 0x00, 0x03, 0xe0, 0xfe, 0x00, 0x10, 0x00, 0x00], Bits64).unwrap();
+    assert_eq!(i, Insn { len: 11, access: Access::Test { size: 4, src: TestSrc::Imm(0x1000) } });
+    // testb $1, (%rax); test %ecx, (%rbx); test %ah, (%rbx); REX.W sign-extends imm32.
+    assert_eq!(d(&[0xf6, 0x00, 0x01], Bits64).unwrap().access, Access::Test { size: 1, src: TestSrc::Imm(1) });
+    assert_eq!(d(&[0x85, 0x0b], Bits64).unwrap().access, Access::Test { size: 4, src: TestSrc::Reg { reg: 1, high8: false } });
+    assert_eq!(d(&[0x84, 0x23], Bits64).unwrap().access, Access::Test { size: 1, src: TestSrc::Reg { reg: 0, high8: true } });
+    assert_eq!(
+        d(&[0x48, 0xf7, 0x00, 0x00, 0x00, 0x00, 0x80], Bits64).unwrap().access,
+        Access::Test { size: 8, src: TestSrc::Imm(0xffff_ffff_8000_0000) }
+    );
+    // NOT/NEG (F7 /2, /3) are not TEST; a register operand is no memory access.
+    assert_eq!(d(&[0xf7, 0x10], Bits64), None);
+    assert_eq!(d(&[0x85, 0xc0], Bits64), None);
+    // Flags: ZF when the AND is 0, SF from the operand size's top bit, PF of the low byte,
+    // CF/OF/AF cleared, other bits kept.
+    let base = 0x202 | 0x801 | 0x10; // IF, reserved bit 1, OF, CF, AF
+    assert_eq!(test_flags(base, 0x1000, 0x0fff, 4), 0x202 | 0x40 | 0x4);
+    assert_eq!(test_flags(base, 0x8000_0000, 0x8000_0000, 4), 0x202 | 0x80 | 0x4);
+    assert_eq!(test_flags(base, 0x8000_0000, 0x8000_0000, 8), 0x202 | 0x4);
+    assert_eq!(test_flags(0x2, 0x01, 0xff, 1), 0x2);
+    assert_eq!(test_flags(0x2, 0x03, 0xff, 1), 0x2 | 0x4);
+}

@@ -16,6 +16,15 @@ pub mod vmx_events;
 /// Intel PT context rules of the VMX backend.
 #[path = "../../vmx/pt.rs"]
 pub mod vmx_pt;
+/// The local APIC model.
+#[path = "../../irq/lapic.rs"]
+pub mod lapic;
+/// The in-kernel IOAPIC.
+#[path = "../../irq/ioapic.rs"]
+pub mod ioapic;
+/// The in-kernel PIC pair and ELCR.
+#[path = "../../irq/pic.rs"]
+pub mod pic;
 
 #[cfg(test)]
 mod cpuid_tests;
@@ -24,9 +33,15 @@ mod decode_tests;
 #[cfg(test)]
 mod events_tests;
 #[cfg(test)]
+mod ioapic_tests;
+#[cfg(test)]
+mod lapic_tests;
+#[cfg(test)]
 mod memslot_tests;
 #[cfg(test)]
 mod msr_tests;
+#[cfg(test)]
+mod pic_tests;
 #[cfg(test)]
 mod pt_tests;
 #[cfg(test)]
