@@ -1443,10 +1443,16 @@ impl VmxVcpu {
     /// instruction for the next batch).
     fn complete_string_io(&mut self, vm: &crate::vm::Vm, pio: *const u8, s: &StringIo) {
         let long = self.efer & cr::EFER_LMA != 0;
+        // Userspace may have changed rCX with KVM_SET_REGS during the exit: as upstream's
+        // emulator, which re-executes the instruction over the data it already has, only
+        // min(rCX, batch) elements complete now, and a count still above zero leaves RIP on
+        // the instruction, so the rest comes in further exits.
+        let rcx = self.regs.gpr[RCX] & decode::size_mask(s.addr_size);
+        let done = if s.rep { rcx.min(u64::from(s.count)) as u32 } else { s.count };
         if s.is_in {
             let pg = self.paging();
             let mut data = [0u8; 4];
-            for k in 0..s.count {
+            for k in 0..done {
                 let chunk = &mut data[..s.size as usize];
                 // SAFETY: `pio` is the vCPU's PIO page: count * size <= PAGE_SIZE bytes.
                 unsafe {
@@ -1457,15 +1463,14 @@ impl VmxVcpu {
                 let _ = pg.write(vm, s.linear(k, long), chunk);
             }
         }
-        let moved = u64::from(s.count * s.size);
+        let moved = u64::from(done * s.size);
         let idx = if s.is_in { RDI } else { RSI };
         let new = if s.down { s.offset.wrapping_sub(moved) } else { s.offset.wrapping_add(moved) };
         let r = &mut self.regs.gpr;
         r[idx] = decode::merge(r[idx], new, s.addr_size, false, decode::Extend::None);
         let mut left = 0;
         if s.rep {
-            // Saturating: userspace may have changed rCX with KVM_SET_REGS meanwhile.
-            left = (r[RCX] & decode::size_mask(s.addr_size)).saturating_sub(u64::from(s.count));
+            left = rcx - u64::from(done);
             r[RCX] = decode::merge(r[RCX], left, s.addr_size, false, decode::Extend::None);
         }
         if left == 0 {
