@@ -49,6 +49,9 @@ pub(crate) fn check_extension(backend: &dyn Backend, cap: usize) -> isize {
         b::KVM_CAP_MAX_VCPUS => MAX_VCPUS as isize,
         b::KVM_CAP_MAX_VCPU_ID => MAX_VCPU_ID as isize,
         b::KVM_CAP_NR_MEMSLOTS => memslot::USER_MEM_SLOTS as isize,
+        // The page offset of the coalesced ring in the vCPU mmap; PIO zones too.
+        b::KVM_CAP_COALESCED_MMIO => b::KVM_COALESCED_MMIO_PAGE_OFFSET as isize,
+        b::KVM_CAP_COALESCED_PIO => 1,
         // Bit mask of the accepted KVM_CREATE_VM types: only the default x86 VM.
         b::KVM_CAP_VM_TYPES => 1 << b::KVM_X86_DEFAULT_VM,
         // The kvm_run->s.regs parts (KVM_SYNC_X86_*).

@@ -19,6 +19,8 @@ use kernel::prelude::*;
 
 mod backend;
 mod caps;
+#[allow(unreachable_pub)] // pure file, also compiled by the host tests
+mod coalesced;
 mod dev;
 mod ffi;
 mod irq;

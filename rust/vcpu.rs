@@ -25,7 +25,7 @@ use kernel::str::CString;
 use kernel::sync::{Arc, Mutex};
 
 /// Pages of the vCPU mmap: `struct kvm_run` and the PIO data page.
-pub(crate) const MMAP_PAGES: usize = 2;
+pub(crate) const MMAP_PAGES: usize = 3;
 /// `KVM_GET_VCPU_MMAP_SIZE`.
 pub(crate) const MMAP_SIZE: usize = MMAP_PAGES * b::PAGE_SIZE as usize;
 
@@ -60,6 +60,13 @@ const _: () = {
     assert!(crate::memslot::MEM_LOG_DIRTY_PAGES == b::KVM_MEM_LOG_DIRTY_PAGES);
     assert!(crate::memslot::PAGE_SIZE == b::PAGE_SIZE as u64);
     assert!(b::KVM_PIO_PAGE_OFFSET == 1);
+    assert!(b::KVM_COALESCED_MMIO_PAGE_OFFSET == 2);
+    // The ring's entries fill the rest of its page.
+    assert!(
+        core::mem::size_of::<b::kvm_coalesced_mmio_ring>()
+            + b::KVM_COALESCED_MMIO_MAX as usize * core::mem::size_of::<b::kvm_coalesced_mmio>()
+            <= b::PAGE_SIZE as usize
+    );
 };
 
 /// A virtual CPU (upstream: `struct kvm_vcpu`).
@@ -327,7 +334,11 @@ impl FileKind for VcpuKind {
 
     /// `kvm_vcpu_fault`: the page, with a reference for the mapping.
     fn fault(f: &VcpuFile, pgoff: u64) -> Option<*mut b::page> {
-        let page = f.vcpu.mmap_page(pgoff)?;
+        let page = if pgoff == u64::from(b::KVM_COALESCED_MMIO_PAGE_OFFSET) {
+            f.vm.ring_page()
+        } else {
+            f.vcpu.mmap_page(pgoff)?
+        };
         // SAFETY: `page` is one of the vCPU's live pages; the mapping gets its own reference.
         unsafe { b::rkvm_get_page(page) };
         Some(page)

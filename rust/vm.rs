@@ -15,7 +15,10 @@ use crate::ffi::bindings as b;
 use crate::ffi::fileops::{self, FileKind, Fops};
 use crate::ffi::uapi::{read_user, write_user};
 use crate::irq::{Irqchip, VcpuApic};
+use crate::coalesced;
 use crate::memslot::{self, GfnRange, Memslot, Memslots, SlotError, SlotVec};
+use core::sync::atomic::{AtomicBool, Ordering};
+use kernel::page::Page;
 use crate::vcpu::{self, Vcpu};
 use kernel::c_str;
 use kernel::prelude::*;
@@ -93,6 +96,14 @@ pub(crate) struct Vm {
     state: Mutex<VmState>,
     #[pin]
     slots: Mutex<Slots>,
+    /// The coalesced MMIO/PIO ring (`struct kvm_coalesced_mmio_ring`), mapped by userspace from
+    /// every vCPU fd at `KVM_COALESCED_MMIO_PAGE_OFFSET` (upstream `kvm->coalesced_mmio_ring`).
+    ring_page: Page,
+    /// The registered zones; also serialises writers of the ring (upstream `kvm->ring_lock`).
+    #[pin]
+    coalesced: Mutex<KVec<coalesced::Zone>>,
+    /// Some zone is registered: writes outside zones skip the lock.
+    has_zones: AtomicBool,
 }
 
 /// The VM fd's file kind: `private_data` owns one reference to the [`Vm`].
@@ -127,6 +138,9 @@ pub(crate) fn create(backend: &Arc<dyn Backend>, vm_type: usize) -> Result<i32> 
                 nr_mmu_pages: 0,
             }),
             slots <- kernel::new_mutex!(Memslots::new(KVec::new(), KVec::new())),
+            ring_page: Page::alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO)?,
+            coalesced <- kernel::new_mutex!(KVec::new()),
+            has_zones: AtomicBool::new(false),
         }),
         GFP_KERNEL_ACCOUNT,
     )?;
@@ -185,6 +199,14 @@ impl Vm {
                 Ok(0)
             }
             b::KVM_CHECK_EXTENSION => Ok(caps::check_extension(&*vm.backend, arg)),
+            b::KVM_REGISTER_COALESCED_MMIO | b::KVM_UNREGISTER_COALESCED_MMIO => {
+                let z: b::kvm_coalesced_mmio_zone = read_user(arg)?;
+                // SAFETY: both views of the union are the same u32 (`pio` is the current one).
+                let raw = unsafe { z.__bindgen_anon_1.pio };
+                let pio = coalesced::pio_flag(raw).ok_or(EINVAL)?;
+                let zone = coalesced::Zone { addr: z.addr, size: z.size, pio };
+                vm.coalesced_zone(zone, cmd == b::KVM_REGISTER_COALESCED_MMIO).map(|()| 0)
+            }
             b::KVM_ENABLE_CAP => {
                 let cap: b::kvm_enable_cap = read_user(arg)?;
                 vm.enable_cap(&cap).map(|()| 0)
@@ -303,6 +325,80 @@ impl Vm {
             self.arch.unmap_slot(&old);
         }
         slots.commit(change).map_err(slot_errno)
+    }
+
+    /// `KVM_(UN)REGISTER_COALESCED_MMIO` (upstream `kvm_vm_ioctl_(un)register_coalesced_mmio`).
+    fn coalesced_zone(&self, zone: coalesced::Zone, register: bool) -> Result {
+        let mut zones = self.coalesced.lock();
+        if register {
+            if zones.len() >= coalesced::MAX_ZONES {
+                return Err(ENOSPC);
+            }
+            zones.push(zone, GFP_KERNEL_ACCOUNT)?;
+        } else {
+            let mut i = 0;
+            while i < zones.len() {
+                if coalesced::keep_after_unregister(&zones[i], &zone) {
+                    i += 1;
+                } else {
+                    let _ = SlotVec::remove(&mut *zones, i);
+                }
+            }
+        }
+        self.has_zones.store(!zones.is_empty(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A guest write of `len` (at most 8) bytes of `data` at `addr` (a port if `pio`): appended
+    /// to the coalesced ring if a zone covers it and the ring has room, and then the guest goes
+    /// on without an exit (upstream `coalesced_mmio_write`).
+    pub(crate) fn coalesced_write(&self, addr: u64, len: u32, data: u64, pio: bool) -> bool {
+        if !self.has_zones.load(Ordering::Relaxed) {
+            return false;
+        }
+        let zones = self.coalesced.lock();
+        if !zones.iter().any(|z| z.pio == pio && z.contains(addr, len)) {
+            return false;
+        }
+        let max = b::KVM_COALESCED_MMIO_MAX as u32;
+        let ring = self.ring();
+        // SAFETY: `ring` is the VM's ring page, live as long as `self`; userspace writes
+        // `first` concurrently, so both indices are read once, volatile.
+        let (first, last) = unsafe {
+            (core::ptr::addr_of!((*ring).first).read_volatile(), core::ptr::addr_of!((*ring).last).read_volatile())
+        };
+        let Some(at) = coalesced::insert_slot(first, last, max) else { return false };
+        let mut bytes = [0u8; 8];
+        let n = (len as usize).min(8);
+        bytes[..n].copy_from_slice(&data.to_le_bytes()[..n]);
+        let entry = b::kvm_coalesced_mmio {
+            phys_addr: addr,
+            len,
+            __bindgen_anon_1: b::kvm_coalesced_mmio__bindgen_ty_1 { pio: pio.into() },
+            data: bytes,
+        };
+        // SAFETY: `at < KVM_COALESCED_MMIO_MAX`, the number of entries that fit in the page
+        // after the header; the entry is written before `last` moves past it (release
+        // ordering below), and writers are serialised by `coalesced`.
+        unsafe {
+            let entries = core::ptr::addr_of_mut!((*ring).__bindgen_anon_1.coalesced_mmio).cast::<b::kvm_coalesced_mmio>();
+            entries.add(at as usize).write_volatile(entry);
+            core::sync::atomic::fence(Ordering::Release);
+            core::ptr::addr_of_mut!((*ring).last).write_volatile((at + 1) % max);
+        }
+        true
+    }
+
+    /// The kernel address of the coalesced ring.
+    fn ring(&self) -> *mut b::kvm_coalesced_mmio_ring {
+        // SAFETY: `ring_page` is a live page allocated by us; its direct-map address is
+        // permanent (x86-64 has no highmem).
+        unsafe { b::rkvm_page_address(self.ring_page.as_ptr().cast()).cast() }
+    }
+
+    /// The page backing the coalesced ring, for the vCPU mmap.
+    pub(crate) fn ring_page(&self) -> *mut b::page {
+        self.ring_page.as_ptr().cast()
     }
 
     /// The in-kernel irqchip, if `KVM_CREATE_IRQCHIP` made one.

@@ -50,7 +50,7 @@ TEST(vcpu_mmap_size)
 	CHECK(sz >= (long)sizeof(struct kvm_run));
 	CHECK(sz % page_size() == 0);
 	if (!upstream())
-		CHECK(sz == 2 * page_size()); /* kvm_run + PIO page; no coalesced MMIO ring yet */
+		CHECK(sz == 3 * page_size()); /* kvm_run, PIO page, coalesced MMIO ring */
 	CHECK_ERRNO(ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 1), EINVAL);
 	close(kvm);
 }
@@ -76,6 +76,8 @@ static const struct { int cap; long want; } caps[] = {
 	{ KVM_CAP_IRQ_INJECT_STATUS, 1 },
 	{ KVM_CAP_ENABLE_CAP_VM, 1 },
 	{ KVM_CAP_MMU_SHADOW_CACHE_CONTROL, 1 },
+	{ KVM_CAP_COALESCED_MMIO, KVM_COALESCED_MMIO_PAGE_OFFSET },
+	{ KVM_CAP_COALESCED_PIO, 1 },
 	{ KVM_CAP_NR_MEMSLOTS, 32764 },
 	{ KVM_CAP_VM_TYPES, 1 },
 };

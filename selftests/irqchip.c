@@ -5,14 +5,16 @@
  *
  * API: KVM_CAP_IRQCHIP, KVM_CREATE_IRQCHIP (EEXIST twice, EINVAL after a vCPU), the errnos of
  * KVM_GET/SET_LAPIC, KVM_GET/SET_IRQCHIP, KVM_IRQ_LINE, KVM_INTERRUPT and KVM_SET_MP_STATE with
- * and without an irqchip; the reset images of the LAPIC, PICs and IOAPIC and their round trips.
+ * and without an irqchip; the reset images of the LAPIC, PICs and IOAPIC and their round trips;
+ * an AP starting KVM_MP_STATE_UNINITIALIZED (KVM_RUN blocks until made runnable).
  * Guests (selftests/guests/irqchip.S, 32-bit protected mode, loaded from the directory of this
  * program): the LAPIC timer one-shot and periodic, HLT with IF=0 blocking until a signal,
  * KVM_IRQ_LINE through the IOAPIC (edge, and level re-delivered after each EOI while the line
  * is high) and through the PIC (ExtINT via LVT0), a fixed IPI waking a halted vCPU 1, and TPR
  * holding back an interrupt of a class not above it. No guest HLT reaches userspace
  * (KVM_EXIT_HLT fails a case); every KVM_RUN runs under a watchdog signal, so a missing
- * interrupt gives "not ok" (EINTR) rather than a hang.
+ * interrupt gives "not ok" (EINTR) rather than a hang (and a KVM_RUN deaf to signals, a
+ * "Bail out!" and exit status 1).
  *
  * Upstream references (arch/x86/kvm/): kvm_arch_vm_ioctl's KVM_CREATE_IRQCHIP,
  * KVM_GET/SET_IRQCHIP, kvm_vm_ioctl_{get,set}_irqchip, kvm_vm_ioctl_irq_line (x86.c), KVM_IRQ_LINE

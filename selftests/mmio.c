@@ -212,9 +212,67 @@ TEST(undecodable_mmio_is_internal_error)
 	real_vm_free(&v);
 }
 
+/*
+ * Coalesced MMIO and PIO (upstream coalesced_mmio.c): writes to registered zones go to the ring
+ * page at KVM_COALESCED_MMIO_PAGE_OFFSET of the vCPU mmap instead of exiting; a full ring (one
+ * entry is always kept free) exits as usual; unregistering restores exits.
+ */
+TEST(coalesced_mmio_and_pio)
+{
+	static const unsigned char code[] = {
+		SEGS_AT_0x20000,
+		0xc7, 0x06, 0x10, 0x00, 0x34, 0x12, /* 7: mov word [0x10], 0x1234 (zone) */
+		0xb8, 0x78, 0x56,                   /* mov ax, 0x5678 */
+		0xe7, 0x70,                         /* out 0x70, ax (PIO zone) */
+		0xc7, 0x06, 0x10, 0x00, 0xbc, 0x9a, /* mov word [0x10], 0x9abc (zone) */
+		0xc7, 0x06, 0x20, 0x00, 0x11, 0x11, /* mov word [0x20], 0x1111: exits */
+		0xeb, 0xe7,                         /* jmp 7 */
+	};
+	struct kvm_coalesced_mmio_zone mz = { .addr = 0x20010, .size = 4 };
+	struct kvm_coalesced_mmio_zone pz = { .addr = 0x70, .size = 2, .pio = 1 };
+	struct kvm_coalesced_mmio_zone bad = { .addr = 0x70, .size = 2, .pio = 2 };
+	struct kvm_coalesced_mmio_ring *ring;
+	struct kvm_coalesced_mmio *e;
+	long psz = page_size(), max = (psz - sizeof(*ring)) / sizeof(*e);
+	struct real_vm v;
+
+	if (no_guests())
+		SKIP("backend=none enters no guest");
+	CHECK(ioctl(open_dev(), KVM_CHECK_EXTENSION, KVM_CAP_COALESCED_MMIO) == KVM_COALESCED_MMIO_PAGE_OFFSET);
+	CHECK(ioctl(open_dev(), KVM_CHECK_EXTENSION, KVM_CAP_COALESCED_PIO) == 1);
+	CHECK(real_vm_create(&v, code, sizeof(code)) == 0);
+	CHECK(ioctl(v.kvm, KVM_GET_VCPU_MMAP_SIZE, 0) == 3 * psz);
+	ring = (void *)((char *)v.run + KVM_COALESCED_MMIO_PAGE_OFFSET * psz);
+	e = ring->coalesced_mmio;
+	CHECK_ERRNO(ioctl(v.vm, KVM_REGISTER_COALESCED_MMIO, &bad), EINVAL);
+	CHECK_ERRNO(ioctl(v.vm, KVM_REGISTER_COALESCED_MMIO, NULL), EFAULT);
+	CHECK(ioctl(v.vm, KVM_REGISTER_COALESCED_MMIO, &mz) == 0);
+	CHECK(ioctl(v.vm, KVM_REGISTER_COALESCED_MMIO, &pz) == 0);
+	/* Three writes coalesced, in order; the fourth, outside every zone, exits. */
+	CHECK(run_expect(&v, KVM_EXIT_MMIO) && mmio_is(&v, 0x20020, 2, 1));
+	CHECK(ring->first == 0 && ring->last == 3);
+	CHECK(e[0].phys_addr == 0x20010 && e[0].len == 2 && !e[0].pio && *(__u16 *)e[0].data == 0x1234);
+	CHECK(e[1].phys_addr == 0x70 && e[1].len == 2 && e[1].pio && *(__u16 *)e[1].data == 0x5678);
+	CHECK(e[2].phys_addr == 0x20010 && e[2].len == 2 && !e[2].pio && *(__u16 *)e[2].data == 0x9abc);
+	/* A full ring (last + 1 == first) exits instead. */
+	ring->first = 1;
+	ring->last = 0;
+	CHECK(run_expect(&v, KVM_EXIT_MMIO) && mmio_is(&v, 0x20010, 2, 1));
+	CHECK(*(__u16 *)v.run->mmio.data == 0x1234 && ring->last == 0);
+	/* Without the MMIO zone its write exits; the PIO zone still coalesces. */
+	CHECK(ioctl(v.vm, KVM_UNREGISTER_COALESCED_MMIO, &mz) == 0);
+	ring->first = ring->last = max - 1;
+	CHECK(run_expect(&v, KVM_EXIT_MMIO) && mmio_is(&v, 0x20010, 2, 1));
+	CHECK(*(__u16 *)v.run->mmio.data == 0x9abc);
+	CHECK(ring->last == 0 && e[max - 1].pio && e[max - 1].phys_addr == 0x70);
+	CHECK_ERRNO(ioctl(v.vm, KVM_UNREGISTER_COALESCED_MMIO, &bad), EINVAL);
+	real_vm_free(&v);
+}
+
 KTAP_MAIN("rkvm mmio",
 	CASE(mmio_reads_complete_into_registers),
 	CASE(mmio_writes_report_their_data),
 	CASE(readonly_slot_write_is_mmio),
 	CASE(slot_deleted_then_readded),
-	CASE(undecodable_mmio_is_internal_error))
+	CASE(undecodable_mmio_is_internal_error),
+	CASE(coalesced_mmio_and_pio))

@@ -45,6 +45,7 @@ plain_old_data!(
     kvm_irq_level,
     kvm_lapic_state,
     kvm_enable_cap,
+    kvm_coalesced_mmio_zone,
 );
 
 /// Copies `n` `T`s in from the user array at `arg` (`EFAULT` if it cannot be read).

@@ -1289,6 +1289,10 @@ impl VmxVcpu {
                 return Ok(Next::Resume);
             }
         }
+        if is_write && ctx.vm.coalesced_write(e.gpa, size.into(), value, false) {
+            self.with_vmcs(|v| v.finish_mmio(insn.access, insn.len, [0; 8]))?;
+            return Ok(Next::Resume);
+        }
         // SAFETY: `run` is the vCPU's kvm_run page; the mmio struct is plain data.
         unsafe {
             (*ctx.run).exit_reason = b::KVM_EXIT_MMIO;
@@ -1497,6 +1501,10 @@ impl VmxVcpu {
                 self.with_vmcs(|v| v.skip_instruction(e.instr_len))?;
                 return Ok(Next::Resume);
             }
+        }
+        if !is_in && ctx.vm.coalesced_write(port.into(), size, self.regs.gpr[RAX], true) {
+            self.with_vmcs(|v| v.skip_instruction(e.instr_len))?;
+            return Ok(Next::Resume);
         }
         if !is_in {
             let data = self.regs.gpr[RAX].to_le_bytes();

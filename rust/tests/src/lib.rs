@@ -3,6 +3,8 @@
 //! The module's pure files are compiled here unchanged (through `#[path]`), so what is tested is
 //! exactly what the kernel build compiles.
 
+#[path = "../../coalesced.rs"]
+pub mod coalesced;
 #[path = "../../memslot.rs"]
 pub mod memslot;
 #[path = "../../x86/mod.rs"]
@@ -26,6 +28,8 @@ pub mod ioapic;
 #[path = "../../irq/pic.rs"]
 pub mod pic;
 
+#[cfg(test)]
+mod coalesced_tests;
 #[cfg(test)]
 mod cpuid_tests;
 #[cfg(test)]
