@@ -317,6 +317,13 @@ impl FileKind for VcpuKind {
                 write_user(arg, &e).map(|()| 0)
             }
             b::KVM_SET_VCPU_EVENTS => set_vcpu_events(&mut **arch, &read_user(arg)?).map(|()| 0),
+            // Upstream `kvm_vcpu_ioctl`: the range left is copied back whatever the result.
+            b::KVM_PRE_FAULT_MEMORY => {
+                let mut range: b::kvm_pre_fault_memory = read_user(arg)?;
+                let r = pre_fault_memory(&f.vm, &mut range);
+                write_user(arg, &range)?;
+                r.map(|()| 0)
+            }
             b::KVM_GET_MSRS => msr_io(&mut **arch, arg, false),
             b::KVM_SET_MSRS => msr_io(&mut **arch, arg, true),
             // Upstream x86's `kvm_arch_vcpu_ioctl` default.
@@ -342,6 +349,50 @@ impl FileKind for VcpuKind {
         // SAFETY: `page` is one of the vCPU's live pages; the mapping gets its own reference.
         unsafe { b::rkvm_get_page(page) };
         Some(page)
+    }
+}
+
+/// `KVM_PRE_FAULT_MEMORY` (upstream `kvm_vcpu_pre_fault_memory` → `kvm_tdp_map_page`): maps
+/// the range page by page, moving `gpa`/`size` past what is done. A page outside every slot
+/// stops it with `ENOENT`, a signal with `EINTR` (a backend that maps nothing: `ENOEXEC`); once
+/// one page is mapped the call succeeds and the range left tells how far it got.
+fn pre_fault_memory(vm: &Vm, range: &mut b::kvm_pre_fault_memory) -> Result {
+    let page = b::PAGE_SIZE as u64;
+    if range.flags != 0
+        || range.gpa % page != 0
+        || range.size % page != 0
+        || range.gpa.checked_add(range.size).map_or(true, |end| end <= range.gpa)
+    {
+        return Err(EINVAL);
+    }
+    let full = range.size;
+    let mut r = Ok(());
+    while range.size != 0 {
+        // SAFETY: querying the current task's state.
+        if unsafe { b::rkvm_signal_pending() } {
+            r = Err(EINTR);
+            break;
+        }
+        match vm.fault_in(range.gpa / page, false) {
+            Ok(crate::vm::Fault::Mapped) => {}
+            Ok(crate::vm::Fault::Mmio) => {
+                r = Err(ENOENT);
+                break;
+            }
+            Err(e) => {
+                r = Err(e);
+                break;
+            }
+        }
+        range.gpa += page;
+        range.size -= page;
+        // SAFETY: may sleep; only the vCPU mutex (a sleeping lock) is held.
+        unsafe { b::rkvm_cond_resched() };
+    }
+    if range.size != full {
+        Ok(())
+    } else {
+        r
     }
 }
 

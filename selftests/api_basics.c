@@ -85,7 +85,7 @@ static const struct { int cap; long want; } caps[] = {
 /* Caps only the VMX backend reports (the Bochs models have XSAVE, so XCRS is 1 there). */
 static const int vmx_caps[] = {
 	KVM_CAP_DEBUGREGS, KVM_CAP_XCRS, KVM_CAP_USER_NMI, KVM_CAP_VCPU_EVENTS, KVM_CAP_INTR_SHADOW,
-	KVM_CAP_XSAVE,
+	KVM_CAP_XSAVE, KVM_CAP_PRE_FAULT_MEMORY,
 };
 
 static long want_for(int cap)

@@ -143,8 +143,45 @@ TEST(slot_limit)
 	close(kvm2);
 }
 
+/* KVM_PRE_FAULT_MEMORY (upstream kvm_vcpu_pre_fault_memory): the range left is written back. */
+TEST(pre_fault_memory)
+{
+	static const unsigned char hlt[] = { 0xf4 };
+	long ps = page_size();
+	struct kvm_pre_fault_memory r = { .gpa = 0, .size = 4 * ps };
+	struct real_vm v = { 0 };
+
+	if (no_guests())
+		SKIP("backend=none maps no guest memory");
+	CHECK(ioctl(open_dev(), KVM_CHECK_EXTENSION, KVM_CAP_PRE_FAULT_MEMORY) == 1);
+	CHECK(real_vm_create(&v, hlt, sizeof(hlt)) == 0);
+	CHECK(ioctl(v.vcpu, KVM_PRE_FAULT_MEMORY, &r) == 0);
+	CHECK(r.gpa == 4 * ps && r.size == 0);
+	/* Past the end of slot 0 (64 KiB): success for what was mapped, the rest is left. */
+	r.gpa = 0x10000 - ps;
+	r.size = 3 * ps;
+	CHECK(ioctl(v.vcpu, KVM_PRE_FAULT_MEMORY, &r) == 0);
+	CHECK(r.gpa == 0x10000 && r.size == 2 * ps);
+	/* Nothing mapped at all: ENOENT, range unchanged. */
+	CHECK_ERRNO(ioctl(v.vcpu, KVM_PRE_FAULT_MEMORY, &r), ENOENT);
+	CHECK(r.gpa == 0x10000 && r.size == 2 * ps);
+	r.flags = 1;
+	CHECK_ERRNO(ioctl(v.vcpu, KVM_PRE_FAULT_MEMORY, &r), EINVAL);
+	r.flags = 0;
+	r.gpa = 1;
+	CHECK_ERRNO(ioctl(v.vcpu, KVM_PRE_FAULT_MEMORY, &r), EINVAL);
+	r.gpa = 0;
+	r.size = 0;
+	CHECK_ERRNO(ioctl(v.vcpu, KVM_PRE_FAULT_MEMORY, &r), EINVAL);
+	CHECK_ERRNO(ioctl(v.vcpu, KVM_PRE_FAULT_MEMORY, NULL), EFAULT);
+	/* The guest still runs on the pre-faulted memory. */
+	CHECK(ioctl(v.vcpu, KVM_RUN, 0) == 0 && v.run->exit_reason == KVM_EXIT_HLT);
+	real_vm_free(&v);
+}
+
 KTAP_MAIN("rkvm memslots",
 	CASE(bad_requests),
 	CASE(bad_pointer),
 	CASE(adjacent_move_delete_reuse),
-	CASE(slot_limit))
+	CASE(slot_limit),
+	CASE(pre_fault_memory))

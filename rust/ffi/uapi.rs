@@ -46,6 +46,7 @@ plain_old_data!(
     kvm_lapic_state,
     kvm_enable_cap,
     kvm_coalesced_mmio_zone,
+    kvm_pre_fault_memory,
 );
 
 /// Copies `n` `T`s in from the user array at `arg` (`EFAULT` if it cannot be read).

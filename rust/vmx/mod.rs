@@ -497,7 +497,9 @@ impl Backend for VmxBackend {
             | b::KVM_CAP_VCPU_EVENTS
             | b::KVM_CAP_INTR_SHADOW
             // KVM_GET/SET_XSAVE: the FXSAVE image in standard XSAVE format.
-            | b::KVM_CAP_XSAVE => Some(1),
+            | b::KVM_CAP_XSAVE
+            // KVM_PRE_FAULT_MEMORY: EPT entries made ahead of the guest's accesses.
+            | b::KVM_CAP_PRE_FAULT_MEMORY => Some(1),
             b::KVM_CAP_XSAVE2 => Some(crate::x86::xsave::SIZE as isize),
             b::KVM_CAP_XCRS => Some((self.g.host.guest_xcr0 != 0).into()),
             _ => None,
