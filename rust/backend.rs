@@ -198,6 +198,8 @@ pub(crate) struct RunContext<'a> {
     pub(crate) vm: &'a crate::vm::Vm,
     /// The CPUID table userspace set (`KVM_SET_CPUID2`); empty if it set none.
     pub(crate) cpuid: &'a [crate::x86::cpuid::Entry],
+    /// The vCPU's statistics (`KVM_GET_STATS_FD`).
+    pub(crate) stats: &'a crate::statsfd::VcpuStats,
 }
 
 /// Picks the backend named by the `backend=` module parameter.

@@ -44,7 +44,9 @@ pub(crate) fn check_extension(backend: &dyn Backend, cap: usize) -> isize {
         // KVM_ENABLE_CAP on VM fds (KVM_CAP_MAX_VCPU_ID).
         | b::KVM_CAP_ENABLE_CAP_VM
         // KVM_SET_NR_MMU_PAGES (accepted; EPT has no shadow-page cache to bound).
-        | b::KVM_CAP_MMU_SHADOW_CACHE_CONTROL => 1,
+        | b::KVM_CAP_MMU_SHADOW_CACHE_CONTROL
+        // KVM_GET_STATS_FD on VM and vCPU fds.
+        | b::KVM_CAP_BINARY_STATS_FD => 1,
         b::KVM_CAP_NR_VCPUS => crate::ffi::num_online_cpus().min(MAX_VCPUS) as isize,
         b::KVM_CAP_MAX_VCPUS => MAX_VCPUS as isize,
         b::KVM_CAP_MAX_VCPU_ID => MAX_VCPU_ID as isize,

@@ -92,6 +92,8 @@ pub(crate) struct Vcpu {
     /// `vcpu->sigset` / `sigset_active`). Only locked with `arch` held.
     #[pin]
     sigmask: Mutex<Option<u64>>,
+    /// `KVM_GET_STATS_FD`'s counters, bumped by the run loop.
+    pub(crate) stats: crate::statsfd::VcpuStats,
 }
 
 impl Vcpu {
@@ -114,6 +116,7 @@ impl Vcpu {
                 arch <- kernel::new_mutex!(arch),
                 cpuid <- kernel::new_mutex!(KVec::new()),
                 sigmask <- kernel::new_mutex!(None),
+                stats: crate::statsfd::VcpuStats::new(),
             }),
             GFP_KERNEL_ACCOUNT,
         )
@@ -323,6 +326,9 @@ impl FileKind for VcpuKind {
                 let r = pre_fault_memory(&f.vm, &mut range);
                 write_user(arg, &range)?;
                 r.map(|()| 0)
+            }
+            b::KVM_GET_STATS_FD => {
+                crate::statsfd::create_fd(crate::statsfd::StatsFile::Vcpu(f.vm.clone(), f.vcpu.clone())).map(|fd| fd as isize)
             }
             b::KVM_GET_MSRS => msr_io(&mut **arch, arg, false),
             b::KVM_SET_MSRS => msr_io(&mut **arch, arg, true),
@@ -576,7 +582,7 @@ fn run_with_mask(f: &VcpuFile, arch: &mut dyn BackendVcpu, run: *mut b::kvm_run,
         return Err(EINTR);
     }
     let table = f.vcpu.cpuid.lock();
-    let mut ctx = RunContext { run, pio: f.vcpu.pio_data(), vm: &f.vm, cpuid: &table };
+    let mut ctx = RunContext { run, pio: f.vcpu.pio_data(), vm: &f.vm, cpuid: &table, stats: &f.vcpu.stats };
     arch.run(&mut ctx)
 }
 

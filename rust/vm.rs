@@ -16,6 +16,8 @@ use crate::ffi::fileops::{self, FileKind, Fops};
 use crate::ffi::uapi::{read_user, write_user};
 use crate::irq::{Irqchip, VcpuApic};
 use crate::coalesced;
+use crate::stats;
+use crate::statsfd::{Counters, StatsFile};
 use crate::memslot::{self, GfnRange, Memslot, Memslots, SlotError, SlotVec};
 use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::page::Page;
@@ -104,6 +106,10 @@ pub(crate) struct Vm {
     coalesced: Mutex<KVec<coalesced::Zone>>,
     /// Some zone is registered: writes outside zones skip the lock.
     has_zones: AtomicBool,
+    /// The creating process's pid, for the stats id "kvm-<pid>" (upstream `kvm->stats_id`).
+    pub(crate) creator_pid: i32,
+    /// VM statistics (`stats::VM`); the counted ones are bumped under the slots lock.
+    stats: Counters<2>,
 }
 
 /// The VM fd's file kind: `private_data` owns one reference to the [`Vm`].
@@ -141,6 +147,8 @@ pub(crate) fn create(backend: &Arc<dyn Backend>, vm_type: usize) -> Result<i32> 
             ring_page: Page::alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO)?,
             coalesced <- kernel::new_mutex!(KVec::new()),
             has_zones: AtomicBool::new(false),
+            creator_pid: kernel::current!().pid(),
+            stats: Counters::new(),
         }),
         GFP_KERNEL_ACCOUNT,
     )?;
@@ -207,6 +215,7 @@ impl Vm {
                 let zone = coalesced::Zone { addr: z.addr, size: z.size, pio };
                 vm.coalesced_zone(zone, cmd == b::KVM_REGISTER_COALESCED_MMIO).map(|()| 0)
             }
+            b::KVM_GET_STATS_FD => crate::statsfd::create_fd(StatsFile::Vm(vm.into())).map(|fd| fd as isize),
             b::KVM_ENABLE_CAP => {
                 let cap: b::kvm_enable_cap = read_user(arg)?;
                 vm.enable_cap(&cap).map(|()| 0)
@@ -323,6 +332,7 @@ impl Vm {
         // kvm_invalidate_memslot before kvm_commit_memory_region).
         if let memslot::Change::Delete(old) | memslot::Change::Move { old, .. } = change {
             self.arch.unmap_slot(&old);
+            self.stats.inc(stats::vm::REMOTE_TLB_FLUSH);
         }
         slots.commit(change).map_err(slot_errno)
     }
@@ -399,6 +409,14 @@ impl Vm {
     /// The page backing the coalesced ring, for the vCPU mmap.
     pub(crate) fn ring_page(&self) -> *mut b::page {
         self.ring_page.as_ptr().cast()
+    }
+
+    /// VM statistic `i` (`stats::VM` order).
+    pub(crate) fn stat(&self, i: usize) -> u64 {
+        match i {
+            stats::vm::ONLINE_VCPUS => self.state.lock().vcpus.len() as u64,
+            _ => self.stats.get(i),
+        }
     }
 
     /// The in-kernel irqchip, if `KVM_CREATE_IRQCHIP` made one.

@@ -14,6 +14,9 @@
 #include <sys/wait.h>
 #include "rkvm_util.h"
 
+/* KVM_STATS_NAME_SIZE (include/linux/kvm_host.h): a stats header's name_size. */
+#define STATS_NAME_SIZE 48
+
 TEST(api_version)
 {
 	int kvm = open_dev();
@@ -78,6 +81,7 @@ static const struct { int cap; long want; } caps[] = {
 	{ KVM_CAP_MMU_SHADOW_CACHE_CONTROL, 1 },
 	{ KVM_CAP_COALESCED_MMIO, KVM_COALESCED_MMIO_PAGE_OFFSET },
 	{ KVM_CAP_COALESCED_PIO, 1 },
+	{ KVM_CAP_BINARY_STATS_FD, 1 },
 	{ KVM_CAP_NR_MEMSLOTS, 32764 },
 	{ KVM_CAP_VM_TYPES, 1 },
 };
@@ -286,6 +290,60 @@ TEST(enable_cap_and_nr_mmu_pages)
 	close(kvm);
 }
 
+/* Reads a stats fd's header, id and descriptors; returns the number of statistics. */
+static int read_stats(int fd, char *id, struct kvm_stats_header *h)
+{
+	if (pread(fd, h, sizeof(*h), 0) != sizeof(*h) || h->name_size != STATS_NAME_SIZE)
+		return -1;
+	if (pread(fd, id, h->name_size, h->id_offset) != h->name_size)
+		return -1;
+	return h->num_desc;
+}
+
+/* KVM_GET_STATS_FD (upstream kvm_vm_ioctl_get_stats_fd / kvm_stats_read). */
+TEST(binary_stats_fd)
+{
+	int kvm = open_dev(), vm = create_vm(kvm), vcpu = ioctl(vm, KVM_CREATE_VCPU, 3);
+	int vfd = ioctl(vm, KVM_GET_STATS_FD, 0), cfd = ioctl(vcpu, KVM_GET_STATS_FD, 0);
+	struct kvm_stats_header h;
+	char id[STATS_NAME_SIZE], want[64], desc[sizeof(struct kvm_stats_desc) + STATS_NAME_SIZE];
+	struct kvm_stats_desc *d = (void *)desc;
+	int n, found = 0;
+	__u64 v;
+
+	CHECK(ioctl(kvm, KVM_CHECK_EXTENSION, KVM_CAP_BINARY_STATS_FD) == 1);
+	CHECK(vfd >= 0 && cfd >= 0);
+	CHECK((fcntl(vfd, F_GETFL) & O_ACCMODE) == O_RDONLY && (fcntl(vfd, F_GETFD) & FD_CLOEXEC));
+	CHECK_ERRNO(write(vfd, "x", 1), EBADF);
+	CHECK(read_stats(vfd, id, &h) > 0);
+	snprintf(want, sizeof(want), "kvm-%d", getpid());
+	CHECK(strcmp(id, want) == 0);
+	n = read_stats(cfd, id, &h);
+	CHECK(n > 0);
+	snprintf(want, sizeof(want), "kvm-%d/vcpu-3", getpid());
+	CHECK(strcmp(id, want) == 0);
+	CHECK(h.desc_offset >= sizeof(h) && h.data_offset >= h.desc_offset + n * sizeof(desc));
+	for (int i = 0; i < n; i++) {
+		CHECK(pread(cfd, desc, sizeof(desc), h.desc_offset + i * sizeof(desc)) == sizeof(desc));
+		CHECK(d->size == 1 && d->bucket_size == 0 && strlen(d->name) < STATS_NAME_SIZE);
+		if (!strcmp(d->name, "exits")) {
+			found = 1;
+			/* Nothing ran yet. */
+			CHECK(pread(cfd, &v, 8, h.data_offset + d->offset) == 8 && v == 0);
+		}
+	}
+	CHECK(found);
+	/* Past the end: 0 bytes. */
+	CHECK(pread(cfd, &v, 8, h.data_offset + n * 8) == 0);
+	/* The stats fd keeps working after the VM and vCPU fds are closed. */
+	close(vcpu);
+	close(vm);
+	CHECK(read_stats(cfd, id, &h) == n);
+	close(vfd);
+	close(cfd);
+	close(kvm);
+}
+
 TEST(device_node_mode)
 {
 	struct stat st;
@@ -308,4 +366,5 @@ KTAP_MAIN("rkvm api_basics",
 	CASE(other_address_space_gets_eio),
 	CASE(tss_and_identity_map_addr),
 	CASE(enable_cap_and_nr_mmu_pages),
+	CASE(binary_stats_fd),
 	CASE(device_node_mode))

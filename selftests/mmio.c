@@ -11,6 +11,9 @@
  */
 #include "rkvm_util.h"
 
+/* KVM_STATS_NAME_SIZE (include/linux/kvm_host.h): a stats header's name_size. */
+#define STATS_NAME_SIZE 48
+
 /* mov ax, 0x2000; mov ds, ax; mov es, ax */
 #define SEGS_AT_0x20000 0xb8, 0x00, 0x20, 0x8e, 0xd8, 0x8e, 0xc0
 /* out 0x80, al: a port exit the tests use as a pause point */
@@ -212,6 +215,29 @@ TEST(undecodable_mmio_is_internal_error)
 	real_vm_free(&v);
 }
 
+/* The value of statistic `name` of a vCPU (KVM_GET_STATS_FD), or ~0 if absent. */
+static __u64 stat_value(int vcpu, const char *name)
+{
+	int fd = ioctl(vcpu, KVM_GET_STATS_FD, 0);
+	struct kvm_stats_header h;
+	char desc[sizeof(struct kvm_stats_desc) + STATS_NAME_SIZE];
+	struct kvm_stats_desc *d = (void *)desc;
+	__u64 v = ~0ULL;
+
+	if (fd < 0 || pread(fd, &h, sizeof(h), 0) != sizeof(h))
+		return v;
+	for (unsigned int i = 0; i < h.num_desc; i++) {
+		if (pread(fd, desc, sizeof(desc), h.desc_offset + i * sizeof(desc)) != sizeof(desc))
+			break;
+		if (!strcmp(d->name, name) && pread(fd, &v, 8, h.data_offset + d->offset) != 8)
+			v = ~0ULL;
+		if (!strcmp(d->name, name))
+			break;
+	}
+	close(fd);
+	return v;
+}
+
 /*
  * Coalesced MMIO and PIO (upstream coalesced_mmio.c): writes to registered zones go to the ring
  * page at KVM_COALESCED_MMIO_PAGE_OFFSET of the vCPU mmap instead of exiting; a full ring (one
@@ -266,6 +292,13 @@ TEST(coalesced_mmio_and_pio)
 	CHECK(*(__u16 *)v.run->mmio.data == 0x9abc);
 	CHECK(ring->last == 0 && e[max - 1].pio && e[max - 1].phys_addr == 0x70);
 	CHECK_ERRNO(ioctl(v.vm, KVM_UNREGISTER_COALESCED_MMIO, &bad), EINVAL);
+	/* Binary stats: three MMIO exits to userspace, each at least one VM exit. */
+	if (!upstream()) {
+		__u64 exits = stat_value(v.vcpu, "exits"), mmio = stat_value(v.vcpu, "mmio_exits");
+
+		printf("# stats: exits %llu, mmio_exits %llu\n", exits, mmio);
+		CHECK(mmio == 3 && exits >= mmio);
+	}
 	real_vm_free(&v);
 }
 

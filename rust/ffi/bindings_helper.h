@@ -70,6 +70,7 @@ RKVM_CONST(unsigned int, KVM_GET_XSAVE2);
 RKVM_CONST(unsigned int, KVM_INTERRUPT);
 RKVM_CONST(unsigned int, KVM_CREATE_IRQCHIP);
 RKVM_CONST(unsigned int, KVM_ENABLE_CAP);
+RKVM_CONST(unsigned int, KVM_GET_STATS_FD);
 RKVM_CONST(unsigned int, KVM_PRE_FAULT_MEMORY);
 RKVM_CONST(unsigned int, KVM_REGISTER_COALESCED_MMIO);
 RKVM_CONST(unsigned int, KVM_UNREGISTER_COALESCED_MMIO);
@@ -87,6 +88,7 @@ RKVM_CONST(unsigned int, KVM_SET_VCPU_EVENTS);
 
 /* file and mm flags that are macros over other macros */
 RKVM_CONST(unsigned int, O_RDWR);
+RKVM_CONST(unsigned int, O_RDONLY);
 RKVM_CONST(unsigned int, SIGKILL);
 RKVM_CONST(unsigned int, SIGSTOP);
 RKVM_CONST(unsigned int, O_CLOEXEC);

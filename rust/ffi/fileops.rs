@@ -25,6 +25,14 @@ pub(crate) trait FileKind: Sized + 'static {
 
     /// Whether the file can be mmap'ed (then [`FileKind::mmap`] and [`FileKind::fault`] apply).
     const MMAP: bool = false;
+    /// Whether the file can be read (then [`FileKind::read`] applies).
+    const READ: bool = false;
+
+    /// `read` of `count` bytes at file position `pos` into the user buffer `buf`: the number of
+    /// bytes copied (the position advances by it).
+    fn read(_data: Borrowed<'_, Self>, _buf: usize, _count: usize, _pos: u64) -> Result<usize> {
+        Err(EINVAL)
+    }
 
     /// `unlocked_ioctl`: the return value becomes the syscall's (an fd, a count or 0).
     fn ioctl(data: Borrowed<'_, Self>, cmd: u32, arg: usize) -> Result<isize>;
@@ -66,6 +74,9 @@ impl Fops {
             fops.mmap = Some(mmap_callback::<K>);
             vm_ops.fault = Some(fault_callback::<K>);
         }
+        if K::READ {
+            fops.read = Some(read_callback::<K>);
+        }
         Fops { fops, vm_ops }
     }
 
@@ -80,17 +91,31 @@ impl Fops {
 ///
 /// On failure `data` is dropped here and nothing else remains.
 pub(crate) fn create_fd<K: FileKind>(fops: &'static Fops, name: &CStr, data: K::Data) -> Result<i32> {
+    create_fd_flags::<K>(fops, name, data, bindings::O_RDWR)
+}
+
+/// [`create_fd`] with the access mode `flags` (`O_RDONLY` for stats fds); `O_CLOEXEC` is added.
+pub(crate) fn create_fd_flags<K: FileKind>(fops: &'static Fops, name: &CStr, data: K::Data, flags: u32) -> Result<i32> {
     let ptr = data.into_foreign();
     // SAFETY: `name` is NUL-terminated and only read during the call (the dentry copies it);
     // `fops` is a `'static` table whose callbacks expect `private_data` to come from
     // `K::Data::into_foreign`, which `ptr` does.
     let fd = unsafe {
-        bindings::anon_inode_getfd(
-            name.as_char_ptr(),
-            fops.as_ptr(),
-            ptr as *mut c_void,
-            (bindings::O_RDWR | bindings::O_CLOEXEC) as c_int,
-        )
+        if K::READ {
+            bindings::rkvm_anon_inode_getfd_pread(
+                name.as_char_ptr(),
+                fops.as_ptr(),
+                ptr as *mut c_void,
+                (flags | bindings::O_CLOEXEC) as c_int,
+            )
+        } else {
+            bindings::anon_inode_getfd(
+                name.as_char_ptr(),
+                fops.as_ptr(),
+                ptr as *mut c_void,
+                (flags | bindings::O_CLOEXEC) as c_int,
+            )
+        }
     };
     if fd < 0 {
         // SAFETY: no file was created, so `ptr` is still ours alone and is reclaimed once.
@@ -128,6 +153,29 @@ unsafe extern "C" fn ioctl_callback<K: FileKind>(
     // by `create_fd::<K>`, and holds a reference to it for the whole call.
     let data = unsafe { borrow::<K>(file) };
     errno_to_long(K::ioctl(data, cmd, arg as usize))
+}
+
+unsafe extern "C" fn read_callback<K: FileKind>(
+    file: *mut bindings::file,
+    buf: *mut kernel::ffi::c_char,
+    count: usize,
+    ppos: *mut bindings::loff_t,
+) -> isize {
+    // SAFETY: the VFS calls `read` on a live file that uses this table (made by
+    // `create_fd::<K>`), holding a reference for the call; `ppos` points at the position it
+    // passes for this read, valid for the call.
+    let (data, pos) = unsafe { (borrow::<K>(file), *ppos) };
+    if pos < 0 {
+        return EINVAL.to_errno() as isize;
+    }
+    match K::read(data, buf as usize, count, pos as u64) {
+        Ok(n) => {
+            // SAFETY: as above; `n <= count`, so the position stays within `loff_t`.
+            unsafe { *ppos = pos + n as bindings::loff_t };
+            n as isize
+        }
+        Err(e) => e.to_errno() as isize,
+    }
 }
 
 unsafe extern "C" fn release_callback<K: FileKind>(

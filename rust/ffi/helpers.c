@@ -423,3 +423,27 @@ u64 rkvm_ktime_ns(void)
 {
 	return ktime_get_ns();
 }
+
+/* --- stats fds ---------------------------------------------------------------------------------- */
+
+#include <linux/anon_inodes.h>
+#include <linux/file.h>
+
+int rkvm_anon_inode_getfd_pread(const char *name, const struct file_operations *fops, void *priv,
+				int flags)
+{
+	struct file *file;
+	int fd = get_unused_fd_flags(flags);
+
+	if (fd < 0)
+		return fd;
+	file = anon_inode_getfile(name, fops, priv, flags);
+	if (IS_ERR(file)) {
+		put_unused_fd(fd);
+		return PTR_ERR(file);
+	}
+	/* Upstream kvm_vm_ioctl_get_stats_fd: readers use pread at the header's offsets. */
+	file->f_mode |= FMODE_PREAD;
+	fd_install(fd, file);
+	return fd;
+}

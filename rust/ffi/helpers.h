@@ -103,6 +103,11 @@ unsigned long rkvm_local_irq_save(void);
 void rkvm_local_irq_restore(unsigned long flags);
 
 
+/* anon_inode_getfd for a file that supports pread (FMODE_PREAD), as upstream's stats fds. */
+struct file_operations;
+int rkvm_anon_inode_getfd_pread(const char *name, const struct file_operations *fops, void *priv,
+				int flags);
+
 /* --- for the in-kernel irqchip (rust/irq/) ------------------------------------------------------ */
 
 /*

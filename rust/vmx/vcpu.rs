@@ -22,6 +22,7 @@ use super::pt::{self, PtContext};
 use super::{insn, rdmsr, KernelMsrs, VmxGlobal};
 use crate::backend::{BackendVcpu, RunContext};
 use crate::irq::{lapic, VcpuApic};
+use crate::stats::vcpu as stats;
 use crate::ffi::bindings as b;
 use crate::vm::Fault;
 use crate::x86::cr;
@@ -115,6 +116,8 @@ struct ExitInfo {
     instr_len: u64,
     intr_info: u32,
     gpa: u64,
+    /// The VM-entry interruption information this entry carried (0: none).
+    injected: u32,
 }
 
 /// Guest MSRs the VMCS does not hold (where each MSR lives: `x86/msr.rs`).
@@ -831,6 +834,7 @@ impl VmxVcpu {
                 instr_len: vmcs::read(f::VM_EXIT_INSTRUCTION_LEN),
                 intr_info: vmcs::read(f::VM_EXIT_INTR_INFO) as u32,
                 gpa: vmcs::read(f::GUEST_PHYSICAL_ADDRESS),
+                injected: ev.info,
             };
             // A failed VM entry (exit reason bit 31) leaves the VMCS not launched: the next
             // entry must be VMLAUNCH again (SDM 27.8; upstream: vmx_vcpu_run).
@@ -1821,12 +1825,34 @@ impl BackendVcpu for VmxVcpu {
     }
 }
 
+/// Counts exit `e` by reason (upstream's `++vcpu->stat.*` in the exit handlers), and the
+/// event the entry carried, if any.
+fn count_exit(s: &crate::statsfd::VcpuStats, e: &ExitInfo) {
+    s.inc(stats::EXITS);
+    match e.reason & 0xffff {
+        reason::EXTERNAL_INTERRUPT => s.inc(stats::IRQ_EXITS),
+        reason::INTERRUPT_WINDOW => s.inc(stats::IRQ_WINDOW_EXITS),
+        reason::NMI_WINDOW => s.inc(stats::NMI_WINDOW_EXITS),
+        reason::HLT => s.inc(stats::HALT_EXITS),
+        _ => {}
+    }
+    if e.injected & events::INFO_VALID != 0 {
+        match (e.injected >> 8) & 7 {
+            events::TYPE_EXT_INTR => s.inc(stats::IRQ_INJECTIONS),
+            events::TYPE_NMI => s.inc(stats::NMI_INJECTIONS),
+            _ => {}
+        }
+    }
+}
+
 /// What the in-kernel LAPIC decided before an entry.
 enum ApicStep {
     /// Enter; `window`: an interrupt waits for the guest to accept it.
     Enter { kick_seq: u32, window: bool },
-    /// The vCPU was halted or waiting for a SIPI and something woke it: look again.
+    /// Waiting for a SIPI and something woke it (or the state changed): look again.
     Again,
+    /// Halted, and an event woke it: look again.
+    Woken,
     /// Halted (or waiting for a SIPI), and a signal arrived.
     Interrupted,
 }
@@ -1869,7 +1895,7 @@ impl VmxVcpu {
             let Some(a) = self.apic.as_mut() else { return Ok(ApicStep::Again) };
             if !wake {
                 return Ok(match a.posted.kick.wait(kick_seq) {
-                    Ok(()) => ApicStep::Again,
+                    Ok(()) => ApicStep::Woken,
                     Err(_) => ApicStep::Interrupted,
                 });
             }
@@ -1979,6 +2005,7 @@ impl VmxVcpu {
             if unsafe { b::rkvm_signal_pending() } {
                 // SAFETY: `run` is the vCPU's kvm_run page.
                 unsafe { (*ctx.run).exit_reason = b::KVM_EXIT_INTR };
+                ctx.stats.inc(stats::SIGNAL_EXITS);
                 return Err(EINTR);
             }
             // SAFETY: may sleep; we hold no spinlock and preemption is enabled here.
@@ -1995,13 +2022,25 @@ impl VmxVcpu {
                 ApicStep::Interrupted => {
                     // SAFETY: `run` is the vCPU's kvm_run page.
                     unsafe { (*ctx.run).exit_reason = b::KVM_EXIT_INTR };
+                    ctx.stats.inc(stats::SIGNAL_EXITS);
                     return Err(EINTR);
+                }
+                ApicStep::Woken => {
+                    ctx.stats.inc(stats::HALT_WAKEUP);
+                    continue;
                 }
             };
             match self.enter_once(user_window || apic_window, kick_seq)? {
                 Entered::Cancelled => continue,
                 Entered::Exit(info) => {
+                    count_exit(ctx.stats, &info);
                     if let Next::User = self.handle_exit(ctx, &info)? {
+                        // SAFETY: `run` is the vCPU's kvm_run page.
+                        match unsafe { (*ctx.run).exit_reason } {
+                            b::KVM_EXIT_IO => ctx.stats.inc(stats::IO_EXITS),
+                            b::KVM_EXIT_MMIO => ctx.stats.inc(stats::MMIO_EXITS),
+                            _ => {}
+                        }
                         return Ok(());
                     }
                     // Userspace asked to be told when it may inject (upstream: vcpu_run's

@@ -7,6 +7,8 @@
 pub mod coalesced;
 #[path = "../../memslot.rs"]
 pub mod memslot;
+#[path = "../../stats.rs"]
+pub mod stats;
 #[path = "../../x86/mod.rs"]
 pub mod x86;
 /// The pure part of the VMX backend.
@@ -48,6 +50,8 @@ mod msr_tests;
 mod pic_tests;
 #[cfg(test)]
 mod pt_tests;
+#[cfg(test)]
+mod stats_tests;
 #[cfg(test)]
 mod vmx_config_tests;
 #[cfg(test)]
