@@ -72,7 +72,7 @@
 /* Program numbers: the table at the start of guests/irqchip.S. */
 enum program {
 	P_HALT_IF0, P_TIMER_ONESHOT, P_TIMER_PERIODIC, P_IOAPIC_EDGE, P_WAIT, P_PIC,
-	P_IPI_SENDER, P_TPR, P_X2APIC_WAIT, P_X2APIC_SENDER,
+	P_IPI_SENDER, P_TPR, P_X2APIC_WAIT, P_X2APIC_SENDER, P_APIC_MODES,
 };
 
 static long now_ms(void)
@@ -1121,6 +1121,28 @@ TEST(x2apic_ipis)
 	icvm_free(&v);
 }
 
+/*
+ * The guest's own IA32_APIC_BASE writes (guest program 10; kvm_apic_set_base without
+ * host_initiated): into x2APIC mode only from xAPIC mode, out of it only to disabled, never EXTD
+ * without EN; every other attempt is a #GP and changes nothing.
+ */
+TEST(guest_apic_mode_transitions)
+{
+	struct icvm v;
+	__u32 d = 0;
+
+	if (no_guests())
+		SKIP("backend=none enters no guest");
+	REQUIRE(prog_vm(&v, P_APIC_MODES) == 0, &v);
+	CHECK(run_to_port(&v, 0, 0xe0, &d) == 0 && d == 2);
+	CHECK(run_to_port(&v, 0, 0xe1, &d) == 0 && d == 3);
+	CHECK(run_to_port(&v, 0, 0xe2, &d) == 0);
+	CHECK(d == 0xfee00d00); /* BSP, EN, EXTD */
+	CHECK(run_to_port(&v, 0, 0xe3, &d) == 0 && d == 3);
+	CHECK(msr(v.vcpu[0], MSR_IA32_APICBASE) == 0xfee00d00);
+	icvm_free(&v);
+}
+
 KTAP_MAIN("rkvm irqchip",
 	CASE(api_errors),
 	CASE(lapic_reset_state),
@@ -1135,4 +1157,5 @@ KTAP_MAIN("rkvm irqchip",
 	CASE(pic_irq_line),
 	CASE(ipi_wakes_halted_vcpu),
 	CASE(tpr_masks_interrupts),
-	CASE(x2apic_ipis))
+	CASE(x2apic_ipis),
+	CASE(guest_apic_mode_transitions))

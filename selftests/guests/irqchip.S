@@ -55,6 +55,7 @@ programs:			/* numbered as enum program in irqchip.c */
 	.long	p_tpr		/* 7 */
 	.long	p_x2apic_wait	/* 8 */
 	.long	p_x2apic_sender	/* 9 */
+	.long	p_apic_modes	/* 10 */
 
 /* IDT: all 256 vectors to their "unexpected" stubs, then the IDTR; IF stays 0. Masks the PICs. */
 setup:
@@ -166,6 +167,16 @@ cnt_\vec:
 
 	X2APIC_HANDLER 0x61	/* x2APIC IPI from vCPU 0 */
 	X2APIC_HANDLER 0x62	/* x2APIC self IPI */
+
+/* #GP from a WRMSR: count it and resume after the (2-byte) instruction. */
+h_gp_wrmsr:
+	incl	cnt_gp
+	addl	$2, 4(%esp)	/* the return EIP, above the error code */
+	add	$4, %esp
+	iret
+	.align 4
+cnt_gp:
+	.long	0
 
 /* LAPIC timer, periodic: no report per interrupt; keeps the TMCCT it read. */
 h_0x41:
@@ -423,6 +434,45 @@ p_x2apic_sender:
 	rdmsr
 	out	%eax, $0xe0
 	mov	%edx, %eax
+	out	%eax, $0xe3
+	jmp	finish
+
+/*
+ * 10: the APIC mode changes a guest's WRMSR of IA32_APIC_BASE may make (SDM 11.12.5), each #GP
+ * counted and skipped: xAPIC -> x2APIC; x2APIC -> xAPIC (#GP); x2APIC -> EXTD without EN (#GP);
+ * x2APIC -> disabled; disabled -> x2APIC (#GP); disabled -> xAPIC -> x2APIC. 0xe0 = the #GP
+ * count after the first two refusals (2), 0xe1 = after the third (3), 0xe2 = IA32_APIC_BASE at
+ * the end, 0xe3 = the #GP count at the end (3).
+ */
+p_apic_modes:
+	call	setup
+	GATE	13, h_gp_wrmsr
+	mov	$MSR_APICBASE, %ecx
+	rdmsr
+	or	$0xc00, %eax		/* xAPIC -> x2APIC */
+	wrmsr
+	and	$~0x400, %eax		/* x2APIC -> xAPIC: #GP */
+	wrmsr
+	or	$0x400, %eax
+	and	$~0x800, %eax		/* x2APIC -> EXTD alone: #GP */
+	wrmsr
+	mov	cnt_gp, %eax
+	out	%eax, $0xe0
+	rdmsr
+	and	$~0xc00, %eax		/* x2APIC -> disabled */
+	wrmsr
+	or	$0xc00, %eax		/* disabled -> x2APIC: #GP */
+	wrmsr
+	mov	cnt_gp, %eax
+	out	%eax, $0xe1
+	rdmsr
+	or	$0x800, %eax		/* disabled -> xAPIC */
+	wrmsr
+	or	$0x400, %eax		/* xAPIC -> x2APIC */
+	wrmsr
+	rdmsr
+	out	%eax, $0xe2
+	mov	cnt_gp, %eax
 	out	%eax, $0xe3
 	jmp	finish
 
