@@ -89,6 +89,8 @@ pub(crate) trait BackendVcpu: Send {
     fn set_sregs(&mut self, sregs: &bindings::kvm_sregs) -> Result;
     /// Runs the guest until an exit that needs userspace, filling `run` (upstream: `vcpu_run`).
     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result;
+    /// `KVM_SET_CPUID2` set `table` (upstream `kvm_vcpu_after_set_cpuid`).
+    fn after_set_cpuid(&mut self, _table: &[crate::x86::cpuid::Entry]) {}
     /// Whether the vCPU has entered its guest (then `KVM_SET_CPUID2` may not change the table;
     /// upstream `kvm_vcpu_has_run`).
     fn has_run(&self) -> bool {

@@ -14,6 +14,9 @@ use crate::memslot;
 pub(crate) const MAX_VCPUS: u32 = 1024;
 /// vCPU ids are below this (`KVM_CAP_MAX_VCPU_ID`).
 pub(crate) const MAX_VCPU_ID: u32 = 4096;
+/// The `KVM_CAP_X2APIC_API` flags (upstream `KVM_X2APIC_API_VALID_FLAGS`).
+pub(crate) const X2APIC_API_VALID_FLAGS: u64 =
+    (b::KVM_X2APIC_API_USE_32BIT_IDS | b::KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK) as u64;
 
 /// The answer to `KVM_CHECK_EXTENSION(cap)`; unknown or unimplemented caps answer 0.
 pub(crate) fn check_extension(backend: &dyn Backend, cap: usize) -> isize {
@@ -41,7 +44,7 @@ pub(crate) fn check_extension(backend: &dyn Backend, cap: usize) -> isize {
         // KVM_CREATE_IRQCHIP (LAPIC, IOAPIC, PIC), KVM_IRQ_LINE and KVM_IRQ_LINE_STATUS.
         | b::KVM_CAP_IRQCHIP
         | b::KVM_CAP_IRQ_INJECT_STATUS
-        // KVM_ENABLE_CAP on VM fds (KVM_CAP_MAX_VCPU_ID).
+        // KVM_ENABLE_CAP on VM fds (KVM_CAP_MAX_VCPU_ID, KVM_CAP_X2APIC_API).
         | b::KVM_CAP_ENABLE_CAP_VM
         // KVM_SET_NR_MMU_PAGES (accepted; EPT has no shadow-page cache to bound).
         | b::KVM_CAP_MMU_SHADOW_CACHE_CONTROL
@@ -54,6 +57,9 @@ pub(crate) fn check_extension(backend: &dyn Backend, cap: usize) -> isize {
         // The page offset of the coalesced ring in the vCPU mmap; PIO zones too.
         b::KVM_CAP_COALESCED_MMIO => b::KVM_COALESCED_MMIO_PAGE_OFFSET as isize,
         b::KVM_CAP_COALESCED_PIO => 1,
+        // The flags `KVM_ENABLE_CAP(KVM_CAP_X2APIC_API)` takes (x2APIC itself needs an
+        // in-kernel LAPIC; upstream answers the same without one).
+        b::KVM_CAP_X2APIC_API => X2APIC_API_VALID_FLAGS as isize,
         // Bit mask of the accepted KVM_CREATE_VM types: only the default x86 VM.
         b::KVM_CAP_VM_TYPES => 1 << b::KVM_X86_DEFAULT_VM,
         // The kvm_run->s.regs parts (KVM_SYNC_X86_*).

@@ -59,8 +59,7 @@ impl BackendVcpu for NoneVcpu {
     }
 
     fn set_lapic(&mut self, regs: &[u8; crate::irq::lapic::REG_SIZE]) -> Result {
-        self.apic.as_mut().ok_or(EINVAL)?.set_state(regs);
-        Ok(())
+        self.apic.as_mut().ok_or(EINVAL)?.set_state(regs)
     }
 
     fn get_mp_state(&mut self) -> u32 {

@@ -218,6 +218,7 @@ impl FileKind for VcpuKind {
                     return if entries[..] == table[..] { Ok(0) } else { Err(EINVAL) };
                 }
                 *table = entries;
+                arch.after_set_cpuid(&table);
                 Ok(0)
             }
             b::KVM_GET_CPUID2 => {
@@ -433,11 +434,13 @@ fn set_regs(arch: &mut dyn BackendVcpu, mut regs: b::kvm_regs) -> Result {
     arch.set_regs(&regs)
 }
 
-/// `KVM_SET_SREGS`, validated against the backend's limits (upstream `kvm_is_valid_sregs`).
+/// `KVM_SET_SREGS`, validated against the backend's limits (upstream `kvm_is_valid_sregs`, and
+/// `kvm_apic_set_base` as userspace's: any APIC mode change is allowed).
 fn set_sregs(f: &VcpuFile, arch: &mut dyn BackendVcpu, sregs: &b::kvm_sregs) -> Result {
     let limits = f.vm.backend.limits();
+    let x2apic = cpuid::guest_has_x2apic(&f.vcpu.cpuid.lock(), f.vcpu.has_apic);
     if !limits.sregs_valid(sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer, sregs.cs.l != 0)
-        || !limits.apic_base_valid(sregs.apic_base)
+        || !limits.apic_base_valid(sregs.apic_base, x2apic)
     {
         return Err(EINVAL);
     }

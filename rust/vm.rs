@@ -85,6 +85,9 @@ struct VmState {
     /// `KVM_SET_NR_MMU_PAGES`. Recorded only: that limit bounds upstream's shadow-paging page
     /// cache, and rkvm's EPT tables have no such cache.
     nr_mmu_pages: u64,
+    /// The `KVM_CAP_X2APIC_API` flags enabled so far (upstream `kvm->arch.x2apic_format` and
+    /// `x2apic_broadcast_quirk_disabled`); the irqchip holds them too once it exists.
+    x2apic_api: u64,
 }
 
 /// A virtual machine (upstream: `struct kvm`).
@@ -142,6 +145,7 @@ pub(crate) fn create(backend: &Arc<dyn Backend>, vm_type: usize) -> Result<i32> 
                 irqchip: None,
                 max_vcpu_ids: 0,
                 nr_mmu_pages: 0,
+                x2apic_api: 0,
             }),
             slots <- kernel::new_mutex!(Memslots::new(KVec::new(), KVec::new())),
             ring_page: Page::alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO)?,
@@ -237,7 +241,7 @@ impl Vm {
                 if !state.vcpus.is_empty() {
                     return Err(EINVAL);
                 }
-                state.irqchip = Some(Irqchip::new()?);
+                state.irqchip = Some(Irqchip::new(state.x2apic_api)?);
                 Ok(0)
             }
             // Upstream `kvm_vm_ioctl_irq_line`: ENXIO without an in-kernel irqchip; the status
@@ -291,6 +295,20 @@ impl Vm {
                 } else {
                     Err(EINVAL)
                 }
+            }
+            // Upstream: valid flags only, at any time (also after vCPUs exist); flags already
+            // set stay set.
+            b::KVM_CAP_X2APIC_API => {
+                let flags = cap.args[0];
+                if flags & !caps::X2APIC_API_VALID_FLAGS != 0 {
+                    return Err(EINVAL);
+                }
+                let mut state = self.state.lock();
+                state.x2apic_api |= flags;
+                if let Some(chip) = &state.irqchip {
+                    chip.enable_x2apic_api(flags);
+                }
+                Ok(())
             }
             _ => Err(EINVAL),
         }

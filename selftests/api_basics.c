@@ -84,6 +84,7 @@ static const struct { int cap; long want; } caps[] = {
 	{ KVM_CAP_BINARY_STATS_FD, 1 },
 	{ KVM_CAP_NR_MEMSLOTS, 32764 },
 	{ KVM_CAP_VM_TYPES, 1 },
+	{ KVM_CAP_X2APIC_API, KVM_X2APIC_API_USE_32BIT_IDS | KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK },
 };
 
 /* Caps only the VMX backend reports (the Bochs models have XSAVE, so XCRS is 1 there). */
@@ -286,6 +287,20 @@ TEST(enable_cap_and_nr_mmu_pages)
 	/* At least KVM_MIN_ALLOC_MMU_PAGES (64). */
 	CHECK_ERRNO(ioctl(vm, KVM_SET_NR_MMU_PAGES, 63UL), EINVAL);
 	CHECK(ioctl(vm, KVM_SET_NR_MMU_PAGES, 64UL) == 0);
+	/*
+	 * KVM_CAP_X2APIC_API: only the flags KVM_CHECK_EXTENSION reports; any time, again and again
+	 * (here after a vCPU exists, and without an irqchip).
+	 */
+	cap.cap = KVM_CAP_X2APIC_API;
+	cap.args[0] = ioctl(vm, KVM_CHECK_EXTENSION, KVM_CAP_X2APIC_API);
+	CHECK(cap.args[0] == (KVM_X2APIC_API_USE_32BIT_IDS | KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK));
+	CHECK(ioctl(vm, KVM_ENABLE_CAP, &cap) == 0);
+	cap.args[0] = KVM_X2APIC_API_USE_32BIT_IDS;
+	CHECK(ioctl(vm, KVM_ENABLE_CAP, &cap) == 0);
+	cap.args[0] = 4;
+	CHECK_ERRNO(ioctl(vm, KVM_ENABLE_CAP, &cap), EINVAL);
+	cap.args[0] = 1ULL << 63;
+	CHECK_ERRNO(ioctl(vm, KVM_ENABLE_CAP, &cap), EINVAL);
 	close(vm);
 	close(kvm);
 }

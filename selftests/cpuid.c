@@ -66,6 +66,9 @@ TEST(get_supported_cpuid)
 		/* rkvm: no nested VMX, no AVX (guests get XCR0 within x87|SSE). */
 		CHECK(e && !(e->ecx & (1 << 5)) && !(e->ecx & (1 << 28)));
 	}
+	/* x2APIC is emulated (with an in-kernel LAPIC), so offered whatever the host has. */
+	if (!no_guests())
+		CHECK(e && (e->ecx & (1 << 21)));
 	free(small);
 	free(c);
 	close(kvm);

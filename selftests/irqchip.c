@@ -11,7 +11,8 @@
  * program): the LAPIC timer one-shot and periodic, HLT with IF=0 blocking until a signal,
  * KVM_IRQ_LINE through the IOAPIC (edge, and level re-delivered after each EOI while the line
  * is high) and through the PIC (ExtINT via LVT0), a fixed IPI waking a halted vCPU 1, and TPR
- * holding back an interrupt of a class not above it. No guest HLT reaches userspace
+ * holding back an interrupt of a class not above it; x2APIC mode: the ID, a self IPI and an IPI
+ * to vCPU 1 through MSRs, and KVM_GET/SET_LAPIC's x2APIC format. No guest HLT reaches userspace
  * (KVM_EXIT_HLT fails a case); every KVM_RUN runs under a watchdog signal, so a missing
  * interrupt gives "not ok" (EINTR) rather than a hang (and a KVM_RUN deaf to signals, a
  * "Bail out!" and exit status 1).
@@ -21,7 +22,9 @@
  * in kvm_vm_ioctl (virt/kvm/kvm_main.c), kvm_arch_vcpu_ioctl's KVM_GET/SET_LAPIC and
  * kvm_vcpu_ioctl_interrupt, kvm_arch_vcpu_create's mp_state, kvm_arch_vcpu_ioctl_set_mpstate
  * (x86.c); kvm_lapic_reset, kvm_apic_set_version, kvm_apic_get_state / kvm_apic_set_state,
- * apic_get_tmcct, kvm_apic_accept_pic_intr (lapic.c); kvm_ioapic_reset, ioapic_read_indirect,
+ * apic_get_tmcct, kvm_apic_accept_pic_intr, kvm_apic_set_base, kvm_x2apic_msr_read/write,
+ * kvm_x2apic_icr_write, kvm_apic_state_fixup (lapic.c); KVM_CAP_X2APIC_API in
+ * kvm_vm_ioctl_enable_cap (x86.c); kvm_ioapic_reset, ioapic_read_indirect,
  * kvm_ioapic_update_eoi_one (ioapic.c); kvm_pic_init, pic_ioport_write, kvm_pic_read_irq
  * (i8259.c); kvm_setup_default_irq_routing (irq_comm.c).
  */
@@ -58,6 +61,8 @@
 #define LVT_MASKED	0x10000
 
 #define MSR_IA32_APICBASE	0x1b
+/* x2APIC registers: MSR 0x800 + offset / 16. */
+#define X2APIC_MSR(off)		(0x800 + ((off) >> 4))
 
 /* Guest layout: RAM at GPA 0 (the guest binary at 0), the GDT, the guest's IDT, two stacks. */
 #define MEM_SIZE	0x200000
@@ -69,7 +74,7 @@
 /* Program numbers: the table at the start of guests/irqchip.S. */
 enum program {
 	P_HALT_IF0, P_TIMER_ONESHOT, P_TIMER_PERIODIC, P_IOAPIC_EDGE, P_WAIT, P_PIC,
-	P_IPI_SENDER, P_TPR,
+	P_IPI_SENDER, P_TPR, P_X2APIC_WAIT, P_X2APIC_SENDER, P_APIC_MODES,
 };
 
 static long now_ms(void)
@@ -1039,6 +1044,107 @@ TEST(tpr_masks_interrupts)
 	icvm_free(&v);
 }
 
+static void *x2apic_target_thread(void *arg)
+{
+	struct ipi_target *t = arg;
+
+	t->rc = run_to_port(t->v, 1, 0x61, &t->count);
+	wd_free();
+	return NULL;
+}
+
+/*
+ * x2APIC mode (guest programs 8 and 9): vCPU 1 sets IA32_APIC_BASE.EXTD (CPUID has x2APIC),
+ * enables its APIC through the SVR MSR, reads its x2APIC ID from MSR 0x802 (1) and halts; vCPU 0
+ * does the same (ID 0), takes a self IPI sent through SELF_IPI (MSR 0x83f), and sends vector 0x61
+ * to x2APIC ID 1 with one 64-bit WRMSR of ICR (MSR 0x830), which reads back whole with delivery
+ * status clear; vCPU 1's handler runs once (EOI through MSR 0x80b). Userspace sees: no x2APIC
+ * MSRs in xAPIC mode; EXTD in IA32_APIC_BASE and the x2APIC MSRs through KVM_GET_MSRS after;
+ * KVM_GET_LAPIC's x2APIC format (kvm_apic_state_fixup): ID = vCPU id << 24, LDR derived, ICR's
+ * high half in ICR2; the whole ID after KVM_ENABLE_CAP(KVM_CAP_X2APIC_API,
+ * KVM_X2APIC_API_USE_32BIT_IDS), and then KVM_SET_LAPIC with another ID is EINVAL.
+ */
+TEST(x2apic_ipis)
+{
+	struct kvm_enable_cap cap = { .cap = KVM_CAP_X2APIC_API,
+				      .args = { KVM_X2APIC_API_USE_32BIT_IDS } };
+	struct ipi_target t = { 0 };
+	struct kvm_lapic_state l;
+	struct icvm v;
+	__u32 d = 0;
+
+	if (no_guests())
+		SKIP("backend=none enters no guest");
+	REQUIRE(icvm_create(&v, 2, 1) == 0, &v);
+	CHECK(set_mp_state(v.vcpu[1], KVM_MP_STATE_RUNNABLE) == 0);
+	REQUIRE(vcpu_prog(&v, 0, P_X2APIC_SENDER, STACK0) == 0, &v);
+	REQUIRE(vcpu_prog(&v, 1, P_X2APIC_WAIT, STACK1) == 0, &v);
+	CHECK(msr(v.vcpu[1], X2APIC_MSR(APIC_ID)) == ~0ull);
+	REQUIRE(run_to_port(&v, 1, 0xe0, &d) == 0, &v);
+	CHECK(d == 1);
+	CHECK(msr(v.vcpu[1], MSR_IA32_APICBASE) == 0xfee00c00);
+	CHECK(msr(v.vcpu[1], X2APIC_MSR(APIC_ID)) == 1);
+	CHECK(msr(v.vcpu[1], X2APIC_MSR(APIC_LDR)) == 2); /* cluster 0, bit 1 */
+	CHECK(msr(v.vcpu[1], X2APIC_MSR(APIC_DFR)) == ~0ull); /* no DFR in x2APIC mode */
+	CHECK(ioctl(v.vcpu[1], KVM_GET_LAPIC, &l) == 0);
+	CHECK(reg(&l, APIC_ID) == 1 << 24 && reg(&l, APIC_LDR) == 2 && reg(&l, APIC_SVR) == 0x1ff);
+	t.v = &v;
+	t.rc = -1;
+	CHECK(pthread_create(&t.thread, NULL, x2apic_target_thread, &t) == 0);
+	sleep_ms(100); /* let vCPU 1 reach its HLT */
+	CHECK(run_to_port(&v, 0, 0xe1, &d) == 0 && d == 0);
+	CHECK(run_to_port(&v, 0, 0x62, &d) == 0 && d == 1);
+	CHECK(run_to_port(&v, 0, 0xe2, &d) == 0 && d == 1);
+	CHECK(run_to_port(&v, 0, 0xe0, &d) == 0);
+	CHECK(d == 0x4061);
+	CHECK(run_to_port(&v, 0, 0xe3, &d) == 0 && d == 1);
+	pthread_join(t.thread, NULL);
+	CHECK(t.rc == 0 && t.count == 1);
+	CHECK(ioctl(v.vcpu[0], KVM_GET_LAPIC, &l) == 0);
+	CHECK(reg(&l, APIC_ID) == 0 && reg(&l, APIC_LDR) == 1);
+	CHECK(reg(&l, APIC_ICR) == 0x4061 && reg(&l, APIC_ICR2) == 1);
+	/* 32-bit IDs: the vCPU id as it is; KVM_SET_LAPIC insists on it. */
+	CHECK(ioctl(v.vm, KVM_ENABLE_CAP, &cap) == 0);
+	CHECK(ioctl(v.vcpu[1], KVM_GET_LAPIC, &l) == 0);
+	CHECK(reg(&l, APIC_ID) == 1);
+	CHECK(ioctl(v.vcpu[1], KVM_SET_LAPIC, &l) == 0);
+	set_reg(&l, APIC_ID, 1 << 24);
+	CHECK_ERRNO(ioctl(v.vcpu[1], KVM_SET_LAPIC, &l), EINVAL);
+	/* Userspace may take vCPU 1 straight back to xAPIC mode: the xAPIC ID again. */
+	{
+		struct { struct kvm_msrs h; struct kvm_msr_entry e; } m = {
+			{ .nmsrs = 1 }, { .index = MSR_IA32_APICBASE, .data = 0xfee00800 } };
+
+		CHECK(ioctl(v.vcpu[1], KVM_SET_MSRS, &m) == 1);
+	}
+	CHECK(ioctl(v.vcpu[1], KVM_GET_LAPIC, &l) == 0);
+	CHECK(reg(&l, APIC_ID) == 1 << 24);
+	CHECK(msr(v.vcpu[1], X2APIC_MSR(APIC_ID)) == ~0ull);
+	icvm_free(&v);
+}
+
+/*
+ * The guest's own IA32_APIC_BASE writes (guest program 10; kvm_apic_set_base without
+ * host_initiated): into x2APIC mode only from xAPIC mode, out of it only to disabled, never EXTD
+ * without EN; every other attempt is a #GP and changes nothing.
+ */
+TEST(guest_apic_mode_transitions)
+{
+	struct icvm v;
+	__u32 d = 0;
+
+	if (no_guests())
+		SKIP("backend=none enters no guest");
+	REQUIRE(prog_vm(&v, P_APIC_MODES) == 0, &v);
+	CHECK(run_to_port(&v, 0, 0xe0, &d) == 0 && d == 2);
+	CHECK(run_to_port(&v, 0, 0xe1, &d) == 0 && d == 3);
+	CHECK(run_to_port(&v, 0, 0xe2, &d) == 0);
+	CHECK(d == 0xfee00d00); /* BSP, EN, EXTD */
+	CHECK(run_to_port(&v, 0, 0xe3, &d) == 0 && d == 3);
+	CHECK(msr(v.vcpu[0], MSR_IA32_APICBASE) == 0xfee00d00);
+	icvm_free(&v);
+}
+
 KTAP_MAIN("rkvm irqchip",
 	CASE(api_errors),
 	CASE(lapic_reset_state),
@@ -1052,4 +1158,6 @@ KTAP_MAIN("rkvm irqchip",
 	CASE(ioapic_level_irq_line),
 	CASE(pic_irq_line),
 	CASE(ipi_wakes_halted_vcpu),
-	CASE(tpr_masks_interrupts))
+	CASE(tpr_masks_interrupts),
+	CASE(x2apic_ipis),
+	CASE(guest_apic_mode_transitions))

@@ -160,6 +160,8 @@ TEST(sregs_invalid)
 	BAD("CR4 bit 63", s.cr4 = 1ULL << 63);
 	BAD("EFER bit 1", s.efer = 2);
 	BAD("APIC base reserved bits", s.apic_base = 0xfee00001);
+	BAD("APIC base EXTD without EN", s.apic_base = 0xfee00400);
+	BAD("APIC base x2APIC without x2APIC in CPUID", s.apic_base = 0xfee00c00);
 	BAD("CR3 beyond MAXPHYADDR in long mode", (long_mode(&s), s.cr3 = 1ULL << 52));
 #undef BAD
 	CHECK_ERRNO(ioctl(vcpu, KVM_SET_SREGS, NULL), EFAULT);

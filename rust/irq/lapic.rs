@@ -1,10 +1,20 @@
-//! The local APIC in xAPIC mode: its register page, interrupt acceptance and priorities
-//! (IRR/ISR/TMR, TPR/PPR, EOI), interprocessor interrupts, destination matching and the APIC
-//! timer, as upstream KVM models them in `arch/x86/kvm/lapic.c` (`struct kvm_lapic`,
+//! The local APIC in xAPIC and x2APIC mode: its register page, interrupt acceptance and
+//! priorities (IRR/ISR/TMR, TPR/PPR, EOI), interprocessor interrupts, destination matching and
+//! the APIC timer, as upstream KVM models them in `arch/x86/kvm/lapic.c` (`struct kvm_lapic`,
 //! `kvm_lapic_reg_read` / `kvm_lapic_reg_write`, `__apic_accept_irq`, `apic_update_ppr`,
 //! `apic_set_eoi`, `kvm_apic_ack_interrupt`, `start_apic_timer`, `apic_get_tmcct`,
-//! `kvm_lapic_reset`, `kvm_apic_get_state` / `kvm_apic_set_state`), and the SDM (vol. 3,
+//! `kvm_lapic_reset`, `kvm_apic_get_state` / `kvm_apic_set_state`, `__kvm_apic_set_base`,
+//! `kvm_x2apic_msr_read` / `kvm_x2apic_msr_write`, `kvm_apic_state_fixup`), and the SDM (vol. 3,
 //! chapter 11 "Advanced Programmable Interrupt Controller").
+//!
+//! x2APIC mode (IA32_APIC_BASE.EXTD, SDM 11.12) is entered and left through [`Lapic::set_base`]
+//! (which transitions are legal is [`guest_base_change_valid`] and `x86::cr`'s
+//! `apic_base_valid`). In it the registers are MSRs 0x800 + offset / 16
+//! ([`Lapic::x2apic_msr_read`] / [`Lapic::x2apic_msr_write`]) and the MMIO page is a hole; the ID
+//! is the 32-bit vCPU id, read-only; LDR is derived from it; there is no DFR; ICR is one 64-bit
+//! register (kept as upstream's VMX code keeps it: low half at 0x300, high half at 0x304; ICR2 is
+//! unused) with the 32-bit destination in its high half; SELF_IPI (0x3f0) exists. Destinations
+//! are 32 bits wide ([`Dest`]).
 //!
 //! The architectural state lives where upstream keeps it: a 1 KiB image of the register page
 //! (`apic->regs`, also the `kvm_lapic_state.regs` of `KVM_GET_LAPIC` / `KVM_SET_LAPIC`), each
@@ -16,7 +26,7 @@
 //! [`Lapic::deadline`] after every [`Effect::timer_changed`] and calls [`Lapic::expire`] when
 //! it fires), routing an IPI or an IOAPIC message to the destination vCPUs (with
 //! [`dest_matches`]), lowest-priority arbitration, and the NMI/INIT/SIPI/SMI/ExtINT delivery
-//! modes. x2APIC, TSC-deadline mode, APICv, PV EOI and Hyper-V SynIC are not modelled.
+//! modes. TSC-deadline mode, APICv, PV EOI and Hyper-V SynIC are not modelled.
 //!
 //! Differences from upstream, each on purpose:
 //! - An interrupt with a vector below 16 is refused and latches "received illegal vector"
@@ -29,6 +39,9 @@
 //!   `update_target_expiration` would fire it once more, immediately).
 //! - TMCCT reads the initial count, not 0, at the very instant the timer was started (upstream
 //!   reduces the remaining time modulo the period, which makes "exactly one period left" read 0).
+//! - A `KVM_SET_LAPIC` refused in x2APIC mode (an ID other than the vCPU id with
+//!   `KVM_X2APIC_API_USE_32BIT_IDS`) changes nothing (upstream has already taken SPIV from the
+//!   image by then).
 //!
 //! Pure logic: no kernel dependency, only `core`; tested on the host (`rust/tests`).
 
@@ -41,6 +54,8 @@ pub const MMIO_LENGTH: u32 = 0x1000;
 pub const DEFAULT_BASE: u64 = 0xfee0_0000;
 /// IA32_APIC_BASE: this is the bootstrap processor.
 pub const BASE_BSP: u64 = 1 << 8;
+/// IA32_APIC_BASE: x2APIC mode (EXTD, upstream `X2APIC_ENABLE`).
+pub const BASE_X2APIC: u64 = 1 << 10;
 /// IA32_APIC_BASE: the APIC is globally (hardware) enabled.
 pub const BASE_ENABLE: u64 = 1 << 11;
 /// IA32_APIC_BASE: the page address field (`MSR_IA32_APICBASE_BASE`, sign-extended upstream).
@@ -71,6 +86,17 @@ pub const LVTERR: u32 = 0x370;
 pub const TMICT: u32 = 0x380;
 pub const TMCCT: u32 = 0x390;
 pub const TDCR: u32 = 0x3e0;
+/// x2APIC only: self IPI (write-only).
+pub const SELF_IPI: u32 = 0x3f0;
+
+/// The x2APIC register MSRs (`APIC_BASE_MSR` .. `APIC_BASE_MSR + 0xff`): register `offset` is
+/// MSR `X2APIC_MSR_FIRST + offset / 16`.
+pub const X2APIC_MSR_FIRST: u32 = 0x800;
+pub const X2APIC_MSR_LAST: u32 = 0x8ff;
+
+/// Physical destination "all" (`APIC_BROADCAST`, xAPIC) and (`X2APIC_BROADCAST`, x2APIC).
+pub const APIC_BROADCAST: u32 = 0xff;
+pub const X2APIC_BROADCAST: u32 = 0xffff_ffff;
 
 /// Delivery modes (ICR / LVT / IOAPIC encoding, bits 10:8).
 pub const MODE_FIXED: u8 = 0;
@@ -99,6 +125,9 @@ pub const ICR_BUSY: u32 = 1 << 12;
 pub const ICR_ASSERT: u32 = 1 << 14;
 /// ICR: level-triggered.
 pub const ICR_LEVEL_TRIGGER: u32 = 1 << 15;
+/// ICR bits reserved in x2APIC mode (`X2APIC_ICR_RESERVED_BITS`): 31:20, 17:16 and 13. The
+/// delivery status bit (12) is not among them: KVM ignores it, as Intel CPUs do.
+pub const X2APIC_ICR_RESERVED: u64 = 0xfff0_0000 | 0x3_0000 | 1 << 13;
 /// SPIV: APIC software enable.
 pub const SPIV_APIC_ENABLED: u32 = 1 << 8;
 /// ESR: received illegal vector.
@@ -142,21 +171,29 @@ pub struct Ipi {
     /// Destination shorthand (bits 19:18): 0 none, 1 self, 2 all including self, 3 all
     /// excluding self.
     pub shorthand: u8,
-    /// Destination field (ICR2 bits 31:24).
-    pub dest: u8,
+    /// Destination: ICR2 bits 31:24 in xAPIC mode, ICR bits 63:32 in x2APIC mode.
+    pub dest: u32,
 }
 
 impl Ipi {
-    /// Decodes ICR and ICR2 (upstream `kvm_apic_send_ipi`, xAPIC format).
+    /// Decodes ICR and ICR2 (upstream `kvm_apic_send_ipi`, xAPIC format: the destination is
+    /// `GET_XAPIC_DEST_FIELD(icr_high)`).
     pub fn from_icr(icr: u32, icr2: u32) -> Ipi {
+        Ipi { dest: icr2 >> 24, ..Ipi::from_x2apic_icr(u64::from(icr)) }
+    }
+
+    /// Decodes the 64-bit x2APIC ICR (upstream `kvm_apic_send_ipi` in x2APIC mode: the
+    /// destination is all of `icr_high`).
+    pub fn from_x2apic_icr(icr: u64) -> Ipi {
+        let low = icr as u32;
         Ipi {
-            vector: (icr & VECTOR_MASK) as u8,
-            mode: ((icr & MODE_MASK) >> 8) as u8,
-            logical: icr & ICR_LOGICAL != 0,
-            assert: icr & ICR_ASSERT != 0,
-            level_trigger: icr & ICR_LEVEL_TRIGGER != 0,
-            shorthand: ((icr >> 18) & 3) as u8,
-            dest: (icr2 >> 24) as u8,
+            vector: (low & VECTOR_MASK) as u8,
+            mode: ((low & MODE_MASK) >> 8) as u8,
+            logical: low & ICR_LOGICAL != 0,
+            assert: low & ICR_ASSERT != 0,
+            level_trigger: low & ICR_LEVEL_TRIGGER != 0,
+            shorthand: ((low >> 18) & 3) as u8,
+            dest: (icr >> 32) as u32,
         }
     }
 }
@@ -169,40 +206,168 @@ pub struct Effect {
     pub eoi_level: Option<u8>,
     /// The timer was (re)programmed or stopped: call `deadline()` again and rearm.
     pub timer_changed: bool,
-    /// ID, LDR, DFR or software-enable changed: republish the destination-matching state.
+    /// ID, LDR, DFR, software-enable or the APIC mode changed: republish the
+    /// destination-matching state.
     pub dest_changed: bool,
 }
 
-/// xAPIC destination matching (upstream `kvm_apic_match_dest` without shorthand,
-/// `kvm_apic_match_physical_addr` / `kvm_apic_match_logical_addr` for xAPIC).
-///
-/// Physical: `dest` is the APIC ID, or 0xff (broadcast). Logical: 0xff matches every APIC;
-/// flat model: `dest` is a bitmask of LDR bits; cluster model: `dest` bits 7:4 select the
-/// cluster, bits 3:0 the APICs within it.
-pub fn dest_matches(id: u8, ldr: u8, dfr_flat: bool, dest: u8, logical: bool) -> bool {
-    if dest == 0xff {
-        return true;
-    }
-    if !logical {
-        return dest == id;
-    }
-    if dfr_flat {
-        ldr & dest != 0
-    } else {
-        (ldr >> 4) == (dest >> 4) && (ldr & dest & 0xf) != 0
+/// The APIC mode IA32_APIC_BASE selects (upstream `enum lapic_mode`, `kvm_apic_mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Disabled,
+    /// EXTD without EN: never a legal value.
+    Invalid,
+    Xapic,
+    X2apic,
+}
+
+impl Mode {
+    /// `kvm_apic_mode`.
+    pub fn of(base: u64) -> Mode {
+        match (base & BASE_ENABLE != 0, base & BASE_X2APIC != 0) {
+            (false, false) => Mode::Disabled,
+            (false, true) => Mode::Invalid,
+            (true, false) => Mode::Xapic,
+            (true, true) => Mode::X2apic,
+        }
     }
 }
 
-/// Whether `reg` (16-byte aligned, below 0x400) may be read in xAPIC mode
-/// (`kvm_lapic_readable_reg_mask`).
-fn readable(reg: u32) -> bool {
-    matches!(
-        reg,
-        ID | LVR | TPR | APR | PPR | LDR | DFR | SPIV | ESR | ICR | ICR2 | TMICT | TMCCT | TDCR
-    ) || (ISR..ISR + 0x80).contains(&reg)
+/// The mode changes a guest WRMSR of IA32_APIC_BASE may not make (the `!host_initiated` part of
+/// upstream `kvm_apic_set_base`, SDM 11.12.5): x2APIC to xAPIC (only through disabled), and
+/// disabled to x2APIC (only through xAPIC). Userspace (`KVM_SET_MSRS`, `KVM_SET_SREGS`) may.
+/// Reserved bits and the invalid mode are every writer's check (`x86::cr`'s `apic_base_valid`).
+pub fn guest_base_change_valid(old: u64, new: u64) -> bool {
+    !matches!((Mode::of(old), Mode::of(new)), (Mode::X2apic, Mode::Xapic) | (Mode::Disabled, Mode::X2apic))
+}
+
+/// The x2APIC LDR of x2APIC ID `id` (`kvm_apic_calc_x2apic_ldr`): cluster `id / 16` in bits
+/// 31:16, bit `id % 16` set in bits 15:0.
+pub fn x2apic_ldr(id: u32) -> u32 {
+    ((id >> 4) << 16) | (1 << (id & 0xf))
+}
+
+/// What destination matching needs of one LAPIC (upstream reads it from `struct kvm_lapic` in
+/// `kvm_apic_match_dest`, and caches it in the APIC map, `kvm_recalculate_apic_map`). It packs
+/// into one `u64` ([`Dest::pack`]), so another thread can read a consistent copy without a lock.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dest {
+    /// The x2APIC ID: always the vCPU id (`kvm_x2apic_id`), in either mode.
+    pub x2apic_id: u32,
+    /// The xAPIC ID (ID bits 31:24, `kvm_xapic_id`).
+    pub xapic_id: u8,
+    /// LDR as the register holds it: the logical ID in bits 31:24 in xAPIC mode; cluster in
+    /// bits 31:16 and one member bit in bits 15:0 in x2APIC mode.
+    pub ldr: u32,
+    /// x2APIC mode (`apic_x2apic_mode`).
+    pub x2apic: bool,
+    /// The xAPIC flat logical model (DFR bits 31:28 = 0xf); otherwise cluster.
+    pub dfr_flat: bool,
+    /// Hardware enabled (`kvm_apic_present` / `kvm_apic_hw_enabled`).
+    pub hw_enabled: bool,
+    /// Software enabled (`kvm_apic_sw_enabled`).
+    pub sw_enabled: bool,
+}
+
+impl Dest {
+    const X2APIC: u64 = 1 << 40;
+    const FLAT: u64 = 1 << 41;
+    const HW_ENABLED: u64 = 1 << 42;
+    const SW_ENABLED: u64 = 1 << 43;
+
+    /// LDR in bits 31:0, the xAPIC ID in bits 39:32, the flags above (the x2APIC ID is the
+    /// vCPU id, which never changes: the reader knows it).
+    pub fn pack(&self) -> u64 {
+        let flag = |on: bool, bit: u64| if on { bit } else { 0 };
+        u64::from(self.ldr)
+            | u64::from(self.xapic_id) << 32
+            | flag(self.x2apic, Self::X2APIC)
+            | flag(self.dfr_flat, Self::FLAT)
+            | flag(self.hw_enabled, Self::HW_ENABLED)
+            | flag(self.sw_enabled, Self::SW_ENABLED)
+    }
+
+    /// The inverse of [`Dest::pack`], for the LAPIC of vCPU `x2apic_id`.
+    pub fn unpack(word: u64, x2apic_id: u32) -> Dest {
+        Dest {
+            x2apic_id,
+            xapic_id: (word >> 32) as u8,
+            ldr: word as u32,
+            x2apic: word & Self::X2APIC != 0,
+            dfr_flat: word & Self::FLAT != 0,
+            hw_enabled: word & Self::HW_ENABLED != 0,
+            sw_enabled: word & Self::SW_ENABLED != 0,
+        }
+    }
+
+    /// The destination as this LAPIC sees it (`kvm_apic_mda`): an 8-bit broadcast that is not
+    /// an IPI (an IOAPIC message) becomes the x2APIC broadcast for a LAPIC in x2APIC mode,
+    /// unless `KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK` turned that off (`broadcast_quirk`).
+    pub fn mda(&self, dest: u32, ipi: bool, broadcast_quirk: bool) -> u32 {
+        if broadcast_quirk && !ipi && dest == APIC_BROADCAST && self.x2apic {
+            X2APIC_BROADCAST
+        } else {
+            dest
+        }
+    }
+
+    /// `kvm_apic_broadcast`.
+    fn broadcast(&self, mda: u32) -> bool {
+        mda == if self.x2apic { X2APIC_BROADCAST } else { APIC_BROADCAST }
+    }
+
+    /// `kvm_apic_match_physical_addr`: the broadcast, or the x2APIC ID in x2APIC mode, or the
+    /// xAPIC ID in xAPIC mode, except that a destination above 0xff is compared with the x2APIC
+    /// ID in xAPIC mode too (upstream's hotplug hack: a vCPU whose ID does not fit in 8 bits
+    /// stays addressable before it enables x2APIC).
+    pub fn match_physical(&self, mda: u32) -> bool {
+        if self.broadcast(mda) {
+            return true;
+        }
+        if self.x2apic || mda > 0xff {
+            return mda == self.x2apic_id;
+        }
+        mda == u32::from(self.xapic_id)
+    }
+
+    /// `kvm_apic_match_logical_addr`: the broadcast, or in x2APIC mode the cluster
+    /// (`mda` bits 31:16) and a member bit (bits 15:0) of LDR; in xAPIC flat mode any bit of the
+    /// 8-bit logical ID; in cluster mode the cluster (bits 7:4) and a member bit (bits 3:0).
+    pub fn match_logical(&self, mda: u32) -> bool {
+        if self.broadcast(mda) {
+            return true;
+        }
+        if self.x2apic {
+            return (self.ldr >> 16) == (mda >> 16) && (self.ldr & mda & 0xffff) != 0;
+        }
+        let logical_id = self.ldr >> 24;
+        if self.dfr_flat {
+            (logical_id & mda) != 0
+        } else {
+            (logical_id >> 4) == (mda >> 4) && (logical_id & mda & 0xf) != 0
+        }
+    }
+
+    /// Whether a message without shorthand for `mda` reaches this LAPIC (the
+    /// `APIC_DEST_NOSHORT` case of `kvm_apic_match_dest`; the caller checks `hw_enabled`).
+    pub fn matches(&self, mda: u32, logical: bool) -> bool {
+        if logical {
+            self.match_logical(mda)
+        } else {
+            self.match_physical(mda)
+        }
+    }
+}
+
+/// Whether `reg` (16-byte aligned, below 0x400) may be read (`kvm_lapic_readable_reg_mask`):
+/// APR, DFR and ICR2 only in xAPIC mode.
+fn readable(reg: u32, x2apic: bool) -> bool {
+    matches!(reg, ID | LVR | TPR | PPR | LDR | SPIV | ESR | ICR | TMICT | TMCCT | TDCR)
+        || (ISR..ISR + 0x80).contains(&reg)
         || (TMR..TMR + 0x80).contains(&reg)
         || (IRR..IRR + 0x80).contains(&reg)
         || (LVTT..=LVTERR).contains(&reg)
+        || (!x2apic && matches!(reg, APR | DFR | ICR2))
 }
 
 /// Offset of the 32-bit register holding `vector` in a 256-bit vector register (`REG_POS`),
@@ -218,8 +383,9 @@ pub struct Lapic {
     regs: [u8; REG_SIZE],
     /// IA32_APIC_BASE (`vcpu->arch.apic_base`).
     base: u64,
-    /// The vCPU id: the APIC ID at RESET and whenever the APIC is hardware re-enabled.
-    vcpu_id: u8,
+    /// The vCPU id: the x2APIC ID (`kvm_x2apic_id`), and truncated to 8 bits the xAPIC ID at
+    /// RESET and whenever the APIC is hardware re-enabled or leaves x2APIC mode.
+    vcpu_id: u32,
     /// The vCPU is the BSP at RESET (`kvm_vcpu_is_reset_bsp`).
     reset_bsp: bool,
     /// The timer divisor from TDCR (`apic->divide_count`).
@@ -237,7 +403,7 @@ pub struct Lapic {
 
 impl Lapic {
     /// RESET state of vCPU `id` (upstream `kvm_create_lapic` + `kvm_lapic_reset`).
-    pub fn new(id: u8, bsp: bool) -> Lapic {
+    pub fn new(id: u32, bsp: bool) -> Lapic {
         let mut apic = Lapic {
             regs: [0; REG_SIZE],
             base: 0,
@@ -254,15 +420,17 @@ impl Lapic {
     }
 
     /// RESET (`init == false`) or INIT (`init == true`) of the APIC (upstream
-    /// `kvm_lapic_reset`): INIT keeps IA32_APIC_BASE and the APIC ID.
+    /// `kvm_lapic_reset`): INIT keeps IA32_APIC_BASE (so x2APIC mode) and the APIC ID; RESET
+    /// goes back to xAPIC mode.
     ///
     /// Every LVT entry is masked, except that the BSP's LINT0 is set to ExtINT, unmasked:
     /// upstream's `KVM_X86_QUIRK_LINT0_REENABLED`, on by default (QEMU's APIC does the same), so
     /// that the PIC reaches the BSP without the firmware programming LINT0.
     pub fn reset(&mut self, init: bool) -> Effect {
         if !init {
-            self.base = DEFAULT_BASE | BASE_ENABLE | if self.reset_bsp { BASE_BSP } else { 0 };
-            self.set_reg(ID, u32::from(self.vcpu_id) << 24);
+            self.set_base(DEFAULT_BASE | BASE_ENABLE | if self.reset_bsp { BASE_BSP } else { 0 });
+            // The xAPIC ID is set at RESET even if the APIC was already enabled.
+            self.set_xapic_id(self.vcpu_id as u8);
         }
         // Stop the timer.
         self.target = None;
@@ -277,10 +445,16 @@ impl Lapic {
         self.set_reg(DFR, 0xffff_ffff);
         self.set_reg(SPIV, 0xff);
         self.set_reg(TPR, 0);
-        self.set_reg(LDR, 0);
+        if !self.x2apic_mode() {
+            self.set_reg(LDR, 0);
+        }
         self.set_reg(ESR, 0);
-        self.set_reg(ICR, 0);
-        self.set_reg(ICR2, 0);
+        if !self.x2apic_mode() {
+            self.set_reg(ICR, 0);
+            self.set_reg(ICR2, 0);
+        } else {
+            self.set_reg64(ICR, 0);
+        }
         self.set_reg(TDCR, 0);
         self.set_reg(TMICT, 0);
         for i in 0..8 {
@@ -307,8 +481,28 @@ impl Lapic {
     }
 
     fn set_reg(&mut self, offset: u32, value: u32) {
-        let o = offset as usize;
-        self.regs[o..o + 4].copy_from_slice(&value.to_le_bytes());
+        set_image_reg(&mut self.regs, offset, value);
+    }
+
+    /// The 64-bit register at `offset` (`kvm_lapic_get_reg64`): x2APIC's ICR.
+    fn reg64(&self, offset: u32) -> u64 {
+        u64::from(self.reg(offset)) | u64::from(self.reg(offset + 4)) << 32
+    }
+
+    fn set_reg64(&mut self, offset: u32, value: u64) {
+        self.set_reg(offset, value as u32);
+        self.set_reg(offset + 4, (value >> 32) as u32);
+    }
+
+    /// `kvm_apic_set_xapic_id`.
+    fn set_xapic_id(&mut self, id: u8) {
+        self.set_reg(ID, u32::from(id) << 24);
+    }
+
+    /// `kvm_apic_set_x2apic_id`: the vCPU id, and the LDR derived from it.
+    fn set_x2apic_id(&mut self) {
+        self.set_reg(ID, self.vcpu_id);
+        self.set_reg(LDR, x2apic_ldr(self.vcpu_id));
     }
 
     fn test_vector(&self, base: u32, vector: u8) -> bool {
@@ -342,18 +536,33 @@ impl Lapic {
     }
 
     /// WRMSR IA32_APIC_BASE, already validated by the caller (upstream `__kvm_apic_set_base`).
-    /// Hardware re-enabling sets the APIC ID back to the vCPU id and keeps the other registers.
+    /// Hardware re-enabling sets the xAPIC ID back to the vCPU id and keeps the other
+    /// registers; entering x2APIC mode sets the x2APIC ID and its LDR; leaving it for xAPIC mode
+    /// (userspace only, see [`guest_base_change_valid`]) sets the xAPIC ID.
     pub fn set_base(&mut self, value: u64) -> Effect {
         let old = self.base;
         self.base = value;
         let mut effect = Effect::default();
         if (old ^ value) & BASE_ENABLE != 0 {
             if value & BASE_ENABLE != 0 {
-                self.set_reg(ID, u32::from(self.vcpu_id) << 24);
+                self.set_xapic_id(self.vcpu_id as u8);
+            }
+            effect.dest_changed = true;
+        }
+        if (old ^ value) & BASE_X2APIC != 0 {
+            if value & BASE_X2APIC != 0 {
+                self.set_x2apic_id();
+            } else if value & BASE_ENABLE != 0 {
+                self.set_xapic_id(self.vcpu_id as u8);
             }
             effect.dest_changed = true;
         }
         effect
+    }
+
+    /// x2APIC mode (`apic_x2apic_mode`).
+    pub fn x2apic_mode(&self) -> bool {
+        self.base & BASE_X2APIC != 0
     }
 
     /// The APIC is hardware enabled (`kvm_apic_hw_enabled`).
@@ -371,22 +580,46 @@ impl Lapic {
         self.hw_enabled() && self.sw_enabled()
     }
 
-    /// Guest-physical address of the MMIO page while hardware enabled.
-    pub fn mmio_base(&self) -> Option<u64> {
-        self.hw_enabled().then_some(self.base & BASE_ADDR_MASK)
+    /// Guest-physical address of the MMIO page (`apic->base_address`), whatever the mode.
+    pub fn mmio_base(&self) -> u64 {
+        self.base & BASE_ADDR_MASK
     }
 
     // ---- MMIO ----
 
-    /// MMIO read of `len` bytes at `offset` of the page (`kvm_lapic_reg_read`): any access
-    /// of 1, 2 or 4 bytes within the first 4 bytes of a readable register. Anything else,
-    /// reserved and write-only registers (EOI) read 0.
+    /// The MMIO page is the register page: hardware enabled and in xAPIC mode. Otherwise it is
+    /// a hole (upstream `KVM_X86_QUIRK_LAPIC_MMIO_HOLE`, on by default and not switchable in
+    /// rkvm): reads return all ones, writes are dropped.
+    fn mmio_live(&self) -> bool {
+        self.hw_enabled() && !self.x2apic_mode()
+    }
+
+    /// A guest read of `len` bytes at `offset` of the page at [`Lapic::mmio_base`]
+    /// (`apic_mmio_read`).
+    pub fn mmio_read(&self, offset: u32, len: u32, now_ns: u64) -> u32 {
+        if !self.mmio_live() {
+            return if len >= 4 { u32::MAX } else { (1 << (8 * len)) - 1 };
+        }
+        self.read(offset, len, now_ns)
+    }
+
+    /// A guest write to the page (`apic_mmio_write`).
+    pub fn mmio_write(&mut self, offset: u32, len: u32, value: u32, now_ns: u64) -> Effect {
+        if !self.mmio_live() {
+            return Effect::default();
+        }
+        self.write(offset, len, value, now_ns)
+    }
+
+    /// A read of `len` bytes at `offset` of the register page (`kvm_lapic_reg_read`): any
+    /// access of 1, 2 or 4 bytes within the first 4 bytes of a readable register. Anything
+    /// else, reserved and write-only registers (EOI) read 0.
     pub fn read(&self, offset: u32, len: u32, now_ns: u64) -> u32 {
         let alignment = offset & 0xf;
         if !matches!(len, 1 | 2 | 4) || alignment + len > 4 {
             return 0;
         }
-        if offset > 0x3f0 || !readable(offset & !0xf) {
+        if offset > 0x3f0 || !readable(offset & !0xf, self.x2apic_mode()) {
             return 0;
         }
         let value = self.reg_read(offset & !0xf, now_ns) >> (8 * alignment);
@@ -408,31 +641,81 @@ impl Lapic {
         }
     }
 
-    /// MMIO write (`apic_mmio_write`): only aligned 32-bit writes reach a register (SDM 11.4.1);
-    /// others are ignored.
+    /// A write of the register page as MMIO does it (`apic_mmio_write` past its mode check):
+    /// only aligned 32-bit writes reach a register (SDM 11.4.1); others, and writes the register
+    /// refuses, are ignored.
     pub fn write(&mut self, offset: u32, len: u32, value: u32, now_ns: u64) -> Effect {
         if len != 4 || offset & 0xf != 0 || offset >= MMIO_LENGTH {
             return Effect::default();
         }
-        self.reg_write(offset & 0xff0, value, now_ns)
+        self.reg_write(offset & 0xff0, value, now_ns).unwrap_or_default()
     }
 
-    /// One register write (`kvm_lapic_reg_write`, xAPIC cases).
-    fn reg_write(&mut self, reg: u32, value: u32, now_ns: u64) -> Effect {
+    // ---- x2APIC MSRs ----
+
+    /// RDMSR of x2APIC MSR `msr` (`kvm_x2apic_msr_read` → `kvm_lapic_msr_read`): `None` (#GP)
+    /// outside x2APIC mode, for MSRs beyond offset 0x3f0, and for registers that cannot be read
+    /// (EOI, SELF_IPI, APR, DFR, ICR2, reserved ones). ICR reads as 64 bits.
+    pub fn x2apic_msr_read(&self, msr: u32, now_ns: u64) -> Option<u64> {
+        if !(X2APIC_MSR_FIRST..=X2APIC_MSR_LAST).contains(&msr) || !self.x2apic_mode() {
+            return None;
+        }
+        let reg = (msr - X2APIC_MSR_FIRST) << 4;
+        if reg == ICR {
+            return Some(self.reg64(ICR));
+        }
+        if reg > 0x3f0 || !readable(reg, true) {
+            return None;
+        }
+        Some(u64::from(self.reg_read(reg, now_ns)))
+    }
+
+    /// WRMSR of x2APIC MSR `msr` (`kvm_x2apic_msr_write` → `kvm_lapic_msr_write`): `None`
+    /// (#GP) outside x2APIC mode, for bits 63:32 set in any register but ICR, and for writes
+    /// `kvm_lapic_reg_write` refuses: read-only and reserved registers, ID, LDR, DFR, ICR2,
+    /// a nonzero ESR value, SELF_IPI bits above the vector.
+    pub fn x2apic_msr_write(&mut self, msr: u32, data: u64, now_ns: u64) -> Option<Effect> {
+        if !(X2APIC_MSR_FIRST..=X2APIC_MSR_LAST).contains(&msr) || !self.x2apic_mode() {
+            return None;
+        }
+        let reg = (msr - X2APIC_MSR_FIRST) << 4;
+        if reg == ICR {
+            return self.x2apic_icr_write(data);
+        }
+        if data >> 32 != 0 {
+            return None;
+        }
+        self.reg_write(reg, data as u32, now_ns)
+    }
+
+    /// A write of the 64-bit x2APIC ICR (`kvm_x2apic_icr_write`): reserved bits #GP; the
+    /// delivery status bit is dropped; the IPI goes out.
+    fn x2apic_icr_write(&mut self, data: u64) -> Option<Effect> {
+        if data & X2APIC_ICR_RESERVED != 0 {
+            return None;
+        }
+        let data = data & !u64::from(ICR_BUSY);
+        self.set_reg64(ICR, data);
+        Some(Effect { ipi: Some(Ipi::from_x2apic_icr(data)), ..Effect::default() })
+    }
+
+    /// One register write (`kvm_lapic_reg_write`): `None` where upstream returns 1 (a #GP for
+    /// an x2APIC MSR write; MMIO ignores it).
+    fn reg_write(&mut self, reg: u32, value: u32, now_ns: u64) -> Option<Effect> {
+        let x2apic = self.x2apic_mode();
         let mut effect = Effect::default();
         match reg {
-            ID => {
-                // kvm_apic_set_xapic_id
-                self.set_reg(ID, value & 0xff00_0000);
+            ID if !x2apic => {
+                self.set_xapic_id((value >> 24) as u8);
                 effect.dest_changed = true;
             }
             TPR => self.set_tpr(value & 0xff),
             EOI => effect.eoi_level = self.set_eoi(),
-            LDR => {
+            LDR if !x2apic => {
                 self.set_reg(LDR, value & 0xff00_0000);
                 effect.dest_changed = true;
             }
-            DFR => {
+            DFR if !x2apic => {
                 self.set_reg(DFR, value | 0x0fff_ffff);
                 effect.dest_changed = true;
             }
@@ -448,13 +731,14 @@ impl Lapic {
                 }
                 effect.dest_changed = was_enabled != self.sw_enabled();
             }
-            ICR => {
+            // In x2APIC mode ICR is 64 bits wide: `x2apic_icr_write`.
+            ICR if !x2apic => {
                 // No delay here, so the delivery status is always idle.
                 let icr = value & !ICR_BUSY;
                 effect.ipi = Some(Ipi::from_icr(icr, self.reg(ICR2)));
                 self.set_reg(ICR, icr);
             }
-            ICR2 => self.set_reg(ICR2, value & 0xff00_0000),
+            ICR2 if !x2apic => self.set_reg(ICR2, value & 0xff00_0000),
             LVTTHMR | LVTPC | LVT0 | LVT1 | LVTERR => {
                 let mask = match reg {
                     LVT0 | LVT1 => LINT_MASK,
@@ -483,16 +767,22 @@ impl Lapic {
                     effect.timer_changed = true;
                 }
             }
+            // x2APIC: only 0 may be written (SDM 11.12.1.2).
+            ESR if x2apic && value != 0 => return None,
             ESR => {
                 // SDM 11.5.3: a write makes the errors detected since the previous write
                 // visible, and starts collecting anew.
                 self.set_reg(ESR, self.esr_pending);
                 self.esr_pending = 0;
             }
-            // Read-only and reserved registers.
-            _ => {}
+            // Exists only in x2APIC mode; bits 7:0 hold the vector, the rest is reserved.
+            SELF_IPI if x2apic && value & !VECTOR_MASK == 0 => {
+                effect.ipi = Some(Ipi::from_x2apic_icr(u64::from((1 << 18) | value)));
+            }
+            // Read-only and reserved registers, and those the mode does not have.
+            _ => return None,
         }
-        effect
+        Some(effect)
     }
 
     // ---- Priorities (`apic_update_ppr`, `apic_set_tpr`, CR8) ----
@@ -598,12 +888,12 @@ impl Lapic {
 
     // ---- Destination matching state ----
 
-    /// The xAPIC ID (ID bits 31:24).
+    /// The xAPIC ID (ID bits 31:24; `kvm_xapic_id`).
     pub fn id(&self) -> u8 {
         (self.reg(ID) >> 24) as u8
     }
 
-    /// The logical APIC ID (LDR bits 31:24).
+    /// The xAPIC logical APIC ID (LDR bits 31:24).
     pub fn ldr(&self) -> u8 {
         (self.reg(LDR) >> 24) as u8
     }
@@ -615,9 +905,22 @@ impl Lapic {
         self.reg(DFR) >> 28 == 0xf
     }
 
-    /// Whether a non-shorthand message for `dest` reaches this APIC.
-    pub fn matches(&self, dest: u8, logical: bool) -> bool {
-        dest_matches(self.id(), self.ldr(), self.dfr_flat(), dest, logical)
+    /// What destination matching needs, to publish after every [`Effect::dest_changed`].
+    pub fn dest(&self) -> Dest {
+        Dest {
+            x2apic_id: self.vcpu_id,
+            xapic_id: self.id(),
+            ldr: self.reg(LDR),
+            x2apic: self.x2apic_mode(),
+            dfr_flat: self.dfr_flat(),
+            hw_enabled: self.hw_enabled(),
+            sw_enabled: self.sw_enabled(),
+        }
+    }
+
+    /// Whether a non-shorthand IPI for `dest` reaches this APIC (hardware enable not checked).
+    pub fn matches(&self, dest: u32, logical: bool) -> bool {
+        self.dest().matches(dest, logical)
     }
 
     // ---- Timer ----
@@ -733,17 +1036,40 @@ impl Lapic {
 
     // ---- KVM_GET_LAPIC / KVM_SET_LAPIC ----
 
-    /// The register image with TMCCT filled in (`kvm_apic_get_state`).
-    pub fn get_state(&self, now_ns: u64, out: &mut [u8; REG_SIZE]) {
+    /// The register image with TMCCT filled in (`kvm_apic_get_state`). In x2APIC mode as
+    /// `kvm_apic_state_fixup` presents it: the ID in bits 31:24 unless `x2apic_format`
+    /// (`KVM_X2APIC_API_USE_32BIT_IDS`) asks for all 32 bits, ICR's high half in ICR2.
+    pub fn get_state(&self, now_ns: u64, out: &mut [u8; REG_SIZE], x2apic_format: bool) {
         out.copy_from_slice(&self.regs);
-        out[TMCCT as usize..TMCCT as usize + 4].copy_from_slice(&self.tmcct(now_ns).to_le_bytes());
+        set_image_reg(out, TMCCT, self.tmcct(now_ns));
+        if self.x2apic_mode() {
+            if !x2apic_format {
+                set_image_reg(out, ID, self.vcpu_id << 24);
+            }
+            set_image_reg(out, ICR2, (self.reg64(ICR) >> 32) as u32);
+        }
     }
 
     /// Takes a register image (`kvm_apic_set_state`): LVR is KVM's own, PPR is recomputed, and
     /// the timer restarts with the period from TMICT and the first expiry from TMCCT, in the
     /// LVTT mode of the image. Errors latched and not yet visible in ESR are dropped.
-    pub fn set_state(&mut self, regs: &[u8; REG_SIZE], now_ns: u64) -> Effect {
-        self.regs = *regs;
+    ///
+    /// In x2APIC mode first `kvm_apic_state_fixup`: the x2APIC ID is read-only, so the image's
+    /// ID is ignored, or with `x2apic_format` (`KVM_X2APIC_API_USE_32BIT_IDS`) must be the vCPU
+    /// id (`None`: `EINVAL`, nothing changed); LDR is derived from it; ICR is ICR | ICR2 << 32.
+    pub fn set_state(&mut self, regs: &[u8; REG_SIZE], now_ns: u64, x2apic_format: bool) -> Option<Effect> {
+        let mut regs = *regs;
+        if self.x2apic_mode() {
+            if !x2apic_format {
+                set_image_reg(&mut regs, ID, self.vcpu_id);
+            } else if image_reg(&regs, ID) != self.vcpu_id {
+                return None;
+            }
+            set_image_reg(&mut regs, LDR, x2apic_ldr(self.vcpu_id));
+            let icr2 = image_reg(&regs, ICR2);
+            set_image_reg(&mut regs, ICR + 4, icr2);
+        }
+        self.regs = regs;
         self.set_reg(LVR, LVR_VALUE);
         self.update_ppr();
         self.target = None;
@@ -752,6 +1078,18 @@ impl Lapic {
         self.start_timer(TMCCT, now_ns);
         self.set_reg(TMCCT, 0);
         self.esr_pending = 0;
-        Effect { dest_changed: true, timer_changed: true, ..Effect::default() }
+        Some(Effect { dest_changed: true, timer_changed: true, ..Effect::default() })
     }
+}
+
+/// The 32-bit register at `offset` of a register image (`__kvm_lapic_get_reg`).
+fn image_reg(regs: &[u8; REG_SIZE], offset: u32) -> u32 {
+    let o = offset as usize;
+    u32::from_le_bytes([regs[o], regs[o + 1], regs[o + 2], regs[o + 3]])
+}
+
+/// `__kvm_lapic_set_reg`.
+fn set_image_reg(regs: &mut [u8; REG_SIZE], offset: u32, value: u32) {
+    let o = offset as usize;
+    regs[o..o + 4].copy_from_slice(&value.to_le_bytes());
 }

@@ -23,8 +23,12 @@
 //! every entry, and cancels an entry (with interrupts already off) if a kick came after that, so
 //! nothing posted waits for an unrelated exit.
 //!
-//! Destination matching needs each LAPIC's ID, LDR and DFR without its lock: the owner publishes
-//! them in [`Posted`] whenever they change (upstream: the APIC map, `kvm_recalculate_apic_map`).
+//! Destination matching needs each LAPIC's IDs, LDR, DFR, mode and enables without its lock: the
+//! owner publishes them in [`Posted`], packed into one 64-bit word ([`lapic::Dest`]) so that a
+//! reader always sees one consistent state, whenever they change (upstream: the APIC map,
+//! `kvm_recalculate_apic_map`). Destinations are 32 bits wide (x2APIC); how an 8-bit xAPIC
+//! destination reaches an x2APIC-mode LAPIC follows upstream's `kvm_apic_mda`, with the VM's
+//! `KVM_CAP_X2APIC_API` flags in [`Irqchip`].
 //!
 //! Locks: `Irqchip::ioapic` and `Irqchip::pic` are taken before `Irqchip::targets`, never the
 //! other way round; none of them is held while sleeping.
@@ -41,7 +45,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use kernel::prelude::*;
 use kernel::sync::{Arc, SpinLock};
-use lapic::{Effect, Ipi, Lapic};
+use lapic::{Dest, Effect, Ipi, Lapic};
 
 /// CLOCK_MONOTONIC now, in ns: the LAPIC timer's time base.
 pub(crate) fn now_ns() -> u64 {
@@ -125,11 +129,6 @@ impl Drop for Kick {
 
 const SIPI_VALID: u32 = 1 << 8;
 
-/// Published destination state of a LAPIC: which messages it takes.
-const DEST_HW_ENABLED: u32 = 1 << 16;
-const DEST_SW_ENABLED: u32 = 1 << 17;
-const DEST_FLAT: u32 = 1 << 18;
-
 /// What other threads deliver to one vCPU's LAPIC without holding its lock (upstream: the
 /// posted-interrupt descriptor's PIR, and the `KVM_REQ_*` bits for NMI/events).
 pub(crate) struct Posted {
@@ -145,8 +144,8 @@ pub(crate) struct Posted {
     init: AtomicBool,
     /// A SIPI was sent: `SIPI_VALID | vector` (upstream `KVM_APIC_SIPI` and `sipi_vector`).
     sipi: AtomicU32,
-    /// ID | LDR << 8 | DEST_* flags, published by the owner.
-    dest: AtomicU32,
+    /// The LAPIC's destination state ([`Dest::pack`]), published by the owner.
+    dest: AtomicU64,
 }
 
 impl Posted {
@@ -178,15 +177,9 @@ impl Posted {
         self.kick.kick();
     }
 
-    /// Whether this LAPIC takes a message for `dest` (and, for fixed interrupts, whether it is
-    /// software-enabled, else the message is dropped as upstream's `__apic_accept_irq` does).
-    fn matches(&self, dest: u8, logical: bool) -> bool {
-        let d = self.dest.load(Ordering::Relaxed);
-        d & DEST_HW_ENABLED != 0 && lapic::dest_matches(d as u8, (d >> 8) as u8, d & DEST_FLAT != 0, dest, logical)
-    }
-
-    fn sw_enabled(&self) -> bool {
-        self.dest.load(Ordering::Relaxed) & DEST_SW_ENABLED != 0
+    /// The published destination state.
+    fn dest(&self) -> Dest {
+        Dest::unpack(self.dest.load(Ordering::Relaxed), self.vcpu_id)
     }
 }
 
@@ -197,7 +190,8 @@ struct Message {
     mode: u8,
     logical: bool,
     level: bool,
-    dest: u8,
+    /// 8 bits from xAPIC senders and the IOAPIC, 32 bits from x2APIC senders.
+    dest: u32,
     /// ICR destination shorthand (0 for IOAPIC messages).
     shorthand: u8,
     /// The sending vCPU, for the self shorthands.
@@ -219,43 +213,72 @@ pub(crate) struct Irqchip {
     targets: SpinLock<KVec<Arc<Posted>>>,
     /// The PIC's INTR line (upstream `kvm_pic.output`), read by vCPU 0 before each entry.
     pic_output: AtomicBool,
+    /// `KVM_X2APIC_API_USE_32BIT_IDS` (upstream `kvm->arch.x2apic_format`): `KVM_GET_LAPIC` /
+    /// `KVM_SET_LAPIC` carry the whole x2APIC ID.
+    x2apic_format: AtomicBool,
+    /// `KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK` (upstream
+    /// `kvm->arch.x2apic_broadcast_quirk_disabled`).
+    x2apic_broadcast_quirk_disabled: AtomicBool,
 }
 
 impl Irqchip {
     /// `KVM_CREATE_IRQCHIP`: both devices in their reset state (upstream `kvm_pic_init`,
     /// `kvm_ioapic_init`), with the default routing of GSI n to PIC pin n (n < 16) and IOAPIC
     /// pin n (n < 24).
-    pub(crate) fn new() -> Result<Arc<Irqchip>> {
-        Arc::pin_init(
+    /// `x2apic_api`: the `KVM_CAP_X2APIC_API` flags enabled before.
+    pub(crate) fn new(x2apic_api: u64) -> Result<Arc<Irqchip>> {
+        let chip = Arc::pin_init(
             pin_init!(Irqchip {
                 pic <- kernel::new_spinlock!(pic::Pic::new()),
                 ioapic <- kernel::new_spinlock!(ioapic::Ioapic::new()),
                 targets <- kernel::new_spinlock!(KVec::new()),
                 pic_output: AtomicBool::new(false),
+                x2apic_format: AtomicBool::new(false),
+                x2apic_broadcast_quirk_disabled: AtomicBool::new(false),
             }),
             GFP_KERNEL_ACCOUNT,
-        )
+        )?;
+        chip.enable_x2apic_api(x2apic_api);
+        Ok(chip)
     }
 
-    /// Sends `m` to every LAPIC it addresses (upstream `kvm_irq_delivery_to_apic`); returns
+    /// `KVM_ENABLE_CAP(KVM_CAP_X2APIC_API)` with valid `flags` (upstream
+    /// `kvm_vm_ioctl_enable_cap`): each flag, once set, stays set.
+    pub(crate) fn enable_x2apic_api(&self, flags: u64) {
+        if flags & u64::from(b::KVM_X2APIC_API_USE_32BIT_IDS) != 0 {
+            self.x2apic_format.store(true, Ordering::Relaxed);
+        }
+        if flags & u64::from(b::KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK) != 0 {
+            self.x2apic_broadcast_quirk_disabled.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends `m` to every LAPIC it addresses (upstream `kvm_irq_delivery_to_apic`: every
+    /// hardware-enabled LAPIC, `kvm_apic_present`, that `kvm_apic_match_dest` picks); returns
     /// whether some LAPIC took it. Lowest-priority messages go to the first match (upstream
     /// arbitrates by priority or vector hashing; any one target is architecturally valid).
     fn deliver(&self, m: Message) -> bool {
+        let quirk = !self.x2apic_broadcast_quirk_disabled.load(Ordering::Relaxed);
         let targets = self.targets.lock();
         let mut taken = false;
         for t in targets.iter() {
+            let d = t.dest();
+            if !d.hw_enabled {
+                continue;
+            }
             let hit = match m.shorthand {
                 1 => m.from == Some(t.vcpu_id),
                 2 => true,
                 3 => m.from != Some(t.vcpu_id),
-                _ => t.matches(m.dest, m.logical),
+                _ => d.matches(d.mda(m.dest, m.from.is_some(), quirk), m.logical),
             };
             if !hit {
                 continue;
             }
             match m.mode {
                 lapic::MODE_FIXED | lapic::MODE_LOWEST => {
-                    if !t.sw_enabled() {
+                    // Dropped by a software-disabled LAPIC (upstream `__apic_accept_irq`).
+                    if !d.sw_enabled {
                         continue;
                     }
                     t.post(m.vector, m.level);
@@ -281,7 +304,7 @@ impl Irqchip {
             mode: msg.mode,
             logical: msg.logical,
             level: msg.level,
-            dest: msg.dest,
+            dest: msg.dest.into(),
             shorthand: 0,
             from: None,
             init_deassert: false,
@@ -456,14 +479,14 @@ impl VcpuApic {
                 nmi: AtomicU32::new(0),
                 init: AtomicBool::new(false),
                 sipi: AtomicU32::new(0),
-                dest: AtomicU32::new(0),
+                dest: AtomicU64::new(0),
             },
             GFP_KERNEL_ACCOUNT,
         )?;
         // A spinlock is held: no sleeping allocation (the vector grows rarely, one per vCPU).
         chip.targets.lock().push(posted.clone(), GFP_NOWAIT)?;
         let a = VcpuApic {
-            lapic: Lapic::new(id as u8, id == 0),
+            lapic: Lapic::new(id, id == 0),
             posted,
             chip: chip.clone(),
             armed: None,
@@ -477,18 +500,7 @@ impl VcpuApic {
 
     /// Publishes what destination matching needs (upstream `kvm_recalculate_apic_map`).
     fn publish(&self) {
-        let l = &self.lapic;
-        let mut d = u32::from(l.id()) | u32::from(l.ldr()) << 8;
-        if l.hw_enabled() {
-            d |= DEST_HW_ENABLED;
-        }
-        if l.sw_enabled() {
-            d |= DEST_SW_ENABLED;
-        }
-        if l.dfr_flat() {
-            d |= DEST_FLAT;
-        }
-        self.posted.dest.store(d, Ordering::Relaxed);
+        self.posted.dest.store(self.lapic.dest().pack(), Ordering::Relaxed);
     }
 
     /// Carries out what a LAPIC register write asked for.
@@ -617,20 +629,22 @@ impl VcpuApic {
     /// A guest access to the LAPIC or IOAPIC page at `gpa`: `Some(value)` for a read, `Some(0)`
     /// for a write; `None` if `gpa` is neither (upstream: the in-kernel MMIO devices on
     /// `KVM_MMIO_BUS`).
+    ///
+    /// The LAPIC's page is where IA32_APIC_BASE puts it, enabled or not (upstream
+    /// `apic_mmio_in_range`); [`Lapic::mmio_read`] makes it a hole when the APIC is disabled or
+    /// in x2APIC mode.
     pub(crate) fn mmio(&mut self, gpa: u64, len: u32, write: Option<u32>) -> Option<u32> {
-        if let Some(base) = self.lapic.mmio_base() {
-            if gpa & !0xfff == base {
-                let off = (gpa & 0xfff) as u32;
-                let now = now_ns();
-                return Some(match write {
-                    Some(v) => {
-                        let e = self.lapic.write(off, len, v, now);
-                        self.apply(e);
-                        0
-                    }
-                    None => self.lapic.read(off, len, now),
-                });
-            }
+        if gpa & !0xfff == self.lapic.mmio_base() {
+            let off = (gpa & 0xfff) as u32;
+            let now = now_ns();
+            return Some(match write {
+                Some(v) => {
+                    let e = self.lapic.mmio_write(off, len, v, now);
+                    self.apply(e);
+                    0
+                }
+                None => self.lapic.mmio_read(off, len, now),
+            });
         }
         let mut io = self.chip.ioapic.lock();
         let base = io.base();
@@ -685,15 +699,31 @@ impl VcpuApic {
         Ok(())
     }
 
-    /// `KVM_GET_LAPIC`.
+    /// `KVM_GET_LAPIC` (upstream `kvm_apic_get_state`).
     pub(crate) fn get_state(&self, out: &mut [u8; lapic::REG_SIZE]) {
-        self.lapic.get_state(now_ns(), out)
+        let format = self.chip.x2apic_format.load(Ordering::Relaxed);
+        self.lapic.get_state(now_ns(), out, format)
     }
 
-    /// `KVM_SET_LAPIC`.
-    pub(crate) fn set_state(&mut self, regs: &[u8; lapic::REG_SIZE]) {
-        let e = self.lapic.set_state(regs, now_ns());
+    /// `KVM_SET_LAPIC` (upstream `kvm_apic_set_state`): `EINVAL` for an x2APIC ID other than
+    /// the vCPU id with `KVM_X2APIC_API_USE_32BIT_IDS`.
+    pub(crate) fn set_state(&mut self, regs: &[u8; lapic::REG_SIZE]) -> Result {
+        let format = self.chip.x2apic_format.load(Ordering::Relaxed);
+        let e = self.lapic.set_state(regs, now_ns(), format).ok_or(EINVAL)?;
         self.apply(e);
+        Ok(())
+    }
+
+    /// RDMSR of an x2APIC register MSR (upstream `kvm_x2apic_msr_read`); `None`: #GP.
+    pub(crate) fn x2apic_msr_read(&self, msr: u32) -> Option<u64> {
+        self.lapic.x2apic_msr_read(msr, now_ns())
+    }
+
+    /// WRMSR of an x2APIC register MSR (upstream `kvm_x2apic_msr_write`); `false`: #GP.
+    pub(crate) fn x2apic_msr_write(&mut self, msr: u32, data: u64) -> bool {
+        let Some(e) = self.lapic.x2apic_msr_write(msr, data, now_ns()) else { return false };
+        self.apply(e);
+        true
     }
 
     /// `IA32_APIC_BASE` write (already validated).

@@ -510,6 +510,8 @@ impl Backend for VmxBackend {
         crate::x86::cpuid::Caps {
             guest_xcr0: self.g.host.guest_xcr0,
             rdtscp: self.g.config.proc2 & b::SECONDARY_EXEC_ENABLE_RDTSCP != 0,
+            // Emulated (with an in-kernel LAPIC), so offered whatever the host has.
+            x2apic: true,
         }
     }
 

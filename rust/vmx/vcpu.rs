@@ -147,6 +147,9 @@ pub(crate) struct VmxVcpu {
     apic_base: u64,
     /// The in-kernel LAPIC (`KVM_CREATE_IRQCHIP` before this vCPU was created).
     apic: Option<VcpuApic>,
+    /// The guest's CPUID has x2APIC (upstream `guest_cpuid_has(vcpu, X86_FEATURE_X2APIC)`),
+    /// so IA32_APIC_BASE.EXTD is writable; follows `KVM_SET_CPUID2`.
+    x2apic_cpuid: bool,
     interrupt_bitmap: [u64; 4],
     fpu: KBox<FxArea>,
     pending: Option<PendingIo>,
@@ -276,6 +279,8 @@ impl VmxVcpu {
             efer: 0,
             cr8: 0,
             apic_base: 0,
+            // No table yet: the default CPUID has x2APIC with an in-kernel LAPIC.
+            x2apic_cpuid: crate::x86::cpuid::guest_has_x2apic(&[], apic.is_some()),
             apic,
             interrupt_bitmap: [0; 4],
             fpu: KBox::new(fx, GFP_KERNEL_ACCOUNT)?,
@@ -573,6 +578,12 @@ impl VmxVcpu {
             Some(a) => a.set_base(v),
             None => self.apic_base = v,
         }
+    }
+
+    /// The checks every IA32_APIC_BASE write gets (upstream `kvm_apic_set_base`; a guest's
+    /// WRMSR also obeys `lapic::guest_base_change_valid`).
+    fn apic_base_valid(&self, v: u64) -> bool {
+        crate::x86::cr::Limits::ARCH.apic_base_valid(v, self.x2apic_cpuid)
     }
 
     /// Queues a hardware exception for the next entry (with error code 0 for #GP).
@@ -1027,6 +1038,7 @@ impl VmxVcpu {
             let caps = cpuid::Caps {
                 guest_xcr0: g.host.guest_xcr0,
                 rdtscp: self.config.proc2 & b::SECONDARY_EXEC_ENABLE_RDTSCP != 0,
+                x2apic: self.apic.is_some(),
             };
             let mut r = cpuid::filter(leaf, sub, insn::cpuid(leaf, sub), &caps);
             if leaf == 1 {
@@ -1168,6 +1180,8 @@ impl VmxVcpu {
         Some(match index {
             msr::TSC => insn::rdtsc().wrapping_add(vmcs::read(f::TSC_OFFSET)),
             msr::APIC_BASE => self.get_apic_base(),
+            // Upstream `kvm_x2apic_msr_read`: #GP without an in-kernel LAPIC in x2APIC mode.
+            lapic::X2APIC_MSR_FIRST..=lapic::X2APIC_MSR_LAST => return self.apic.as_ref()?.x2apic_msr_read(index),
             msr::FEATURE_CONTROL => msr::FEATURE_CONTROL_GUEST,
             msr::SPEC_CTRL if g.host.spec_ctrl_bits != 0 => self.msrs.spec_ctrl,
             // No variable-range or fixed-range MTRRs, no write-combining type.
@@ -1206,7 +1220,13 @@ impl VmxVcpu {
             msr::TSC if self.config.proc & b::CPU_BASED_USE_TSC_OFFSETTING != 0 => {
                 vmcs::write(f::TSC_OFFSET, v.wrapping_sub(insn::rdtsc()))
             }
-            msr::APIC_BASE if crate::x86::cr::Limits::ARCH.apic_base_valid(v) => self.set_apic_base(v),
+            msr::APIC_BASE if self.apic_base_valid(v) && lapic::guest_base_change_valid(self.get_apic_base(), v) => {
+                self.set_apic_base(v)
+            }
+            // Upstream `kvm_x2apic_msr_write` (guest and userspace alike).
+            lapic::X2APIC_MSR_FIRST..=lapic::X2APIC_MSR_LAST => {
+                return self.apic.as_mut().is_some_and(|a| a.x2apic_msr_write(index, v))
+            }
             msr::SPEC_CTRL if v & !g.host.spec_ctrl_bits == 0 && g.host.spec_ctrl_bits != 0 => {
                 self.msrs.spec_ctrl = v
             }
@@ -1692,6 +1712,15 @@ impl BackendVcpu for VmxVcpu {
     }
 
     fn set_msr(&mut self, index: u32, data: u64) -> Result<bool> {
+        // Userspace may make any mode change a guest may not (upstream `kvm_apic_set_base` with
+        // `host_initiated`), e.g. x2APIC back to xAPIC.
+        if index == msr::APIC_BASE {
+            let ok = self.apic_base_valid(data);
+            if ok {
+                self.set_apic_base(data);
+            }
+            return Ok(ok);
+        }
         self.with_vmcs(|v| v.write_msr(index, data))
     }
 
@@ -1737,8 +1766,13 @@ impl BackendVcpu for VmxVcpu {
     }
 
     fn set_lapic(&mut self, regs: &[u8; lapic::REG_SIZE]) -> Result {
-        self.apic.as_mut().ok_or(EINVAL)?.set_state(regs);
-        Ok(())
+        self.apic.as_mut().ok_or(EINVAL)?.set_state(regs)
+    }
+
+    /// Upstream `kvm_vcpu_after_set_cpuid`: whether IA32_APIC_BASE.EXTD is writable follows the
+    /// new table.
+    fn after_set_cpuid(&mut self, table: &[crate::x86::cpuid::Entry]) {
+        self.x2apic_cpuid = crate::x86::cpuid::guest_has_x2apic(table, self.apic.is_some());
     }
 
     fn get_mp_state(&mut self) -> u32 {

@@ -36,6 +36,23 @@ pub struct Caps {
     pub guest_xcr0: u64,
     /// Guests may execute RDTSCP (the VMX control is on).
     pub rdtscp: bool,
+    /// x2APIC is offered: KVM emulates it in software whatever the host has (upstream
+    /// `kvm_set_cpu_caps`: `kvm_cpu_cap_set(X86_FEATURE_X2APIC)`), with an in-kernel LAPIC.
+    pub x2apic: bool,
+}
+
+/// CPUID.1:ECX.x2APIC.
+pub const LEAF1_ECX_X2APIC: u32 = 1 << 21;
+
+/// Whether the guest's CPUID has x2APIC (upstream `guest_cpuid_has(vcpu, X86_FEATURE_X2APIC)`),
+/// which makes IA32_APIC_BASE.EXTD writable. Before any `KVM_SET_CPUID2` (an empty `table`) the
+/// guest sees rkvm's default CPUID, which has x2APIC when the vCPU has an in-kernel LAPIC
+/// (`lapic_in_kernel`).
+pub fn guest_has_x2apic(table: &[Entry], lapic_in_kernel: bool) -> bool {
+    if table.is_empty() {
+        return lapic_in_kernel;
+    }
+    find(table, 1, 0).is_some_and(|e| e.regs[2] & LEAF1_ECX_X2APIC != 0)
 }
 
 /// Whether a leaf's output depends on ECX.
@@ -61,10 +78,13 @@ pub fn filter(leaf: u32, sub: u32, raw: [u32; 4], caps: &Caps) -> [u32; 4] {
         1 => {
             r[1] &= 0x0000_ffff; // APIC id and logical CPU count are userspace's to set
             // VMX, FMA, AVX, F16C; MONITOR, PDCM, x2APIC, TSC deadline; XSAVE and OSXSAVE
-            // (XSAVE added back below).
+            // (XSAVE and x2APIC added back below).
             r[2] &= !(1 << 5 | 1 << 12 | 1 << 28 | 1 << 29 | 1 << 3 | 1 << 15 | 1 << 21 | 1 << 24 | 1 << 26 | 1 << 27);
             if xsave {
                 r[2] |= 1 << 26;
+            }
+            if caps.x2apic {
+                r[2] |= LEAF1_ECX_X2APIC;
             }
             // The hypervisor bit (31) is userspace's to set, as upstream.
         }

@@ -49,6 +49,8 @@ pub const EFER_NX: u64 = 1 << 11;
 pub const APIC_BASE_RESERVED_LOW: u64 = 0x2ff;
 /// `MSR_IA32_APICBASE.EXTD` (x2APIC): reserved while the guest has no x2APIC.
 pub const APIC_BASE_X2APIC: u64 = 1 << 10;
+/// `MSR_IA32_APICBASE.EN`: the APIC is enabled.
+pub const APIC_BASE_ENABLE: u64 = 1 << 11;
 
 /// Guest MAXPHYADDR when no CPUID table says otherwise (upstream's `cpuid_query_maxphyaddr`
 /// fallback).
@@ -106,8 +108,14 @@ impl Limits {
         self.cr4_valid(cr4) && self.cr0_valid(cr0) && self.efer_valid(efer)
     }
 
-    /// The host-initiated APIC base write check of `kvm_apic_set_base` (no x2APIC yet).
-    pub fn apic_base_valid(&self, apic_base: u64) -> bool {
-        apic_base & (APIC_BASE_RESERVED_LOW | APIC_BASE_X2APIC) == 0 && !self.gpa_illegal(apic_base)
+    /// The checks of `kvm_apic_set_base` every writer of IA32_APIC_BASE gets (userspace's
+    /// `KVM_SET_MSRS` / `KVM_SET_SREGS` only these): no reserved bit, EXTD only when the guest's
+    /// CPUID has x2APIC (`x2apic`, upstream `guest_cpuid_has(vcpu, X86_FEATURE_X2APIC)`), no
+    /// address bit beyond MAXPHYADDR, and not EXTD without EN (`LAPIC_MODE_INVALID`). A guest's
+    /// WRMSR also obeys the mode transitions (`irq::lapic::guest_base_change_valid`).
+    pub fn apic_base_valid(&self, apic_base: u64, x2apic: bool) -> bool {
+        let reserved = APIC_BASE_RESERVED_LOW | if x2apic { 0 } else { APIC_BASE_X2APIC };
+        let invalid_mode = apic_base & (APIC_BASE_ENABLE | APIC_BASE_X2APIC) == APIC_BASE_X2APIC;
+        apic_base & reserved == 0 && !self.gpa_illegal(apic_base) && !invalid_mode
     }
 }

@@ -11,7 +11,8 @@
  *   0xee            an unexpected vector or exception; data = the vector
  *   0xef            the program has finished (repeats: the test does not resume it)
  * The in-kernel devices: the local APIC at 0xfee00000 and the IOAPIC at 0xfec00000 (MMIO), the
- * PICs at ports 0x20/0x21 and 0xa0/0xa1. No RAM lies there.
+ * PICs at ports 0x20/0x21 and 0xa0/0xa1. No RAM lies there. In x2APIC mode (programs 8 and 9)
+ * the local APIC's registers are MSRs 0x800 + offset / 16 instead.
  */
 	.code32
 
@@ -31,6 +32,12 @@
 	.set IOAPIC_SEL,	0xfec00000
 	.set IOAPIC_WIN,	0xfec00010
 	.set IDT,		0x101000
+	.set MSR_APICBASE,	0x1b
+	.set X2APIC_ID,		0x802
+	.set X2APIC_EOI,	0x80b
+	.set X2APIC_SVR,	0x80f
+	.set X2APIC_ICR,	0x830
+	.set X2APIC_SELF_IPI,	0x83f
 
 	.globl _start
 _start:
@@ -46,6 +53,9 @@ programs:			/* numbered as enum program in irqchip.c */
 	.long	p_pic		/* 5 */
 	.long	p_ipi_sender	/* 6 */
 	.long	p_tpr		/* 7 */
+	.long	p_x2apic_wait	/* 8 */
+	.long	p_x2apic_sender	/* 9 */
+	.long	p_apic_modes	/* 10 */
 
 /* IDT: all 256 vectors to their "unexpected" stubs, then the IDTR; IF stays 0. Masks the PICs. */
 setup:
@@ -88,6 +98,19 @@ apic_on:
 	movl	$0x1ff, APIC_SVR
 	ret
 
+/* Enters x2APIC mode (IA32_APIC_BASE.EN and EXTD, from xAPIC mode) and software-enables the
+ * APIC through the SVR MSR (spurious vector 0xff). */
+x2apic_on:
+	mov	$MSR_APICBASE, %ecx
+	rdmsr
+	or	$0xc00, %eax
+	wrmsr
+	mov	$X2APIC_SVR, %ecx
+	mov	$0x1ff, %eax
+	xor	%edx, %edx
+	wrmsr
+	ret
+
 finish:
 	out	%al, $0xef
 	jmp	finish
@@ -119,6 +142,41 @@ cnt_\vec:
 	LAPIC_HANDLER 0x51	/* IOAPIC GSI 5 edge; self-IPI under TPR */
 	LAPIC_HANDLER 0x52	/* IOAPIC GSI 5 level */
 	LAPIC_HANDLER 0x60	/* IPI from vCPU 0 */
+
+/* The same for x2APIC mode, where the MMIO page is a hole: EOI through its MSR. */
+.macro X2APIC_HANDLER vec
+h_\vec:
+	push	%eax
+	push	%ecx
+	push	%edx
+	incl	cnt_\vec
+	mov	cnt_\vec, %eax
+	out	%eax, $\vec
+	mov	$X2APIC_EOI, %ecx
+	xor	%eax, %eax
+	xor	%edx, %edx
+	wrmsr
+	pop	%edx
+	pop	%ecx
+	pop	%eax
+	iret
+	.align 4
+cnt_\vec:
+	.long	0
+.endm
+
+	X2APIC_HANDLER 0x61	/* x2APIC IPI from vCPU 0 */
+	X2APIC_HANDLER 0x62	/* x2APIC self IPI */
+
+/* #GP from a WRMSR: count it and resume after the (2-byte) instruction. */
+h_gp_wrmsr:
+	incl	cnt_gp
+	addl	$2, 4(%esp)	/* the return EIP, above the error code */
+	add	$4, %esp
+	iret
+	.align 4
+cnt_gp:
+	.long	0
 
 /* LAPIC timer, periodic: no report per interrupt; keeps the TMCCT it read. */
 h_0x41:
@@ -328,6 +386,94 @@ p_tpr:
 	movl	$0, APIC_TPR
 	mov	cnt_0x51, %eax
 	out	%eax, $0xe4
+	jmp	finish
+
+/*
+ * 8: x2APIC waiter: handlers for 0x61 and 0x62 (in the IDT program 9 uses too), x2APIC on,
+ * 0xe0 = its x2APIC ID (MSR 0x802), then sti; hlt for ever.
+ */
+p_x2apic_wait:
+	call	setup
+	GATE	0x61, h_0x61
+	GATE	0x62, h_0x62
+	call	x2apic_on
+	mov	$X2APIC_ID, %ecx
+	rdmsr
+	out	%eax, $0xe0
+1:	sti
+	hlt
+	jmp	1b
+
+/*
+ * 9: x2APIC sender (with the IDT program 8 built): x2APIC on; 0xe1 = its x2APIC ID (MSR
+ * 0x802); a self IPI of vector 0x62 through SELF_IPI (MSR 0x83f), waited for with IF=1 (0x62 =
+ * count), 0xe2 = the count after it (1); then one 64-bit WRMSR of ICR (MSR 0x830): x2APIC ID 1
+ * in EDX (bits 63:32), 0x4061 in EAX (fixed, physical, assert, vector 0x61); 0xe0 = ICR bits
+ * 31:0 read back (delivery status clear), 0xe3 = bits 63:32.
+ */
+p_x2apic_sender:
+	lidt	idt_desc
+	call	x2apic_on
+	mov	$X2APIC_ID, %ecx
+	rdmsr
+	out	%eax, $0xe1
+	mov	$X2APIC_SELF_IPI, %ecx
+	mov	$0x62, %eax
+	xor	%edx, %edx
+	sti
+	wrmsr
+1:	cmpl	$0, cnt_0x62
+	je	1b
+	cli
+	mov	cnt_0x62, %eax
+	out	%eax, $0xe2
+	mov	$X2APIC_ICR, %ecx
+	mov	$0x4061, %eax
+	mov	$1, %edx
+	wrmsr
+	rdmsr
+	out	%eax, $0xe0
+	mov	%edx, %eax
+	out	%eax, $0xe3
+	jmp	finish
+
+/*
+ * 10: the APIC mode changes a guest's WRMSR of IA32_APIC_BASE may make (SDM 11.12.5), each #GP
+ * counted and skipped: xAPIC -> x2APIC; x2APIC -> xAPIC (#GP); x2APIC -> EXTD without EN (#GP);
+ * x2APIC -> disabled; disabled -> x2APIC (#GP); disabled -> xAPIC -> x2APIC. 0xe0 = the #GP
+ * count after the first two refusals (2), 0xe1 = after the third (3), 0xe2 = IA32_APIC_BASE at
+ * the end, 0xe3 = the #GP count at the end (3).
+ */
+p_apic_modes:
+	call	setup
+	GATE	13, h_gp_wrmsr
+	mov	$MSR_APICBASE, %ecx
+	rdmsr
+	or	$0xc00, %eax		/* xAPIC -> x2APIC */
+	wrmsr
+	and	$~0x400, %eax		/* x2APIC -> xAPIC: #GP */
+	wrmsr
+	or	$0x400, %eax
+	and	$~0x800, %eax		/* x2APIC -> EXTD alone: #GP */
+	wrmsr
+	mov	cnt_gp, %eax
+	out	%eax, $0xe0
+	rdmsr
+	and	$~0xc00, %eax		/* x2APIC -> disabled */
+	wrmsr
+	or	$0xc00, %eax		/* disabled -> x2APIC: #GP */
+	wrmsr
+	mov	cnt_gp, %eax
+	out	%eax, $0xe1
+	rdmsr
+	or	$0x800, %eax		/* disabled -> xAPIC */
+	wrmsr
+	or	$0x400, %eax		/* xAPIC -> x2APIC */
+	wrmsr
+	rdmsr
+	out	%eax, $0xe2
+	mov	cnt_gp, %eax
+	out	%eax, $0xe3
 	jmp	finish
 
 /* Unexpected vectors: stub n pushes n; 0xee = n. */

@@ -21,7 +21,7 @@ fn host(leaf: u32, sub: u32) -> [u32; 4] {
 }
 
 fn caps() -> Caps {
-    Caps { guest_xcr0: 3, rdtscp: true }
+    Caps { guest_xcr0: 3, rdtscp: true, x2apic: true }
 }
 
 fn list() -> Vec<Entry> {
@@ -46,6 +46,8 @@ fn supported_list_shape() {
     assert_eq!(leaf1.regs[2] & (1 << 28), 0, "no AVX");
     assert_eq!(leaf1.regs[2] & (1 << 27), 0, "OSXSAVE is dynamic");
     assert_ne!(leaf1.regs[2] & (1 << 26), 0, "XSAVE offered");
+    assert_ne!(leaf1.regs[2] & LEAF1_ECX_X2APIC, 0, "x2APIC emulated, so offered");
+    assert_eq!(leaf1.regs[2] & (1 << 24), 0, "no TSC deadline");
     assert_eq!(leaf1.regs[2] & (1 << 31), 0, "hypervisor bit left to userspace");
     assert_eq!(leaf1.regs[1] >> 16, 0, "APIC id left to userspace");
     let l7 = l.iter().find(|e| e.function == 7).unwrap();
@@ -64,9 +66,10 @@ fn supported_list_shape() {
 #[test]
 fn no_xsave_without_host_xsave() {
     let mut v = Vec::new();
-    supported(host, &Caps { guest_xcr0: 0, rdtscp: false }, |e| v.push(e));
+    supported(host, &Caps { guest_xcr0: 0, rdtscp: false, x2apic: false }, |e| v.push(e));
     let leaf1 = v.iter().find(|e| e.function == 1).unwrap();
     assert_eq!(leaf1.regs[2] & (1 << 26), 0);
+    assert_eq!(leaf1.regs[2] & LEAF1_ECX_X2APIC, 0, "x2APIC only with the in-kernel LAPIC");
     assert!(v.iter().filter(|e| e.function == 0xd).all(|e| e.regs == [0; 4]));
     let ext1 = v.iter().find(|e| e.function == 0x8000_0001).unwrap();
     assert_eq!(ext1.regs[3] & (1 << 27), 0, "no RDTSCP");
@@ -111,4 +114,16 @@ fn dynamic_bits() {
     let mut r = [3, 0, 576, 0];
     apply_dynamic(0xd, 0, &mut r, 1 << 18, 1);
     assert_eq!(r[1], 576);
+}
+
+#[test]
+fn guest_x2apic_follows_the_table() {
+    let with = |ecx: u32| [Entry { function: 1, regs: [0, 0, ecx, 0], ..Entry::default() }];
+    // No table: rkvm's default CPUID, which has x2APIC with an in-kernel LAPIC.
+    assert!(guest_has_x2apic(&[], true));
+    assert!(!guest_has_x2apic(&[], false));
+    assert!(guest_has_x2apic(&with(LEAF1_ECX_X2APIC), false));
+    assert!(!guest_has_x2apic(&with(!LEAF1_ECX_X2APIC), true));
+    let no_leaf1 = [Entry { function: 0, regs: [0xd, 0, 0, 0], ..Entry::default() }];
+    assert!(!guest_has_x2apic(&no_leaf1, true));
 }

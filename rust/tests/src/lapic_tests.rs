@@ -3,7 +3,7 @@
 use crate::lapic::*;
 
 /// A software-enabled APIC (SPIV = 0x1ff), as guests set it up.
-fn enabled(id: u8) -> Lapic {
+fn enabled(id: u32) -> Lapic {
     let mut apic = Lapic::new(id, false);
     let e = apic.write(SPIV, 4, 0x1ff, 0);
     assert!(e.dest_changed, "software enable republishes destinations");
@@ -26,7 +26,7 @@ fn bit(apic: &Lapic, base: u32, vector: u8) -> bool {
 fn reset_values() {
     let apic = Lapic::new(3, false);
     assert_eq!(apic.base(), DEFAULT_BASE | BASE_ENABLE);
-    assert_eq!(apic.mmio_base(), Some(DEFAULT_BASE));
+    assert_eq!(apic.mmio_base(), DEFAULT_BASE);
     assert!(apic.hw_enabled() && !apic.sw_enabled());
     assert_eq!(r(&apic, ID), 3 << 24);
     assert_eq!(r(&apic, LVR), 0x50014);
@@ -219,7 +219,10 @@ fn hardware_disable_blocks_everything_and_reenable_restores_the_id() {
     let e = apic.set_base(DEFAULT_BASE);
     assert!(e.dest_changed);
     assert!(!apic.hw_enabled());
-    assert_eq!(apic.mmio_base(), None);
+    assert_eq!(apic.mmio_base(), DEFAULT_BASE, "the page stays where it was");
+    assert_eq!(apic.mmio_read(ID, 4, 0), 0xffff_ffff, "a hole while disabled");
+    assert_eq!(apic.mmio_read(ID, 1, 0), 0xff);
+    assert_eq!(apic.mmio_write(TPR, 4, 0x20, 0), Effect::default());
     assert_eq!(apic.pending(), None);
     assert!(!apic.accept(0x50, false));
     assert!(apic.accepts_pic());
@@ -227,7 +230,9 @@ fn hardware_disable_blocks_everything_and_reenable_restores_the_id() {
     assert!(!apic.set_base(DEFAULT_BASE).dest_changed);
     let e = apic.set_base(0xfed0_0000 | BASE_ENABLE);
     assert!(e.dest_changed);
-    assert_eq!(apic.mmio_base(), Some(0xfed0_0000));
+    assert_eq!(apic.mmio_base(), 0xfed0_0000);
+    assert_eq!(apic.mmio_read(ID, 4, 0), 5 << 24);
+    assert_eq!(apic.mmio_read(TPR, 4, 0), 0, "the write to the hole was dropped");
     assert_eq!(apic.id(), 5, "ID back to the vCPU id");
     assert!(apic.sw_enabled(), "other registers kept");
     assert_eq!(apic.pending(), Some(0x40));
@@ -290,6 +295,15 @@ fn icr_write_produces_an_ipi() {
     assert_eq!(Ipi::from_icr(0x0000_0100 | 0x20, 0x0100_0000).mode, MODE_LOWEST);
     assert_eq!(Ipi::from_icr(0x0000_0700, 0).mode, MODE_EXTINT);
     assert_eq!(Ipi::from_icr(0x0000_0200, 0).mode, MODE_SMI);
+}
+
+/// An xAPIC-mode LAPIC's destination state.
+fn xapic_dest(id: u8, ldr: u8, dfr_flat: bool) -> Dest {
+    Dest { x2apic_id: id.into(), xapic_id: id, ldr: u32::from(ldr) << 24, dfr_flat, ..Dest::default() }
+}
+
+fn dest_matches(id: u8, ldr: u8, dfr_flat: bool, dest: u32, logical: bool) -> bool {
+    xapic_dest(id, ldr, dfr_flat).matches(dest, logical)
 }
 
 #[test]
@@ -518,12 +532,12 @@ fn state_round_trip() {
     w(&mut apic, TDCR, 0x3); // divide by 16
     apic.write(TMICT, 4, 1000, 100_000);
     let mut image = [0u8; REG_SIZE];
-    apic.get_state(104_000, &mut image);
+    apic.get_state(104_000, &mut image, false);
     let tmcct = u32::from_le_bytes(image[TMCCT as usize..TMCCT as usize + 4].try_into().unwrap());
     assert_eq!(tmcct, 750);
 
     let mut copy = Lapic::new(4, false);
-    let e = copy.set_state(&image, 500_000);
+    let e = copy.set_state(&image, 500_000, false).unwrap();
     assert!(e.dest_changed && e.timer_changed);
     assert_eq!(copy.deadline(), Some(500_000 + 750 * 16));
     assert_eq!(copy.read(TMCCT, 4, 500_000), 750);
@@ -534,7 +548,7 @@ fn state_round_trip() {
     assert_eq!(copy.pending(), Some(0x80));
     assert_eq!(w(&mut copy, EOI, 0).eoi_level, Some(0x55));
     let mut again = [0u8; REG_SIZE];
-    copy.get_state(500_000, &mut again);
+    copy.get_state(500_000, &mut again, false);
     // Identical but for ISR (EOI above) and PPR.
     again[ISR as usize + 0x20..ISR as usize + 0x24].copy_from_slice(&(1u32 << 0x15).to_le_bytes());
     again[PPR as usize] = 0x50;
@@ -542,7 +556,7 @@ fn state_round_trip() {
 
     // Periodic mode from the image; an over-long TMCCT starts a full period.
     let mut image = [0u8; REG_SIZE];
-    Lapic::new(0, false).get_state(0, &mut image);
+    Lapic::new(0, false).get_state(0, &mut image, false);
     image[SPIV as usize..SPIV as usize + 4].copy_from_slice(&0x1ffu32.to_le_bytes());
     image[LVTT as usize..LVTT as usize + 4]
         .copy_from_slice(&(LVT_TIMER_PERIODIC | 0x40).to_le_bytes());
@@ -551,7 +565,7 @@ fn state_round_trip() {
     image[TMCCT as usize..TMCCT as usize + 4].copy_from_slice(&900_000u32.to_le_bytes());
     image[LVR as usize] = 0x99;
     let mut apic = Lapic::new(0, false);
-    apic.set_state(&image, 1_000);
+    apic.set_state(&image, 1_000, false).unwrap();
     assert_eq!(apic.deadline(), Some(301_000));
     assert_eq!(r(&apic, LVR), 0x50014, "KVM's own version");
     apic.expire(301_000);
@@ -559,7 +573,7 @@ fn state_round_trip() {
     assert_eq!(apic.deadline(), Some(601_000));
     // No count: stopped.
     image[TMICT as usize..TMICT as usize + 4].copy_from_slice(&0u32.to_le_bytes());
-    apic.set_state(&image, 2_000);
+    apic.set_state(&image, 2_000, false).unwrap();
     assert_eq!(apic.deadline(), None);
 }
 
@@ -580,4 +594,291 @@ fn init_keeps_base_and_id() {
     assert_eq!(apic.deadline(), None);
     apic.reset(false);
     assert_eq!((apic.base(), apic.id()), (DEFAULT_BASE | BASE_ENABLE, 6));
+}
+
+// ---- x2APIC ----
+
+const X2APIC_BASE: u64 = DEFAULT_BASE | BASE_ENABLE | BASE_X2APIC;
+
+/// The MSR of register `reg` (`APIC_BASE_MSR + (reg >> 4)`).
+fn msr(reg: u32) -> u32 {
+    X2APIC_MSR_FIRST + (reg >> 4)
+}
+
+/// A software-enabled APIC in x2APIC mode, as a guest sets it up.
+fn x2apic(id: u32) -> Lapic {
+    let mut apic = Lapic::new(id, false);
+    assert!(apic.set_base(X2APIC_BASE).dest_changed);
+    let e = apic.x2apic_msr_write(msr(SPIV), 0x1ff, 0).unwrap();
+    assert!(e.dest_changed);
+    apic
+}
+
+fn rdmsr(apic: &Lapic, reg: u32) -> Option<u64> {
+    apic.x2apic_msr_read(msr(reg), 0)
+}
+
+fn wrmsr(apic: &mut Lapic, reg: u32, value: u64) -> Option<Effect> {
+    apic.x2apic_msr_write(msr(reg), value, 0)
+}
+
+#[test]
+fn apic_modes_and_legal_transitions() {
+    assert_eq!(Mode::of(0), Mode::Disabled);
+    assert_eq!(Mode::of(BASE_X2APIC), Mode::Invalid);
+    assert_eq!(Mode::of(DEFAULT_BASE | BASE_ENABLE | BASE_BSP), Mode::Xapic);
+    assert_eq!(Mode::of(X2APIC_BASE), Mode::X2apic);
+    let (off, xapic, x2) = (DEFAULT_BASE, DEFAULT_BASE | BASE_ENABLE, X2APIC_BASE);
+    // SDM 11.12.5: xAPIC <-> x2APIC only through xAPIC → x2APIC and x2APIC → disabled.
+    for (old, new, ok) in [
+        (xapic, x2, true),
+        (x2, off, true),
+        (off, xapic, true),
+        (xapic, off, true),
+        (x2, x2, true),
+        (x2, xapic, false),
+        (off, x2, false),
+        (x2, x2 | BASE_BSP, true),
+        (xapic, 0xfed0_0000 | BASE_ENABLE, true),
+    ] {
+        assert_eq!(guest_base_change_valid(old, new), ok, "{old:#x} -> {new:#x}");
+    }
+}
+
+#[test]
+fn x2apic_mode_ids() {
+    // An id that does not fit in 8 bits: truncated as the xAPIC ID.
+    let mut apic = Lapic::new(0x123, false);
+    assert_eq!(r(&apic, ID), 0x23 << 24);
+    assert!(!apic.x2apic_mode());
+    assert_eq!(rdmsr(&apic, ID), None, "no x2APIC MSRs in xAPIC mode");
+    assert!(wrmsr(&mut apic, TPR, 0).is_none());
+    let e = apic.set_base(X2APIC_BASE);
+    assert!(e.dest_changed && apic.x2apic_mode());
+    assert_eq!(rdmsr(&apic, ID), Some(0x123), "the full vCPU id");
+    // LDR: cluster 0x12 in bits 31:16, bit 3 in bits 15:0 (kvm_apic_calc_x2apic_ldr).
+    assert_eq!(x2apic_ldr(0x123), 0x0012_0008);
+    assert_eq!(x2apic_ldr(0), 1);
+    assert_eq!(x2apic_ldr(0x1f), 0x0001_8000);
+    assert_eq!(rdmsr(&apic, LDR), Some(0x0012_0008));
+    // Both read-only in x2APIC mode; no DFR at all.
+    assert!(wrmsr(&mut apic, ID, 5).is_none());
+    assert!(wrmsr(&mut apic, LDR, 1).is_none());
+    assert!(wrmsr(&mut apic, DFR, 0xffff_ffff).is_none());
+    assert_eq!(rdmsr(&apic, DFR), None);
+    assert_eq!(rdmsr(&apic, ID), Some(0x123));
+    // Leaving through disabled keeps LDR; re-enabling (xAPIC) sets the 8-bit ID again.
+    apic.set_base(DEFAULT_BASE);
+    assert!(!apic.x2apic_mode() && !apic.hw_enabled());
+    apic.set_base(DEFAULT_BASE | BASE_ENABLE);
+    assert_eq!(r(&apic, ID), 0x23 << 24);
+    // Userspace may go straight back to xAPIC mode: the xAPIC ID again.
+    apic.set_base(X2APIC_BASE);
+    apic.set_base(DEFAULT_BASE | BASE_ENABLE);
+    assert_eq!(r(&apic, ID), 0x23 << 24);
+    assert_eq!(r(&apic, DFR), 0xffff_ffff);
+}
+
+#[test]
+fn x2apic_register_access_rules() {
+    let mut apic = x2apic(2);
+    apic.accept(0x40, false);
+    // Readable: as in xAPIC mode, minus APR, DFR and ICR2.
+    assert_eq!(rdmsr(&apic, LVR), Some(0x50014));
+    assert_eq!(rdmsr(&apic, SPIV), Some(0x1ff));
+    assert_eq!(rdmsr(&apic, IRR + 0x20), Some(1));
+    for reg in [APR, DFR, ICR2, EOI, SELF_IPI, 0x0, 0x10, 0xc0, 0x2f0] {
+        assert_eq!(rdmsr(&apic, reg), None, "reg {reg:#x} is not readable");
+    }
+    // MSRs 0x840..=0x8ff lie beyond the page's registers.
+    for m in [0x840, 0x8ff] {
+        assert_eq!(apic.x2apic_msr_read(m, 0), None);
+        assert!(apic.x2apic_msr_write(m, 0, 0).is_none());
+    }
+    assert_eq!(apic.x2apic_msr_read(0x7ff, 0), None);
+    assert_eq!(apic.x2apic_msr_read(0x900, 0), None);
+    // Writes to read-only and reserved registers, bits 63:32 anywhere but ICR: #GP.
+    for reg in [LVR, APR, PPR, ISR, TMR + 0x10, IRR, TMCCT, 0xc0, 0x2f0, 0x3a0] {
+        assert!(wrmsr(&mut apic, reg, 0).is_none(), "reg {reg:#x} write");
+    }
+    assert!(wrmsr(&mut apic, TPR, 1 << 32).is_none());
+    assert!(wrmsr(&mut apic, ICR2, 0).is_none());
+    // TPR as in xAPIC mode, and CR8 is its high nibble.
+    assert!(wrmsr(&mut apic, TPR, 0x35).is_some());
+    assert_eq!((rdmsr(&apic, TPR), rdmsr(&apic, PPR), apic.cr8()), (Some(0x35), Some(0x35), 3));
+    // ESR: only 0 may be written.
+    assert!(wrmsr(&mut apic, ESR, 1).is_none());
+    assert!(wrmsr(&mut apic, ESR, 0).is_some());
+    // EOI retires the in-service vector.
+    wrmsr(&mut apic, TPR, 0);
+    assert_eq!(apic.pending(), Some(0x40));
+    apic.ack(0x40);
+    assert!(wrmsr(&mut apic, EOI, 0).is_some());
+    assert_eq!(rdmsr(&apic, ISR + 0x20), Some(0));
+    // The timer through MSRs.
+    let e = apic.x2apic_msr_write(msr(TMICT), 1000, 5_000).unwrap();
+    assert!(e.timer_changed);
+    assert_eq!(apic.deadline(), Some(5_000 + 2000), "divide by 2 at reset");
+    assert_eq!(apic.x2apic_msr_read(msr(TMCCT), 6_000), Some(500));
+    // The MMIO page is a hole: reads all ones, writes dropped.
+    assert_eq!(apic.mmio_base(), DEFAULT_BASE);
+    assert_eq!(apic.mmio_read(ID, 4, 0), 0xffff_ffff);
+    assert_eq!(apic.mmio_read(SPIV, 2, 0), 0xffff);
+    assert_eq!(apic.mmio_write(TPR, 4, 0x80, 0), Effect::default());
+    assert_eq!(rdmsr(&apic, TPR), Some(0));
+}
+
+#[test]
+fn x2apic_icr_is_64_bits() {
+    let mut apic = x2apic(0);
+    let e = wrmsr(&mut apic, ICR, 0x0000_0123_0000_4831).unwrap();
+    assert_eq!(
+        e.ipi,
+        Some(Ipi {
+            vector: 0x31,
+            mode: MODE_FIXED,
+            logical: true,
+            assert: true,
+            level_trigger: false,
+            shorthand: 0,
+            dest: 0x123,
+        })
+    );
+    assert_eq!(rdmsr(&apic, ICR), Some(0x0000_0123_0000_4831));
+    // The delivery status bit is ignored (and reads 0); the broadcast destination.
+    let e = wrmsr(&mut apic, ICR, 0xffff_ffff_0000_1400).unwrap();
+    let ipi = e.ipi.unwrap();
+    assert_eq!((ipi.mode, ipi.dest, ipi.logical), (MODE_NMI, X2APIC_BROADCAST, false));
+    assert_eq!(rdmsr(&apic, ICR), Some(0xffff_ffff_0000_0400));
+    // Reserved bits 31:20, 17:16 and 13: #GP, nothing sent or stored.
+    for bit in [13, 16, 17, 20, 31] {
+        assert!(wrmsr(&mut apic, ICR, 0x40 | 1 << bit).is_none(), "bit {bit}");
+    }
+    assert_eq!(rdmsr(&apic, ICR), Some(0xffff_ffff_0000_0400));
+    // Shorthands still decode.
+    let ipi = wrmsr(&mut apic, ICR, 3 << 18 | 0x500).unwrap().ipi.unwrap();
+    assert_eq!((ipi.mode, ipi.shorthand), (MODE_INIT, 3));
+}
+
+#[test]
+fn self_ipi_register() {
+    let mut apic = x2apic(7);
+    let ipi = wrmsr(&mut apic, SELF_IPI, 0x45).unwrap().ipi.unwrap();
+    assert_eq!(ipi, Ipi { vector: 0x45, mode: MODE_FIXED, logical: false, assert: false, level_trigger: false, shorthand: 1, dest: 0 });
+    assert!(wrmsr(&mut apic, SELF_IPI, 0x145).is_none(), "bits 31:8 reserved");
+    assert_eq!(rdmsr(&apic, SELF_IPI), None, "write-only");
+    // No such register in xAPIC mode: an MMIO write there does nothing.
+    let mut apic = enabled(7);
+    assert_eq!(w(&mut apic, SELF_IPI, 0x45), Effect::default());
+}
+
+#[test]
+fn x2apic_reset_and_init() {
+    let mut apic = x2apic(0x21);
+    wrmsr(&mut apic, ICR, 0x0000_0005_0000_0040);
+    apic.x2apic_msr_write(msr(TMICT), 100, 0);
+    // INIT keeps x2APIC mode, the ID and LDR; ICR (both halves) is cleared.
+    let e = apic.reset(true);
+    assert!(e.dest_changed);
+    assert!(apic.x2apic_mode());
+    assert_eq!((rdmsr(&apic, ID), rdmsr(&apic, LDR)), (Some(0x21), Some(x2apic_ldr(0x21).into())));
+    assert_eq!(rdmsr(&apic, ICR), Some(0));
+    assert_eq!(rdmsr(&apic, SPIV), Some(0xff));
+    assert_eq!(apic.deadline(), None);
+    assert_eq!(apic.reg(DFR), 0xffff_ffff);
+    // RESET: back to xAPIC mode, LDR 0.
+    apic.reset(false);
+    assert!(!apic.x2apic_mode());
+    assert_eq!(apic.base(), DEFAULT_BASE | BASE_ENABLE);
+    assert_eq!((r(&apic, ID), r(&apic, LDR), r(&apic, ICR), r(&apic, ICR2)), (0x21 << 24, 0, 0, 0));
+}
+
+#[test]
+fn x2apic_state_fixup() {
+    let mut apic = x2apic(0x105);
+    wrmsr(&mut apic, ICR, 0xabcd_0000_0000_4041);
+    let mut image = [0u8; REG_SIZE];
+    let reg = |image: &[u8; REG_SIZE], o: usize| u32::from_le_bytes(image[o..o + 4].try_into().unwrap());
+    let set = |image: &mut [u8; REG_SIZE], o: usize, v: u32| image[o..o + 4].copy_from_slice(&v.to_le_bytes());
+    // Without KVM_X2APIC_API_USE_32BIT_IDS the ID is shifted as in xAPIC format (and
+    // truncated); the ICR's high half is reported in ICR2.
+    apic.get_state(0, &mut image, false);
+    assert_eq!(reg(&image, ID as usize), 0x05 << 24);
+    assert_eq!(reg(&image, LDR as usize), x2apic_ldr(0x105));
+    assert_eq!((reg(&image, ICR as usize), reg(&image, ICR2 as usize)), (0x4041, 0xabcd_0000));
+    apic.get_state(0, &mut image, true);
+    assert_eq!(reg(&image, ID as usize), 0x105);
+
+    // Setting: ICR | ICR2 << 32; LDR derived; ID ignored without the 32-bit format.
+    set(&mut image, ID as usize, 0x7 << 24);
+    set(&mut image, LDR as usize, 0x1234);
+    set(&mut image, ICR as usize, 0x4042);
+    set(&mut image, ICR2 as usize, 0x55);
+    let e = apic.set_state(&image, 0, false).unwrap();
+    assert!(e.dest_changed);
+    assert_eq!(rdmsr(&apic, ID), Some(0x105));
+    assert_eq!(rdmsr(&apic, LDR), Some(x2apic_ldr(0x105).into()));
+    assert_eq!(rdmsr(&apic, ICR), Some(0x55_0000_4042));
+    // With it, the ID must be the vCPU's (else EINVAL, nothing changed).
+    set(&mut image, ID as usize, 0x106);
+    set(&mut image, TPR as usize, 0x20);
+    assert_eq!(apic.set_state(&image, 0, true), None);
+    assert_eq!(rdmsr(&apic, TPR), Some(0));
+    set(&mut image, ID as usize, 0x105);
+    assert!(apic.set_state(&image, 0, true).is_some());
+    assert_eq!(rdmsr(&apic, TPR), Some(0x20));
+    // xAPIC mode: no fixup, the ID is writable.
+    let mut apic = enabled(3);
+    let mut image = [0u8; REG_SIZE];
+    apic.get_state(0, &mut image, true);
+    assert_eq!(reg(&image, ID as usize), 3 << 24);
+    set(&mut image, ID as usize, 9 << 24);
+    apic.set_state(&image, 0, true).unwrap();
+    assert_eq!(apic.id(), 9);
+}
+
+#[test]
+fn x2apic_destination_matching() {
+    let apic = x2apic(0x123);
+    let d = apic.dest();
+    assert_eq!((d.x2apic, d.hw_enabled, d.sw_enabled, d.x2apic_id), (true, true, true, 0x123));
+    assert_eq!(Dest::unpack(d.pack(), 0x123), d);
+    // Physical: the 32-bit ID or the x2APIC broadcast; 0xff is an ordinary ID.
+    assert!(d.matches(0x123, false));
+    assert!(!d.matches(0x23, false));
+    assert!(d.matches(X2APIC_BROADCAST, false));
+    assert!(!d.matches(0xff, false));
+    // Logical: cluster 0x12, member bit 3.
+    assert!(d.matches(0x0012_0008, true));
+    assert!(d.matches(0x0012_ffff, true));
+    assert!(!d.matches(0x0012_0004, true), "other member");
+    assert!(!d.matches(0x0011_0008, true), "other cluster");
+    assert!(d.matches(X2APIC_BROADCAST, true));
+    // kvm_apic_mda: an IOAPIC's 8-bit broadcast is the x2APIC broadcast for this LAPIC, unless
+    // the quirk is disabled; an IPI's 0xff never is.
+    assert_eq!(d.mda(0xff, false, true), X2APIC_BROADCAST);
+    assert_eq!(d.mda(0xff, false, false), 0xff);
+    assert_eq!(d.mda(0xff, true, true), 0xff);
+    assert_eq!(d.mda(0x12, false, true), 0x12);
+    // An xAPIC-mode LAPIC: 0xff is its broadcast, the quirk does not apply.
+    let x = enabled(5).dest();
+    assert_eq!(x.mda(0xff, false, true), 0xff);
+    assert!(x.matches(0xff, false) && x.matches(5, false));
+    assert!(!x.matches(X2APIC_BROADCAST, false));
+    // The hotplug hack: above 0xff an xAPIC-mode LAPIC is matched by its x2APIC ID.
+    let big = Lapic::new(0x123, false).dest();
+    assert!(big.matches(0x123, false) && big.matches(0x23, false));
+    let mut moved = enabled(5);
+    w(&mut moved, ID, 9 << 24);
+    let moved = moved.dest();
+    assert!(moved.matches(9, false) && !moved.matches(5, false) && !moved.matches(0x105, false));
+    // Pack and unpack keep every field, flags included.
+    for d in [x, big, moved, Lapic::new(0, true).dest()] {
+        assert_eq!(Dest::unpack(d.pack(), d.x2apic_id), d);
+    }
+    let mut off = enabled(4);
+    off.set_base(DEFAULT_BASE);
+    let off = off.dest();
+    assert!(!off.hw_enabled && off.sw_enabled);
+    assert_eq!(Dest::unpack(off.pack(), 4), off);
 }

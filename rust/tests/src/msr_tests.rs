@@ -60,6 +60,10 @@ fn bitmap_passes_through_only_the_vmcs_switched_msrs() {
         for m in [TSC, APIC_BASE, SPEC_CTRL, EFER, PAT, STAR, LSTAR, CSTAR, SFMASK, TSC_AUX, MISC_ENABLE, 0x1234] {
             assert!(exits(m, w), "{m:#x} write={w} should exit");
         }
+        // The x2APIC registers are emulated: every one of their MSRs exits.
+        for m in 0x800..=0x8ff {
+            assert!(exits(m, w), "x2APIC MSR {m:#x} write={w} should exit");
+        }
     }
     // Everything but the 6 MSRs x 2 directions is intercepted.
     let clear: u32 = page.iter().map(|b| b.count_zeros()).sum();

@@ -34,12 +34,17 @@ fn long_mode_rules() {
 
 #[test]
 fn apic_base_rules() {
-    assert!(L.apic_base_valid(0));
-    assert!(L.apic_base_valid(0xfee0_0900));
-    assert!(!L.apic_base_valid(0xfee0_0001), "bits 7:0 reserved");
-    assert!(!L.apic_base_valid(0xfee0_0200), "bit 9 reserved");
-    assert!(!L.apic_base_valid(0xfee0_0c00), "x2APIC without CPUID");
-    assert!(!L.apic_base_valid(1 << 40), "beyond MAXPHYADDR");
+    for x2apic in [false, true] {
+        assert!(L.apic_base_valid(0, x2apic));
+        assert!(L.apic_base_valid(0xfee0_0900, x2apic));
+        assert!(!L.apic_base_valid(0xfee0_0001, x2apic), "bits 7:0 reserved");
+        assert!(!L.apic_base_valid(0xfee0_0200, x2apic), "bit 9 reserved");
+        assert!(!L.apic_base_valid(1 << 40, x2apic), "beyond MAXPHYADDR");
+        assert!(!L.apic_base_valid(0xfee0_0400, x2apic), "EXTD without EN: LAPIC_MODE_INVALID");
+    }
+    assert!(!L.apic_base_valid(0xfee0_0c00, false), "x2APIC without CPUID");
+    assert!(L.apic_base_valid(0xfee0_0c00, true));
+    assert!(L.apic_base_valid(0xfee0_0d00, true), "x2APIC on the BSP");
 }
 
 #[test]
