@@ -5,6 +5,9 @@
 
 #[path = "../../memslot.rs"]
 pub mod memslot;
+/// Dirty page logging rules.
+#[path = "../../dirty.rs"]
+pub mod dirty;
 #[path = "../../x86/mod.rs"]
 pub mod x86;
 /// The pure part of the VMX backend.
@@ -30,6 +33,8 @@ pub mod pic;
 mod cpuid_tests;
 #[cfg(test)]
 mod decode_tests;
+#[cfg(test)]
+mod dirty_tests;
 #[cfg(test)]
 mod events_tests;
 #[cfg(test)]
