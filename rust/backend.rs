@@ -49,16 +49,35 @@ pub(crate) trait BackendVm: Send + Sync {
     /// For the backend to find its own type again (`create_vcpu`, `run`).
     fn as_any(&self) -> &dyn core::any::Any;
 
-    /// Makes guest frame `gfn` of `slot` accessible to the guest (upstream: the TDP fault
-    /// handler, `kvm_tdp_page_fault`). Called with the VM's slots lock held, so the slot cannot
+    /// Makes guest frame `gfn` of `slot` accessible to the guest, for writes too if `writable`
+    /// (upstream: the TDP fault handler, `kvm_tdp_page_fault`). A frame that is already mapped
+    /// read-only is made writable if asked: a write to a page write-protected for dirty logging
+    /// (upstream `fast_page_fault`). Called with the VM's slots lock held, so the slot cannot
     /// change meanwhile.
-    fn map(&self, _slot: &Memslot, _gfn: u64) -> Result {
+    fn map(&self, _slot: &Memslot, _gfn: u64, _writable: bool) -> Result {
         Err(ENOEXEC)
     }
 
     /// A slot is being deleted or moved: drop every guest mapping of it, flush, and release its
     /// pages, before the change becomes visible (upstream: `kvm_arch_flush_shadow_memslot`).
     fn unmap_slot(&self, _slot: &Memslot) {}
+
+    /// Takes write access away from the mappings of pages `gfn_offset + i` of `slot` for each
+    /// bit `i` set in `mask` (upstream `kvm_arch_mmu_enable_log_dirty_pt_masked`), so that the
+    /// guest's next write to them faults and is logged. Returns whether a mapping changed; if
+    /// so the caller calls [`BackendVm::flush_remote_tlbs`] before it drops the slots lock.
+    fn write_protect_masked(&self, _slot: &Memslot, _gfn_offset: u64, _mask: u64) -> bool {
+        false
+    }
+
+    /// The same for every page of `slot` (upstream `kvm_mmu_slot_remove_write_access`).
+    fn write_protect_slot(&self, _slot: &Memslot) -> bool {
+        false
+    }
+
+    /// Makes every CPU drop the translations it cached from this VM's mappings (upstream
+    /// `kvm_flush_remote_tlbs_memslot`).
+    fn flush_remote_tlbs(&self) {}
 }
 
 /// The backend VM of backends that keep no per-VM state.

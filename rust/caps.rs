@@ -44,12 +44,16 @@ pub(crate) fn check_extension(backend: &dyn Backend, cap: usize) -> isize {
         // KVM_CREATE_IRQCHIP (LAPIC, IOAPIC, PIC), KVM_IRQ_LINE and KVM_IRQ_LINE_STATUS.
         | b::KVM_CAP_IRQCHIP
         | b::KVM_CAP_IRQ_INJECT_STATUS
-        // KVM_ENABLE_CAP on VM fds (KVM_CAP_MAX_VCPU_ID, KVM_CAP_X2APIC_API).
+        // KVM_ENABLE_CAP on VM fds (KVM_CAP_MAX_VCPU_ID, KVM_CAP_X2APIC_API,
+        // KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2).
         | b::KVM_CAP_ENABLE_CAP_VM
         // KVM_SET_NR_MMU_PAGES (accepted; EPT has no shadow-page cache to bound).
         | b::KVM_CAP_MMU_SHADOW_CACHE_CONTROL
         // KVM_GET_STATS_FD on VM and vCPU fds.
         | b::KVM_CAP_BINARY_STATS_FD => 1,
+        // KVM_CLEAR_DIRTY_LOG, and KVM_ENABLE_CAP with these options (upstream
+        // kvm_vm_ioctl_check_extension_generic: KVM_DIRTY_LOG_MANUAL_CAPS).
+        b::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 => crate::dirty::MANUAL_CAPS as isize,
         b::KVM_CAP_NR_VCPUS => crate::ffi::num_online_cpus().min(MAX_VCPUS) as isize,
         b::KVM_CAP_MAX_VCPUS => MAX_VCPUS as isize,
         b::KVM_CAP_MAX_VCPU_ID => MAX_VCPU_ID as isize,

@@ -25,9 +25,8 @@ pub const MEM_MAX_NR_PAGES: u64 = (1 << 31) - 1;
 pub const MEM_LOG_DIRTY_PAGES: u32 = 1 << 0;
 /// `KVM_MEM_READONLY`.
 pub const MEM_READONLY: u32 = 1 << 1;
-/// Flags rkvm accepts. Dirty logging is not implemented yet, so it is refused (`EINVAL`) rather
-/// than silently ignored.
-pub const VALID_FLAGS: u32 = MEM_READONLY;
+/// Flags rkvm accepts (upstream `check_memory_region_flags` for a VM without guest_memfd).
+pub const VALID_FLAGS: u32 = MEM_LOG_DIRTY_PAGES | MEM_READONLY;
 
 /// A `struct kvm_userspace_memory_region` as userspace passed it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -74,6 +73,12 @@ impl Memslot {
     pub fn readonly(&self) -> bool {
         self.flags & MEM_READONLY != 0
     }
+
+    /// Whether writes to this slot are logged in its dirty bitmap (upstream
+    /// `kvm_slot_dirty_track_enabled`, which is this flag when there is no dirty ring).
+    pub fn logs_dirty(&self) -> bool {
+        self.flags & MEM_LOG_DIRTY_PAGES != 0
+    }
 }
 
 /// Why a request was refused; each maps to the errno upstream returns.
@@ -94,12 +99,34 @@ pub enum Change {
     Create(Memslot),
     /// Remove the existing slot (its old state is given).
     Delete(Memslot),
-    /// Same slot at a new base frame (old state given; new base in `to`).
-    Move { old: Memslot, to: u64 },
-    /// Only the flags change (no flag that affects mapping; today: none).
+    /// Same slot at a new base frame (old state given; new base in `to`). The request may
+    /// toggle `KVM_MEM_LOG_DIRTY_PAGES` at the same time (`flags`: the new flags), as upstream.
+    Move { old: Memslot, to: u64, flags: u32 },
+    /// Only the flags change: `KVM_MEM_LOG_DIRTY_PAGES` is toggled (`KVM_MEM_READONLY` cannot
+    /// change on an existing slot).
     FlagsOnly { old: Memslot, flags: u32 },
     /// The request repeats the slot as it is.
     Nothing,
+}
+
+impl Change {
+    /// The slot before the change (`None` for a new slot, or a request that changes nothing).
+    pub fn before(&self) -> Option<Memslot> {
+        match *self {
+            Change::Delete(old) | Change::Move { old, .. } | Change::FlagsOnly { old, .. } => Some(old),
+            Change::Create(_) | Change::Nothing => None,
+        }
+    }
+
+    /// The slot after the change (`None` when it is deleted, or nothing changes).
+    pub fn after(&self) -> Option<Memslot> {
+        match *self {
+            Change::Create(slot) => Some(slot),
+            Change::Move { old, to, flags } => Some(Memslot { base_gfn: to, flags, ..old }),
+            Change::FlagsOnly { old, flags } => Some(Memslot { flags, ..old }),
+            Change::Delete(_) | Change::Nothing => None,
+        }
+    }
 }
 
 /// Growable storage for slots: `Vec` on the host, `KVec` in the kernel.
@@ -254,7 +281,7 @@ impl<V: SlotVec<Memslot>, G: SlotVec<GfnRange>> Memslots<V, G> {
                     return Err(Invalid);
                 }
                 if base_gfn != old.base_gfn {
-                    Change::Move { old, to: base_gfn }
+                    Change::Move { old, to: base_gfn, flags: req.flags }
                 } else if req.flags != old.flags {
                     Change::FlagsOnly { old, flags: req.flags }
                 } else {
@@ -289,9 +316,11 @@ impl<V: SlotVec<Memslot>, G: SlotVec<GfnRange>> Memslots<V, G> {
                 self.by_id.remove(i);
                 self.remove_range(old.id);
             }
-            Change::Move { old, to } => {
+            Change::Move { old, to, flags } => {
                 let i = self.index_of(old.id);
-                self.by_id.as_mut_slice()[i].base_gfn = to;
+                let slot = &mut self.by_id.as_mut_slice()[i];
+                slot.base_gfn = to;
+                slot.flags = flags;
                 self.remove_range(old.id);
                 // Capacity for the re-insert is there: one element was just removed.
                 self.insert_range(GfnRange { base_gfn: to, end_gfn: to + old.npages, id: old.id });

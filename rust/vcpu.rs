@@ -58,6 +58,8 @@ const _: () = {
     assert!(cr::EFER_NX == b::EFER_NX as u64);
     assert!(crate::memslot::MEM_READONLY == b::KVM_MEM_READONLY);
     assert!(crate::memslot::MEM_LOG_DIRTY_PAGES == b::KVM_MEM_LOG_DIRTY_PAGES);
+    assert!(crate::dirty::MANUAL_PROTECT_ENABLE == b::KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE as u64);
+    assert!(crate::dirty::INITIALLY_SET == b::KVM_DIRTY_LOG_INITIALLY_SET as u64);
     assert!(crate::memslot::PAGE_SIZE == b::PAGE_SIZE as u64);
     assert!(b::KVM_PIO_PAGE_OFFSET == 1);
     assert!(b::KVM_COALESCED_MMIO_PAGE_OFFSET == 2);

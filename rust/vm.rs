@@ -7,13 +7,17 @@
 //! ioctls from any other address space get `EIO`, as upstream.
 //!
 //! Locks, as upstream: `state` is `kvm->lock` (vCPU creation, VM-wide settings), `slots` is
-//! `kvm->slots_lock` (memory slots).
+//! `kvm->slots_lock` (memory slots, their dirty bitmaps). The vCPUs' EPT fault handler takes
+//! `slots` too (upstream: SRCU and `mmu_lock`), so a dirty-log ioctl, which holds it from its
+//! first look at the bitmap until the pages it cleared are write-protected and flushed, is atomic
+//! with respect to every logged write.
 
 use crate::backend::{Backend, BackendVm};
 use crate::caps;
+use crate::dirty::{self, DirtyBitmap, LogError};
 use crate::ffi::bindings as b;
 use crate::ffi::fileops::{self, FileKind, Fops};
-use crate::ffi::uapi::{read_user, write_user};
+use crate::ffi::uapi::{read_user, read_user_words, write_user, write_user_words};
 use crate::irq::{Irqchip, VcpuApic};
 use crate::coalesced;
 use crate::stats;
@@ -29,6 +33,22 @@ use kernel::uaccess::UserSlice;
 
 /// The memory slots of a VM, stored in kernel vectors.
 pub(crate) type Slots = Memslots<KVec<Memslot>, KVec<GfnRange>>;
+
+/// A logging slot's dirty bitmap, in memory that may come from vmalloc (upstream: `__vcalloc`
+/// in `kvm_alloc_dirty_bitmap`; a 2^31-page slot has a 512 MiB double bitmap).
+type Bitmap = DirtyBitmap<KVVec<u64>>;
+
+/// What the slots lock (upstream `kvm->slots_lock`) protects.
+struct SlotState {
+    slots: Slots,
+    /// The dirty bitmaps of the slots with `KVM_MEM_LOG_DIRTY_PAGES`, sorted by slot id
+    /// (upstream keeps the pointer in the slot: `memslot->dirty_bitmap`). A bitmap is allocated
+    /// before its slot gets the flag and freed after the slot loses it or goes.
+    dirty: KVec<Bitmap>,
+    /// `KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`'s `args[0]` (upstream
+    /// `kvm->manual_dirty_log_protect`).
+    manual_protect: u64,
+}
 
 /// A reference on the creating process's `mm_struct` (upstream: `mmgrab(current->mm)` in
 /// `kvm_create_vm`), used only to recognise ioctls from that address space.
@@ -100,7 +120,7 @@ pub(crate) struct Vm {
     #[pin]
     state: Mutex<VmState>,
     #[pin]
-    slots: Mutex<Slots>,
+    slots: Mutex<SlotState>,
     /// The coalesced MMIO/PIO ring (`struct kvm_coalesced_mmio_ring`), mapped by userspace from
     /// every vCPU fd at `KVM_COALESCED_MMIO_PAGE_OFFSET` (upstream `kvm->coalesced_mmio_ring`).
     ring_page: Page,
@@ -147,7 +167,11 @@ pub(crate) fn create(backend: &Arc<dyn Backend>, vm_type: usize) -> Result<i32> 
                 nr_mmu_pages: 0,
                 x2apic_api: 0,
             }),
-            slots <- kernel::new_mutex!(Memslots::new(KVec::new(), KVec::new())),
+            slots <- kernel::new_mutex!(SlotState {
+                slots: Memslots::new(KVec::new(), KVec::new()),
+                dirty: KVec::new(),
+                manual_protect: 0,
+            }),
             ring_page: Page::alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO)?,
             coalesced <- kernel::new_mutex!(KVec::new()),
             has_zones: AtomicBool::new(false),
@@ -190,6 +214,14 @@ impl Vm {
             // flags (default VMs have no private memory), so those fields are never used.
             b::KVM_SET_USER_MEMORY_REGION2 => {
                 vm.set_memory_region(&region!(read_user::<b::kvm_userspace_memory_region2>(arg)?))?;
+                Ok(0)
+            }
+            b::KVM_GET_DIRTY_LOG => {
+                vm.get_dirty_log(&read_user::<b::kvm_dirty_log>(arg)?)?;
+                Ok(0)
+            }
+            b::KVM_CLEAR_DIRTY_LOG => {
+                vm.clear_dirty_log(&read_user::<b::kvm_clear_dirty_log>(arg)?)?;
                 Ok(0)
             }
             // The VM's default vCPU TSC rate (upstream `kvm->arch.default_tsc_khz`): the host's.
@@ -310,6 +342,13 @@ impl Vm {
                 }
                 Ok(())
             }
+            // Upstream `kvm_vm_ioctl_enable_cap_generic`; takes effect for bitmaps allocated and
+            // ioctls made from now on.
+            b::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 => {
+                let manual = dirty::manual_protect(cap.flags, cap.args[0]).map_err(log_errno)?;
+                self.slots.lock().manual_protect = manual;
+                Ok(())
+            }
             _ => Err(EINVAL),
         }
     }
@@ -341,18 +380,102 @@ impl Vm {
         Ok(fd)
     }
 
-    /// `KVM_SET_USER_MEMORY_REGION` (upstream: `kvm_set_memory_region`).
+    /// `KVM_SET_USER_MEMORY_REGION` (upstream: `kvm_set_memory_region` → `kvm_set_memslot`).
+    /// Whatever can fail (the new dirty bitmap, room to record it and the slot) happens before
+    /// anything changes, so a refused request leaves the VM as it was.
     fn set_memory_region(&self, req: &memslot::Region) -> Result {
         let req = *req;
-        let mut slots = self.slots.lock();
-        let change = slots.check(&req, crate::ffi::access_ok).map_err(slot_errno)?;
+        let mut guard = self.slots.lock();
+        let s = &mut *guard;
+        let change = s.slots.check(&req, crate::ffi::access_ok).map_err(slot_errno)?;
+        // Upstream `kvm_prepare_memory_region`: a slot that starts logging gets its bitmap.
+        let bitmap_change = dirty::bitmap_change(&change, s.manual_protect);
+        let new_bitmap = match (bitmap_change, change.after()) {
+            (dirty::BitmapChange::Alloc { all_set }, Some(slot)) => {
+                let words = KVVec::from_elem(0u64, 2 * dirty::words(slot.npages), GFP_KERNEL_ACCOUNT)?;
+                s.dirty.reserve(1, GFP_KERNEL_ACCOUNT)?;
+                Some(DirtyBitmap::new(slot.id, slot.npages, words, all_set))
+            }
+            _ => None,
+        };
         // Guest mappings of a slot that goes away or moves are dropped first (upstream:
         // kvm_invalidate_memslot before kvm_commit_memory_region).
         if let memslot::Change::Delete(old) | memslot::Change::Move { old, .. } = change {
             self.arch.unmap_slot(&old);
             self.stats.inc(stats::vm::REMOTE_TLB_FLUSH);
         }
-        slots.commit(change).map_err(slot_errno)
+        // Fails only for a new slot (no room), before anything was changed.
+        s.slots.commit(change).map_err(slot_errno)?;
+        // Upstream `kvm_commit_memory_region`: the bitmap follows the flag.
+        if let Some(bm) = new_bitmap {
+            let i = dirty::insert_index(&s.dirty, bm.id);
+            // Cannot fail: room was reserved above.
+            SlotVec::insert(&mut s.dirty, i, bm);
+        } else if let (dirty::BitmapChange::Free, Some(old)) = (bitmap_change, change.before()) {
+            if let Ok(i) = s.dirty.binary_search_by_key(&old.id, |b| b.id) {
+                drop(SlotVec::remove(&mut s.dirty, i));
+            }
+        }
+        // x86 `kvm_mmu_slot_apply_flags`: logging turned on for a slot whose pages may already be
+        // mapped writable.
+        if let Some(slot) = change.after().filter(|_| dirty::protect_on_commit(&change, s.manual_protect)) {
+            if self.arch.write_protect_slot(&slot) {
+                self.arch.flush_remote_tlbs();
+            }
+        }
+        Ok(())
+    }
+
+    /// `KVM_GET_DIRTY_LOG` (upstream `kvm_vm_ioctl_get_dirty_log` → `kvm_get_dirty_log_protect`):
+    /// copies the slot's bitmap out. Without manual protect the bitmap is taken (cleared) and the
+    /// pages it named write-protected again, all under the slots lock, and flushed before the
+    /// copy, so a write after the ioctl returns is in the next log; one racing with it is in
+    /// this one (upstream's steps 1–4). If the copy fails (`EFAULT`), the bits go back into the
+    /// bitmap (upstream loses them).
+    fn get_dirty_log(&self, log: &b::kvm_dirty_log) -> Result {
+        // SAFETY: both views of the union are 8 bytes of plain data; rkvm uses the integer one.
+        let user = unsafe { log.__bindgen_anon_1.padding2 } as usize;
+        let id = dirty::log_slot_id(log.slot).map_err(log_errno)?;
+        let mut guard = self.slots.lock();
+        let s = &mut *guard;
+        let slot = *s.slots.get(id).ok_or(ENOENT)?;
+        let bm = dirty::find(&mut s.dirty, id).ok_or(ENOENT)?;
+        let (live, snap) = bm.halves();
+        if s.manual_protect & dirty::MANUAL_PROTECT_ENABLE != 0 {
+            return write_user_words(user, live);
+        }
+        let mut flush = false;
+        dirty::take(live, snap, |offset, mask| flush |= self.arch.write_protect_masked(&slot, offset, mask));
+        if flush {
+            self.arch.flush_remote_tlbs();
+        }
+        write_user_words(user, snap).inspect_err(|_| dirty::restore(live, snap))
+    }
+
+    /// `KVM_CLEAR_DIRTY_LOG` (upstream `kvm_vm_ioctl_clear_dirty_log` →
+    /// `kvm_clear_dirty_log_protect`): clears the bits userspace names and write-protects those
+    /// pages again (flushed before the ioctl returns, under the slots lock as for
+    /// [`Vm::get_dirty_log`]).
+    fn clear_dirty_log(&self, log: &b::kvm_clear_dirty_log) -> Result {
+        // SAFETY: as in `get_dirty_log`.
+        let user = unsafe { log.__bindgen_anon_1.padding2 } as usize;
+        let mut guard = self.slots.lock();
+        let s = &mut *guard;
+        let (id, range) = dirty::check_clear(log.slot, log.first_page, log.num_pages, |id| {
+            dirty::find(&mut s.dirty, id).map(|bm| bm.npages)
+        })
+        .map_err(log_errno)?;
+        let slot = *s.slots.get(id).ok_or(ENOENT)?;
+        let bm = dirty::find(&mut s.dirty, id).ok_or(ENOENT)?;
+        let (live, buf) = bm.halves();
+        let buf = &mut buf[..range.words];
+        read_user_words(user, buf)?;
+        let mut flush = false;
+        dirty::clear(live, &range, buf, |offset, mask| flush |= self.arch.write_protect_masked(&slot, offset, mask));
+        if flush {
+            self.arch.flush_remote_tlbs();
+        }
+        Ok(())
     }
 
     /// `KVM_(UN)REGISTER_COALESCED_MMIO` (upstream `kvm_vm_ioctl_(un)register_coalesced_mmio`).
@@ -447,18 +570,30 @@ impl Vm {
         self.mm.is_current()
     }
 
-    /// Handles a guest access to frame `gfn` that found no mapping: maps it from its slot
-    /// (under the slots lock, so a concurrent delete waits), or reports that no slot backs it
-    /// (the access is MMIO). A write to a read-only slot is MMIO too.
+    /// Handles a guest access to frame `gfn` that found no mapping, or a write that found a
+    /// read-only one: maps it from its slot (under the slots lock, so a concurrent delete or
+    /// dirty-log ioctl waits), or reports that no slot backs it (the access is MMIO). A write
+    /// to a read-only slot is MMIO too.
+    ///
+    /// A page of a logging slot is mapped writable only for a write, and logged then (upstream
+    /// `make_spte` / `fast_pf_fix_direct_spte` → `mark_page_dirty_in_slot`); a read maps it
+    /// read-only, so the bitmap names exactly the pages written. (Upstream may map a page
+    /// writable, and log it, on a read already, when the host page is writable.)
     pub(crate) fn fault_in(&self, gfn: u64, write: bool) -> Result<Fault> {
-        let slots = self.slots.lock();
-        match slots.find(gfn) {
-            Some(slot) if !(write && slot.readonly()) => {
-                self.arch.map(slot, gfn)?;
-                Ok(Fault::Mapped)
-            }
-            _ => Ok(Fault::Mmio),
+        let mut guard = self.slots.lock();
+        let s = &mut *guard;
+        let Some(slot) = s.slots.find(gfn) else {
+            return Ok(Fault::Mmio);
+        };
+        if write && slot.readonly() {
+            return Ok(Fault::Mmio);
         }
+        let writable = !slot.readonly() && (write || !slot.logs_dirty());
+        self.arch.map(slot, gfn, writable)?;
+        if writable && slot.logs_dirty() {
+            mark_page_dirty(&mut s.dirty, slot, gfn);
+        }
+        Ok(Fault::Mapped)
     }
 }
 
@@ -473,11 +608,13 @@ impl Vm {
 
     /// Whether guest-physical page `gpa` is writable memory (in a slot that is not read-only).
     pub(crate) fn is_writable_ram(&self, gpa: u64) -> bool {
-        self.slots.lock().find(gpa >> memslot::PAGE_SHIFT).is_some_and(|s| !s.readonly())
+        self.slots.lock().slots.find(gpa >> memslot::PAGE_SHIFT).is_some_and(|s| !s.readonly())
     }
 
     /// Writes `buf` to guest-physical memory, as [`Vm::read_guest`]. `EFAULT` outside every
-    /// slot or in a read-only one (what lies before such a page is written).
+    /// slot or in a read-only one (what lies before such a page is written). Pages written in a
+    /// logging slot are logged (upstream `kvm_write_guest` → `mark_page_dirty_in_slot`): rkvm
+    /// writes guest memory on the guest's behalf here (INS into RAM).
     pub(crate) fn write_guest(&self, gpa: u64, buf: &[u8]) -> Result {
         self.for_each_chunk(gpa, buf.len(), true, |hva, r| {
             UserSlice::new(hva, r.len()).writer().write_slice(&buf[r])
@@ -486,6 +623,7 @@ impl Vm {
 
     /// Calls `f(hva, range)` for each within-page piece of `len` bytes at `gpa`, with the
     /// piece's userspace address and its range in the caller's buffer; the slots lock is held.
+    /// For a `write`, each page written is logged if its slot logs.
     fn for_each_chunk(
         &self,
         gpa: u64,
@@ -493,21 +631,34 @@ impl Vm {
         write: bool,
         mut f: impl FnMut(usize, core::ops::Range<usize>) -> Result,
     ) -> Result {
-        let slots = self.slots.lock();
+        let mut guard = self.slots.lock();
+        let s = &mut *guard;
         let mut done = 0;
         while done < len {
             let a = gpa + done as u64;
-            let slot = slots.find(a >> memslot::PAGE_SHIFT).ok_or(EFAULT)?;
+            let gfn = a >> memslot::PAGE_SHIFT;
+            let slot = s.slots.find(gfn).ok_or(EFAULT)?;
             if write && slot.readonly() {
                 return Err(EFAULT);
             }
             let in_page = (memslot::PAGE_SIZE - (a & (memslot::PAGE_SIZE - 1))) as usize;
             let n = in_page.min(len - done);
-            let hva = slot.hva(a >> memslot::PAGE_SHIFT) + (a & (memslot::PAGE_SIZE - 1));
+            let hva = slot.hva(gfn) + (a & (memslot::PAGE_SIZE - 1));
             f(hva as usize, done..done + n)?;
+            if write && slot.logs_dirty() {
+                mark_page_dirty(&mut s.dirty, slot, gfn);
+            }
             done += n;
         }
         Ok(())
+    }
+}
+
+/// Upstream `mark_page_dirty_in_slot`: logs a write to frame `gfn` of logging slot `slot`.
+fn mark_page_dirty(bitmaps: &mut [Bitmap], slot: &Memslot, gfn: u64) {
+    if let Some(bm) = dirty::find(bitmaps, slot.id) {
+        let (live, _) = bm.halves();
+        dirty::mark(live, gfn - slot.base_gfn);
     }
 }
 
@@ -524,6 +675,13 @@ fn slot_errno(e: SlotError) -> Error {
         SlotError::Invalid => EINVAL,
         SlotError::Exists => EEXIST,
         SlotError::NoMemory => ENOMEM,
+    }
+}
+
+fn log_errno(e: LogError) -> Error {
+    match e {
+        LogError::Invalid => EINVAL,
+        LogError::NoEntry => ENOENT,
     }
 }
 

@@ -85,6 +85,8 @@ static const struct { int cap; long want; } caps[] = {
 	{ KVM_CAP_NR_MEMSLOTS, 32764 },
 	{ KVM_CAP_VM_TYPES, 1 },
 	{ KVM_CAP_X2APIC_API, KVM_X2APIC_API_USE_32BIT_IDS | KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK },
+	{ KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+	  KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET },
 };
 
 /* Caps only the VMX backend reports (the Bochs models have XSAVE, so XCRS is 1 there). */

@@ -42,7 +42,6 @@ static const struct bad {
 	__u64 gpa, size, hva_off; /* hva_off: offset from our mapping, or an absolute address if abs */
 	int abs, err, rkvm_only;
 } bad[] = {
-	{ "dirty logging not implemented yet", 1, KVM_MEM_LOG_DIRTY_PAGES, 0, 4096, 0, 0, EINVAL, 1 },
 	{ "unknown flag bit 7", 1, 1 << 7, 0, 4096, 0, 0, EINVAL, 0 },
 	{ "guest_memfd flag on a v1 region", 1, 1 << 2, 0, 4096, 0, 0, EINVAL, 0 },
 	{ "size not page aligned", 1, 0, 0, 4097, 0, 0, EINVAL, 0 },

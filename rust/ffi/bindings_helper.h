@@ -43,6 +43,8 @@ RKVM_CONST(unsigned int, KVM_SET_TSS_ADDR);
 RKVM_CONST(unsigned int, KVM_SET_IDENTITY_MAP_ADDR);
 RKVM_CONST(unsigned int, KVM_SET_USER_MEMORY_REGION2);
 RKVM_CONST(unsigned int, KVM_GET_TSC_KHZ);
+RKVM_CONST(unsigned int, KVM_GET_DIRTY_LOG);
+RKVM_CONST(unsigned int, KVM_CLEAR_DIRTY_LOG);
 
 /* vCPU ioctls */
 RKVM_CONST(unsigned int, KVM_RUN);

@@ -13,9 +13,11 @@ use kernel::uaccess::UserSlice;
 macro_rules! plain_old_data {
     ($($t:ident),* $(,)?) => {
         $(
-            // SAFETY: a KVM uapi struct: only integer fields and arrays of them, declared with
-            // explicit padding members so the ABI has no implicit padding (so it is `AsBytes`),
-            // and every bit pattern is a valid value (so it is `FromBytes`).
+            // SAFETY: a KVM uapi struct: only integer fields, arrays of them and unions of those
+            // with a user pointer (`kvm_dirty_log`; every bit pattern is a valid raw pointer, and
+            // rkvm reads only the union's `u64` view), declared with explicit padding members so
+            // the ABI has no implicit padding (so it is `AsBytes`), and every bit pattern is a
+            // valid value (so it is `FromBytes`).
             unsafe impl FromBytes for bindings::$t {}
             // SAFETY: as above.
             unsafe impl AsBytes for bindings::$t {}
@@ -47,6 +49,8 @@ plain_old_data!(
     kvm_enable_cap,
     kvm_coalesced_mmio_zone,
     kvm_pre_fault_memory,
+    kvm_dirty_log,
+    kvm_clear_dirty_log,
 );
 
 /// Copies `n` `T`s in from the user array at `arg` (`EFAULT` if it cannot be read).
@@ -66,6 +70,25 @@ pub(crate) fn write_user_array<T: AsBytes>(arg: usize, items: &[T]) -> Result {
         w.write(item)?;
     }
     Ok(())
+}
+
+/// Copies the words of a bitmap out to the user buffer at `arg` as bytes (x86 is little-endian,
+/// so this is the `unsigned long` bitmap userspace expects; `EFAULT` if it cannot be written).
+pub(crate) fn write_user_words(arg: usize, words: &[u64]) -> Result {
+    // SAFETY: `u64` has no padding, so all `size_of_val(words)` bytes are initialised; `u8` needs
+    // no alignment; the byte view covers the same memory and lives no longer than `words`.
+    let bytes = unsafe { core::slice::from_raw_parts(words.as_ptr().cast::<u8>(), core::mem::size_of_val(words)) };
+    UserSlice::new(arg, bytes.len()).writer().write_slice(bytes)
+}
+
+/// Fills `words` from the user buffer at `arg` (`EFAULT` if it cannot be read; nothing is read
+/// for an empty `words`, whatever `arg` is).
+pub(crate) fn read_user_words(arg: usize, words: &mut [u64]) -> Result {
+    // SAFETY: every byte pattern is a valid `u64`; `u8` needs no alignment; the byte view covers
+    // the same memory and borrows it exclusively for as long as `words` is borrowed.
+    let bytes =
+        unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), core::mem::size_of_val(words)) };
+    UserSlice::new(arg, bytes.len()).reader().read_slice(bytes)
 }
 
 /// Copies a `T` in from the user pointer `arg` (`EFAULT` if it cannot be read).

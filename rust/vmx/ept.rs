@@ -6,6 +6,13 @@
 //! it cannot be freed or migrated under the guest; deleting or moving a slot clears its entries,
 //! flushes every CPU's EPT-derived translations (INVEPT on all CPUs), then unpins.
 //!
+//! Dirty logging write-protects leaves: a present leaf without the write bit faults on a guest
+//! write, and the fault handler (`Vm::fault_in`) logs the page and sets the bit again. Clearing
+//! the bit needs a flush (`flush_remote_tlbs`); setting it does not: a CPU that still holds the
+//! read-only translation faults once more and finds the leaf writable (upstream does the same in
+//! `fast_page_fault`). The CPU never writes these entries itself (no EPT accessed/dirty flags in
+//! the EPTP), so changing them under the lock is race-free.
+//!
 //! Entry format (SDM vol. 3, "EPT Translation Mechanism"): bits 2:0 read/write/execute,
 //! bits 5:3 memory type of a leaf (6 = write-back), bits 51:12 the physical address.
 
@@ -19,8 +26,10 @@ use kernel::sync::Mutex;
 
 /// Read, write, execute.
 const RWX: u64 = 7;
-/// Read and execute (read-only slots).
+/// Read and execute (read-only slots, and pages of logging slots until written).
 const RX: u64 = 5;
+/// The write bit.
+const W: u64 = 2;
 /// Leaf memory type write-back.
 const MT_WB: u64 = 6 << 3;
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
@@ -126,19 +135,43 @@ impl Tables {
         Ok(unsafe { entries(table).add(index(gfn, 1)) })
     }
 
-    /// Clears the leaf for `gfn` if present (tables are kept).
-    fn clear(&mut self, gfn: u64) {
+    /// The leaf entry for `gfn` if the tables above it exist (the entry itself may be empty).
+    fn lookup(&self, gfn: u64) -> Option<*mut u64> {
         let mut table = page_pa(&self.root);
         for level in (2..=4).rev() {
             // SAFETY: walking our own present tables.
             let v = unsafe { entries(table).add(index(gfn, level)).read() };
             if v & RWX == 0 {
-                return;
+                return None;
             }
             table = v & ADDR_MASK;
         }
-        // SAFETY: leaf entry of our page table.
-        unsafe { entries(table).add(index(gfn, 1)).write(0) };
+        // SAFETY: `table` is a page-table page; index < 512.
+        Some(unsafe { entries(table).add(index(gfn, 1)) })
+    }
+
+    /// Clears the leaf for `gfn` if present (tables are kept).
+    fn clear(&mut self, gfn: u64) {
+        if let Some(e) = self.lookup(gfn) {
+            // SAFETY: leaf entry of our page table (`&mut self`: the lock is held).
+            unsafe { e.write(0) };
+        }
+    }
+
+    /// Clears the write bit of the leaf for `gfn`; returns whether it was set.
+    fn write_protect(&mut self, gfn: u64) -> bool {
+        let Some(e) = self.lookup(gfn) else {
+            return false;
+        };
+        // SAFETY: leaf entry of our page table (`&mut self`: the lock is held).
+        unsafe {
+            let v = e.read();
+            if v & W == 0 {
+                return false;
+            }
+            e.write(v & !W);
+        }
+        true
     }
 }
 
@@ -147,18 +180,29 @@ impl BackendVm for VmxVm {
         self
     }
 
-    fn map(&self, slot: &Memslot, gfn: u64) -> Result {
+    fn map(&self, slot: &Memslot, gfn: u64, writable: bool) -> Result {
+        // A read-only slot's pages are never writable (its writes are MMIO).
+        let writable = writable && !slot.readonly();
         let mut t = self.t.lock();
         let leaf = t.leaf(gfn)?;
         // SAFETY: `leaf` points into one of our tables, which the lock protects.
-        if unsafe { leaf.read() } & RWX != 0 {
-            // Another vCPU mapped it meanwhile.
+        let old = unsafe { leaf.read() };
+        if old & RWX != 0 {
+            // Another vCPU mapped it meanwhile, or a write to a page write-protected for dirty
+            // logging (upstream `fast_pf_fix_direct_spte`): only the write bit may be missing.
+            // The page was pinned writable for a writable slot, so setting it is enough.
+            if writable && old & W == 0 {
+                // SAFETY: as above.
+                unsafe { leaf.write(old | W) };
+            }
             return Ok(());
         }
-        let writable = !slot.readonly();
+        // Pinned for writing whenever the slot is writable, whatever `writable` says now: a
+        // page pinned for reading could be the shared zero page, which a later write must not
+        // reach. The page stays pinned until its slot goes.
         // SAFETY: pins one page of the current process (the VM's owner: vCPU ioctls run in the
         // creator's mm); the reference is kept in `pinned` and dropped in `unmap_slot`/drop.
-        let page = unsafe { b::rkvm_pin_user_page(slot.hva(gfn) as _, writable) };
+        let page = unsafe { b::rkvm_pin_user_page(slot.hva(gfn) as _, !slot.readonly()) };
         if page.is_null() {
             return Err(EFAULT);
         }
@@ -167,10 +211,41 @@ impl BackendVm for VmxVm {
             unsafe { b::rkvm_unpin_user_page(page) };
             return Err(e.into());
         }
-        // SAFETY: `page` is pinned; `leaf` is our table entry (lock held).
+        // SAFETY: `page` is pinned, so it is a live struct page.
         let hpa = unsafe { b::rkvm_page_to_phys(page) };
+        // SAFETY: `leaf` is our table entry (lock held).
         unsafe { leaf.write(hpa | MT_WB | if writable { RWX } else { RX }) };
         Ok(())
+    }
+
+    fn write_protect_masked(&self, slot: &Memslot, gfn_offset: u64, mask: u64) -> bool {
+        let mut t = self.t.lock();
+        let mut changed = false;
+        let mut m = mask;
+        while m != 0 {
+            let bit = u64::from(m.trailing_zeros());
+            changed |= t.write_protect(slot.base_gfn + gfn_offset + bit);
+            m &= m - 1;
+        }
+        changed
+    }
+
+    fn write_protect_slot(&self, slot: &Memslot) -> bool {
+        let mut t = self.t.lock();
+        let (base, end) = (slot.base_gfn, slot.end_gfn());
+        let mut changed = false;
+        // Every present leaf has its page in `pinned`.
+        for i in 0..t.pinned.len() {
+            let gfn = t.pinned[i].gfn;
+            if gfn >= base && gfn < end {
+                changed |= t.write_protect(gfn);
+            }
+        }
+        changed
+    }
+
+    fn flush_remote_tlbs(&self) {
+        self.flush_all_cpus();
     }
 
     fn unmap_slot(&self, slot: &Memslot) {

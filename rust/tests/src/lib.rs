@@ -7,6 +7,9 @@
 pub mod coalesced;
 #[path = "../../memslot.rs"]
 pub mod memslot;
+/// Dirty page logging rules.
+#[path = "../../dirty.rs"]
+pub mod dirty;
 #[path = "../../stats.rs"]
 pub mod stats;
 #[path = "../../x86/mod.rs"]
@@ -36,6 +39,8 @@ mod coalesced_tests;
 mod cpuid_tests;
 #[cfg(test)]
 mod decode_tests;
+#[cfg(test)]
+mod dirty_tests;
 #[cfg(test)]
 mod events_tests;
 #[cfg(test)]

@@ -46,7 +46,6 @@ fn refusals_have_upstream_errnos() {
     let mut s = slots();
     set(&mut s, region(0, 0x10_0000, 0x10_0000, 0x7000_0000)).unwrap();
     let cases: &[(&str, Region, SlotError)] = &[
-        ("dirty logging not implemented", Region { flags: MEM_LOG_DIRTY_PAGES, ..region(1, 0, 0x1000, 0x1000) }, Invalid),
         ("unknown flag", Region { flags: 1 << 7, ..region(1, 0, 0x1000, 0x1000) }, Invalid),
         ("size not page aligned", region(1, 0, 0x1001, 0x1000), Invalid),
         ("gpa not page aligned", region(1, 0x10, 0x1000, 0x1000), Invalid),
@@ -85,7 +84,7 @@ fn delete_move_flags_nothing() {
     assert_eq!(set(&mut s, r).unwrap(), Change::Nothing);
     // Move: same id, new gpa; old range is free afterwards, new one is taken.
     let moved = Region { guest_phys_addr: 0x9000, ..r };
-    assert!(matches!(set(&mut s, moved).unwrap(), Change::Move { to: 9, .. }));
+    assert!(matches!(set(&mut s, moved).unwrap(), Change::Move { to: 9, flags: 0, .. }));
     assert_eq!(s.find(4), None);
     assert_eq!(s.find(9).map(|m| m.id), Some(7));
     // A move may overlap its own old range.
@@ -118,4 +117,37 @@ fn many_slots_share_one_hva() {
     assert_eq!(s.find(100), None);
     assert_eq!(s.find(101).map(|m| m.id), Some(101));
     assert_eq!(s.iter().count(), USER_MEM_SLOTS as usize - 1);
+}
+
+#[test]
+fn dirty_logging_flag_changes() {
+    let mut s = slots();
+    let logging = |r: Region| Region { flags: r.flags | MEM_LOG_DIRTY_PAGES, ..r };
+    let r = region(3, 0x10_0000, 0x4000, 0x7000_0000);
+    // A new slot may log from the start; also together with KVM_MEM_READONLY.
+    let c = set(&mut s, logging(r)).unwrap();
+    assert!(matches!(c, Change::Create(m) if m.logs_dirty() && !m.readonly()));
+    assert_eq!(c.before(), None);
+    assert_eq!(c.after().map(|m| m.flags), Some(MEM_LOG_DIRTY_PAGES));
+    let ro = Region { flags: MEM_READONLY | MEM_LOG_DIRTY_PAGES, ..region(4, 0, 0x1000, 0x7000_0000) };
+    assert!(set(&mut s, ro).unwrap().after().unwrap().logs_dirty());
+    // Toggling the flag on an existing slot is a flags-only change, both ways.
+    let c = set(&mut s, r).unwrap();
+    assert!(matches!(c, Change::FlagsOnly { flags: 0, .. }));
+    assert_eq!((c.before().unwrap().flags, c.after().unwrap().flags), (MEM_LOG_DIRTY_PAGES, 0));
+    assert!(!s.get(3).unwrap().logs_dirty());
+    assert!(matches!(set(&mut s, logging(r)).unwrap(), Change::FlagsOnly { flags: MEM_LOG_DIRTY_PAGES, .. }));
+    assert!(s.get(3).unwrap().logs_dirty());
+    assert_eq!(set(&mut s, logging(r)).unwrap(), Change::Nothing);
+    // ... but not READONLY, with or without the dirty flag.
+    assert_eq!(s.check(&Region { flags: MEM_READONLY | MEM_LOG_DIRTY_PAGES, ..r }, user_ok), Err(SlotError::Invalid));
+    // A move may toggle it at the same time, and the slot keeps the new flags.
+    let moved = Region { guest_phys_addr: 0x20_0000, ..r };
+    let c = set(&mut s, moved).unwrap();
+    assert!(matches!(c, Change::Move { to: 0x200, flags: 0, .. }));
+    assert_eq!(c.after().map(|m| (m.base_gfn, m.flags, m.npages)), Some((0x200, 0, 4)));
+    assert_eq!(s.find(0x201).map(|m| m.flags), Some(0));
+    // Delete: the old slot is reported, nothing after.
+    let c = set(&mut s, Region { memory_size: 0, ..moved }).unwrap();
+    assert_eq!((c.before().map(|m| m.id), c.after()), (Some(3), None));
 }
