@@ -34,6 +34,16 @@ pub(crate) trait Backend: Send + Sync {
     fn msr_indices(&self) -> &[u32] {
         &[]
     }
+    /// The feature MSRs `KVM_GET_MSRS` on the device fd answers (`KVM_GET_MSR_FEATURE_INDEX_LIST`;
+    /// upstream: `msr_based_features`).
+    fn feature_msr_indices(&self) -> &[u32] {
+        &[]
+    }
+    /// One feature MSR for `KVM_GET_MSRS` on the device fd (upstream `kvm_get_feature_msr`);
+    /// `None` for any other index.
+    fn get_feature_msr(&self, _index: u32) -> Option<u64> {
+        None
+    }
 
     /// Creates the backend part of a new VM (upstream: `vm_init`), e.g. its EPT.
     fn create_vm(&self) -> Result<KBox<dyn BackendVm>>;
@@ -106,7 +116,8 @@ pub(crate) trait BackendVcpu: Send {
     fn get_sregs(&mut self, sregs: &mut bindings::kvm_sregs) -> Result;
     /// `KVM_SET_SREGS`, already validated against [`Backend::limits`].
     fn set_sregs(&mut self, sregs: &bindings::kvm_sregs) -> Result;
-    /// Runs the guest until an exit that needs userspace, filling `run` (upstream: `vcpu_run`).
+    /// Runs the guest until an exit that needs userspace, filling `run` (upstream:
+    /// `kvm_arch_vcpu_ioctl_run` from the completion of userspace I/O on, then `vcpu_run`).
     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result;
     /// `KVM_SET_CPUID2` set `table` (upstream `kvm_vcpu_after_set_cpuid`).
     fn after_set_cpuid(&mut self, _table: &[crate::x86::cpuid::Entry]) {}
@@ -189,14 +200,40 @@ pub(crate) trait BackendVcpu: Send {
     fn set_vcpu_events(&mut self, _e: &bindings::kvm_vcpu_events) -> Result {
         Err(EINVAL)
     }
-    /// One MSR for `KVM_GET_MSRS` (upstream: `kvm_get_msr_with_filter` → `vmx_get_msr`);
+    /// One MSR for `KVM_GET_MSRS` (upstream: `do_get_msr` → `vmx_get_msr`, host-initiated);
     /// `None` if the vCPU has no such MSR.
-    fn get_msr(&mut self, _index: u32) -> Result<Option<u64>> {
+    fn get_msr(&mut self, _ctx: &MsrCtx<'_>, _index: u32) -> Result<Option<u64>> {
         Ok(None)
     }
-    /// One MSR for `KVM_SET_MSRS`; `false` if the MSR does not exist or refuses the value.
-    fn set_msr(&mut self, _index: u32, _data: u64) -> Result<bool> {
+    /// One MSR for `KVM_SET_MSRS` (upstream `do_set_msr`, host-initiated); `false` if the MSR
+    /// does not exist or refuses the value.
+    fn set_msr(&mut self, _ctx: &MsrCtx<'_>, _index: u32, _data: u64) -> Result<bool> {
         Ok(false)
+    }
+    /// Sets the vCPU's TSC offset (upstream: `kvm_vcpu_write_tsc_offset` →
+    /// `kvm_x86_ops.write_tsc_offset`), as [`crate::vm::Vm::synchronize_tsc`] computed it.
+    fn write_tsc_offset(&mut self, _offset: u64) -> Result {
+        Ok(())
+    }
+}
+
+/// What an MSR access may consult besides the vCPU (upstream: `struct msr_data` and the
+/// `vcpu->kvm` / guest CPUID the common MSR code reads).
+pub(crate) struct MsrCtx<'a> {
+    /// `KVM_GET_MSRS` / `KVM_SET_MSRS` rather than the guest's RDMSR/WRMSR (upstream
+    /// `msr_data.host_initiated`): userspace may restore values the guest could not write.
+    pub(crate) host: bool,
+    /// The VM (its TSC synchronisation, VM-wide MSR settings).
+    pub(crate) vm: &'a crate::vm::Vm,
+    /// The guest's CPUID table (`KVM_SET_CPUID2`; empty if none was set).
+    pub(crate) cpuid: &'a [crate::x86::cpuid::Entry],
+}
+
+impl MsrCtx<'_> {
+    /// Whether the guest's CPUID has feature `bit` of register `reg` (EAX..EDX = 0..3) of leaf
+    /// `function`.`index` (upstream `guest_cpuid_has`).
+    pub(crate) fn guest_has(&self, function: u32, index: u32, reg: usize, bit: u32) -> bool {
+        crate::x86::cpuid::has(self.cpuid, function, index, reg, bit)
     }
 }
 
@@ -221,6 +258,9 @@ pub(crate) struct RunContext<'a> {
     pub(crate) cpuid: &'a [crate::x86::cpuid::Entry],
     /// The vCPU's statistics (`KVM_GET_STATS_FD`).
     pub(crate) stats: &'a crate::statsfd::VcpuStats,
+    /// `kvm_run->immediate_exit` (upstream `!vcpu->wants_to_run`): finish what the last exit
+    /// left pending (I/O, MMIO), then return `EINTR` without entering the guest.
+    pub(crate) immediate_exit: bool,
 }
 
 /// Picks the backend named by the `backend=` module parameter.

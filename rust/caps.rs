@@ -45,8 +45,10 @@ pub(crate) fn check_extension(backend: &dyn Backend, cap: usize) -> isize {
         | b::KVM_CAP_IRQCHIP
         | b::KVM_CAP_IRQ_INJECT_STATUS
         // KVM_ENABLE_CAP on VM fds (KVM_CAP_MAX_VCPU_ID, KVM_CAP_X2APIC_API,
-        // KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2).
+        // KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 and the caps below).
         | b::KVM_CAP_ENABLE_CAP_VM
+        // KVM_SET_BOOT_CPU_ID: which vCPU the in-kernel LAPIC and PIC treat as the BSP.
+        | b::KVM_CAP_SET_BOOT_CPU_ID
         // KVM_SET_NR_MMU_PAGES (accepted; EPT has no shadow-page cache to bound).
         | b::KVM_CAP_MMU_SHADOW_CACHE_CONTROL
         // KVM_GET_STATS_FD on VM and vCPU fds.
@@ -64,6 +66,8 @@ pub(crate) fn check_extension(backend: &dyn Backend, cap: usize) -> isize {
         // The flags `KVM_ENABLE_CAP(KVM_CAP_X2APIC_API)` takes (x2APIC itself needs an
         // in-kernel LAPIC; upstream answers the same without one).
         b::KVM_CAP_X2APIC_API => X2APIC_API_VALID_FLAGS as isize,
+        // KVM_ENABLE_CAP of the in-kernel LAPIC timer's bus cycle; the answer is the default.
+        b::KVM_CAP_X86_APIC_BUS_CYCLES_NS => crate::irq::lapic::BUS_CYCLE_NS as isize,
         // Bit mask of the accepted KVM_CREATE_VM types: only the default x86 VM.
         b::KVM_CAP_VM_TYPES => 1 << b::KVM_X86_DEFAULT_VM,
         // The kvm_run->s.regs parts (KVM_SYNC_X86_*).

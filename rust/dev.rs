@@ -43,6 +43,14 @@ impl MiscKind for DevFile {
             }
             b::KVM_GET_SUPPORTED_CPUID => supported_cpuid(&*dev.backend, arg).map(|()| 0),
             b::KVM_GET_MSR_INDEX_LIST => msr_index_list(dev.backend.msr_indices(), arg).map(|()| 0),
+            // Upstream `kvm_arch_dev_ioctl`: the feature MSRs, and KVM_GET_MSRS of them
+            // (`msr_io(NULL, argp, do_get_feature_msr, 1)`).
+            b::KVM_GET_MSR_FEATURE_INDEX_LIST => msr_index_list(dev.backend.feature_msr_indices(), arg).map(|()| 0),
+            b::KVM_GET_MSRS => vcpu::msr_io(arg, false, |index, data| {
+                let v = dev.backend.get_feature_msr(index);
+                *data = v.unwrap_or(0);
+                Ok(v.is_some())
+            }),
             _ => Err(EINVAL),
         }
     }
@@ -71,7 +79,8 @@ fn supported_cpuid(backend: &dyn Backend, arg: usize) -> Result {
     vcpu::write_cpuid2(arg, &list)
 }
 
-/// `KVM_GET_MSR_INDEX_LIST` (upstream `kvm_arch_dev_ioctl`): `struct kvm_msr_list` holds the
+/// `KVM_GET_MSR_INDEX_LIST` and `KVM_GET_MSR_FEATURE_INDEX_LIST` (upstream
+/// `kvm_arch_dev_ioctl`): `struct kvm_msr_list` holds the
 /// array's capacity; the real count is written back first, then `E2BIG` if it does not fit.
 fn msr_index_list(list: &[u32], arg: usize) -> Result {
     let cap: u32 = crate::ffi::uapi::read_user(arg)?;

@@ -105,7 +105,11 @@ impl BackendVcpu for NoneVcpu {
         Ok(())
     }
 
-    fn run(&mut self, _ctx: &mut RunContext<'_>) -> Result {
+    fn run(&mut self, ctx: &mut RunContext<'_>) -> Result {
+        // Nothing is ever pending, so `immediate_exit` returns at once, as upstream.
+        if ctx.immediate_exit {
+            return Err(EINTR);
+        }
         Err(ENOEXEC)
     }
 }

@@ -15,6 +15,10 @@
 //! Module parameters are declared in `ffi/helpers.c` (6.12's `module!` has none):
 //! `backend=vmx|none` and `devname=rkvm|kvm`.
 
+// `pin_init!` munches one field per recursion step: `Vm` (slots, coalesced ring, stats, TSC
+// synchronisation, VM-wide MSR settings) outgrows the default limit of 128.
+#![recursion_limit = "256"]
+
 use kernel::prelude::*;
 
 mod backend;

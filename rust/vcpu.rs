@@ -11,7 +11,7 @@
 //! `kvm_vcpu_fault`); unlike upstream, a mapping that reaches past them is refused at mmap time
 //! with `EINVAL` instead of failing later with SIGBUS.
 
-use crate::backend::{BackendVcpu, RunContext};
+use crate::backend::{BackendVcpu, MsrCtx, RunContext};
 use crate::ffi::bindings as b;
 use crate::ffi::fileops::{self, FileKind, Fops};
 use crate::ffi::uapi::{read_user, read_user_array, write_user, write_user_array};
@@ -122,6 +122,11 @@ impl Vcpu {
             }),
             GFP_KERNEL_ACCOUNT,
         )
+    }
+
+    /// Sets the TSC offset of a vCPU no one else can reach yet (`Vm::create_vcpu`).
+    pub(crate) fn write_tsc_offset(&self, offset: u64) -> Result {
+        self.arch.lock().write_tsc_offset(offset)
     }
 
     /// The `struct page` backing page `pgoff` of the vCPU mmap.
@@ -333,8 +338,21 @@ impl FileKind for VcpuKind {
             b::KVM_GET_STATS_FD => {
                 crate::statsfd::create_fd(crate::statsfd::StatsFile::Vcpu(f.vm.clone(), f.vcpu.clone())).map(|fd| fd as isize)
             }
-            b::KVM_GET_MSRS => msr_io(&mut **arch, arg, false),
-            b::KVM_SET_MSRS => msr_io(&mut **arch, arg, true),
+            b::KVM_GET_MSRS | b::KVM_SET_MSRS => {
+                let table = f.vcpu.cpuid.lock();
+                let ctx = MsrCtx { host: true, vm: &f.vm, cpuid: &table };
+                let set = cmd == b::KVM_SET_MSRS;
+                msr_io(arg, set, |index, data| {
+                    if set {
+                        arch.set_msr(&ctx, index, *data)
+                    } else {
+                        arch.get_msr(&ctx, index).map(|v| {
+                            *data = v.unwrap_or(0);
+                            v.is_some()
+                        })
+                    }
+                })
+            }
             // Upstream x86's `kvm_arch_vcpu_ioctl` default.
             _ => Err(EINVAL),
         }
@@ -577,17 +595,19 @@ fn run(f: &VcpuFile, arch: &mut dyn BackendVcpu) -> Result {
     r
 }
 
+/// The backend's run, with the signal mask in force. `immediate_exit` and pending signals are
+/// the backend's to act on: as upstream, a pending I/O or MMIO completion is finished first
+/// (so that `KVM_RUN` with `immediate_exit` completes it, as `vcpu_run_complete_io` expects).
 fn run_with_mask(f: &VcpuFile, arch: &mut dyn BackendVcpu, run: *mut b::kvm_run, immediate_exit: u8) -> Result {
-    if immediate_exit != 0 {
-        return Err(EINTR);
-    }
-    if kernel::current!().signal_pending() {
-        // SAFETY: `run` is the vCPU's own page; `exit_reason` is a plain integer field.
-        unsafe { core::ptr::addr_of_mut!((*run).exit_reason).write_volatile(b::KVM_EXIT_INTR) };
-        return Err(EINTR);
-    }
     let table = f.vcpu.cpuid.lock();
-    let mut ctx = RunContext { run, pio: f.vcpu.pio_data(), vm: &f.vm, cpuid: &table, stats: &f.vcpu.stats };
+    let mut ctx = RunContext {
+        run,
+        pio: f.vcpu.pio_data(),
+        vm: &f.vm,
+        cpuid: &table,
+        stats: &f.vcpu.stats,
+        immediate_exit: immediate_exit != 0,
+    };
     arch.run(&mut ctx)
 }
 
@@ -667,10 +687,12 @@ pub(crate) fn from_kvm_segment(s: &b::kvm_segment) -> segment::Segment {
 /// Most entries one `KVM_GET_MSRS`/`KVM_SET_MSRS` takes (upstream `MAX_IO_MSRS`).
 const MAX_IO_MSRS: u32 = 256;
 
-/// `KVM_GET_MSRS` / `KVM_SET_MSRS` (upstream `msr_io`): `struct kvm_msrs` with `nmsrs` entries;
-/// the entries are processed in order until one fails, and the number done is returned (a
-/// partial success is not an error). `KVM_GET_MSRS` copies all entries back.
-fn msr_io(arch: &mut dyn BackendVcpu, arg: usize, set: bool) -> Result<isize> {
+/// `KVM_GET_MSRS` / `KVM_SET_MSRS` on a vCPU or (get only) on the device fd (upstream
+/// `msr_io`): `struct kvm_msrs` with `nmsrs` entries; `one(index, &mut data)` handles each entry
+/// in order until one fails (returns false), and the number done is returned (a partial success
+/// is not an error). A get (`set` false) copies all entries back, the failed one's data zeroed
+/// by `one` (upstream `kvm_do_msr_access`).
+pub(crate) fn msr_io(arg: usize, set: bool, mut one: impl FnMut(u32, &mut u64) -> Result<bool>) -> Result<isize> {
     let nmsrs: u32 = read_user(arg)?;
     if nmsrs >= MAX_IO_MSRS {
         return Err(E2BIG);
@@ -680,18 +702,7 @@ fn msr_io(arch: &mut dyn BackendVcpu, arg: usize, set: bool) -> Result<isize> {
     let mut entries = read_user_array::<b::kvm_msr_entry>(entries_at, nmsrs as usize)?;
     let mut done = 0;
     for e in entries.iter_mut() {
-        let ok = if set {
-            arch.set_msr(e.index, e.data)?
-        } else {
-            match arch.get_msr(e.index)? {
-                Some(v) => {
-                    e.data = v;
-                    true
-                }
-                None => false,
-            }
-        };
-        if !ok {
+        if !one(e.index, &mut e.data)? {
             break;
         }
         done += 1;
@@ -700,6 +711,12 @@ fn msr_io(arch: &mut dyn BackendVcpu, arg: usize, set: bool) -> Result<isize> {
         write_user_array(entries_at, &entries)?;
     }
     Ok(done)
+}
+
+/// The host's TSC (RDTSC).
+pub(crate) fn rdtsc() -> u64 {
+    // SAFETY: RDTSC reads a counter; no side effects (CR4.TSD only matters in user mode).
+    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 /// Reads a `struct kvm_cpuid2` (`nent`, padding, `nent` entries) of at most `max` entries

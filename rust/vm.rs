@@ -28,7 +28,8 @@ use kernel::page::Page;
 use crate::vcpu::{self, Vcpu};
 use kernel::c_str;
 use kernel::prelude::*;
-use kernel::sync::{Arc, ArcBorrow, Mutex};
+use crate::x86::tsc::TscSync;
+use kernel::sync::{Arc, ArcBorrow, Mutex, SpinLock};
 use kernel::uaccess::UserSlice;
 
 /// The memory slots of a VM, stored in kernel vectors.
@@ -108,6 +109,12 @@ struct VmState {
     /// The `KVM_CAP_X2APIC_API` flags enabled so far (upstream `kvm->arch.x2apic_format` and
     /// `x2apic_broadcast_quirk_disabled`); the irqchip holds them too once it exists.
     x2apic_api: u64,
+    /// `KVM_SET_BOOT_CPU_ID`: the vCPU id that is the BSP at RESET (upstream
+    /// `kvm->arch.bsp_vcpu_id`, 0 by default). Fixed once a vCPU exists.
+    bsp_vcpu_id: u32,
+    /// `KVM_ENABLE_CAP(KVM_CAP_X86_APIC_BUS_CYCLES_NS)`: the LAPIC timer's bus cycle, given to
+    /// each LAPIC at creation (upstream `kvm->arch.apic_bus_cycle_ns`).
+    apic_bus_cycle_ns: u64,
 }
 
 /// A virtual machine (upstream: `struct kvm`).
@@ -133,6 +140,15 @@ pub(crate) struct Vm {
     pub(crate) creator_pid: i32,
     /// VM statistics (`stats::VM`); the counted ones are bumped under the slots lock.
     stats: Counters<2>,
+    /// The record of the last TSC write (upstream: `kvm->arch.tsc_write_lock` and the fields it
+    /// protects). A spinlock: taken with the vCPU's VMCS loaded and preemption off.
+    #[pin]
+    tsc: SpinLock<TscSync>,
+    /// `KVM_CAP_MSR_PLATFORM_INFO`: the guest may read MSR_PLATFORM_INFO (upstream
+    /// `kvm->arch.guest_can_read_msr_platform_info`, on by default).
+    pub(crate) guest_can_read_platform_info: AtomicBool,
+    /// `KVM_CAP_EXIT_ON_EMULATION_FAILURE` (upstream `kvm->arch.exit_on_emulation_error`).
+    pub(crate) exit_on_emulation_error: AtomicBool,
 }
 
 /// The VM fd's file kind: `private_data` owns one reference to the [`Vm`].
@@ -166,6 +182,8 @@ pub(crate) fn create(backend: &Arc<dyn Backend>, vm_type: usize) -> Result<i32> 
                 max_vcpu_ids: 0,
                 nr_mmu_pages: 0,
                 x2apic_api: 0,
+                bsp_vcpu_id: 0,
+                apic_bus_cycle_ns: crate::irq::lapic::BUS_CYCLE_NS,
             }),
             slots <- kernel::new_mutex!(SlotState {
                 slots: Memslots::new(KVec::new(), KVec::new()),
@@ -177,6 +195,9 @@ pub(crate) fn create(backend: &Arc<dyn Backend>, vm_type: usize) -> Result<i32> 
             has_zones: AtomicBool::new(false),
             creator_pid: kernel::current!().pid(),
             stats: Counters::new(),
+            tsc <- kernel::new_spinlock!(TscSync::default()),
+            guest_can_read_platform_info: AtomicBool::new(true),
+            exit_on_emulation_error: AtomicBool::new(false),
         }),
         GFP_KERNEL_ACCOUNT,
     )?;
@@ -240,6 +261,21 @@ impl Vm {
                     return Err(EINVAL);
                 }
                 state.identity_map_addr = Some(read_user::<u64>(arg)?);
+                Ok(0)
+            }
+            // Upstream x86 `kvm_arch_vm_ioctl`: before any vCPU exists, an id below the vCPU
+            // id limit (KVM_MAX_VCPU_IDS itself included, as upstream's check lets it through).
+            b::KVM_SET_BOOT_CPU_ID => {
+                let mut state = vm.state.lock();
+                if !state.vcpus.is_empty() {
+                    return Err(EBUSY);
+                }
+                if arg > caps::MAX_VCPU_ID as usize
+                    || (state.max_vcpu_ids != 0 && arg > state.max_vcpu_ids as usize)
+                {
+                    return Err(EINVAL);
+                }
+                state.bsp_vcpu_id = arg as u32;
                 Ok(0)
             }
             b::KVM_CHECK_EXTENSION => Ok(caps::check_extension(&*vm.backend, arg)),
@@ -306,20 +342,23 @@ impl Vm {
 
     /// `KVM_ENABLE_CAP` on the VM (upstream `kvm_vm_ioctl_enable_cap_generic` and x86's
     /// `kvm_vm_ioctl_enable_cap`): flags must be 0; caps that cannot be enabled get `EINVAL`.
+    /// The errno of each case is upstream's.
     fn enable_cap(&self, cap: &b::kvm_enable_cap) -> Result {
         if cap.flags != 0 {
             return Err(EINVAL);
         }
         match cap.cap {
-            // Lowers the vCPU id limit, once (setting the same value again is allowed). The
-            // boot CPU is always vCPU 0, so any value of at least 1 keeps it creatable.
+            // Lowers the vCPU id limit, once (setting the same value again is allowed), never
+            // below the boot CPU's id.
             b::KVM_CAP_MAX_VCPU_ID => {
                 let want = cap.args[0];
                 if want > u64::from(caps::MAX_VCPU_ID) {
                     return Err(EINVAL);
                 }
                 let mut state = self.state.lock();
-                if u64::from(state.max_vcpu_ids) == want {
+                if u64::from(state.bsp_vcpu_id) > want {
+                    Err(EINVAL)
+                } else if u64::from(state.max_vcpu_ids) == want {
                     Ok(())
                 } else if state.max_vcpu_ids == 0 && want != 0 {
                     state.max_vcpu_ids = want as u32;
@@ -349,6 +388,37 @@ impl Vm {
                 self.slots.lock().manual_protect = manual;
                 Ok(())
             }
+            // The LAPIC timer's bus cycle: with an in-kernel irqchip, before any vCPU (each
+            // LAPIC takes it at creation).
+            b::KVM_CAP_X86_APIC_BUS_CYCLES_NS => {
+                let ns = cap.args[0];
+                if !crate::irq::lapic::bus_cycle_valid(ns) {
+                    return Err(EINVAL);
+                }
+                let mut state = self.state.lock();
+                if state.irqchip.is_none() {
+                    Err(ENXIO)
+                } else if !state.vcpus.is_empty() {
+                    Err(EINVAL)
+                } else {
+                    state.apic_bus_cycle_ns = ns;
+                    Ok(())
+                }
+            }
+            // Whether the guest may read MSR_PLATFORM_INFO (any non-zero value allows it).
+            b::KVM_CAP_MSR_PLATFORM_INFO => {
+                self.guest_can_read_platform_info.store(cap.args[0] != 0, Ordering::Relaxed);
+                Ok(())
+            }
+            // 0 or 1: an instruction the emulator cannot handle exits to userspace instead of
+            // raising #UD in the guest.
+            b::KVM_CAP_EXIT_ON_EMULATION_FAILURE => {
+                if cap.args[0] & !1 != 0 {
+                    return Err(EINVAL);
+                }
+                self.exit_on_emulation_error.store(cap.args[0] != 0, Ordering::Relaxed);
+                Ok(())
+            }
             _ => Err(EINVAL),
         }
     }
@@ -370,8 +440,16 @@ impl Vm {
         if state.vcpus.iter().any(|v| v.id == id) {
             return Err(EEXIST);
         }
-        let apic = state.irqchip.as_ref().map(|c| VcpuApic::new(c, id)).transpose()?;
+        let bsp = id == state.bsp_vcpu_id;
+        let apic = state
+            .irqchip
+            .as_ref()
+            .map(|c| VcpuApic::new(c, id, bsp, state.apic_bus_cycle_ns))
+            .transpose()?;
         let vcpu = Vcpu::new(&*vm.backend, &*vm.arch, id, apic)?;
+        // Upstream `kvm_arch_vcpu_postcreate` → `kvm_synchronize_tsc(vcpu, NULL)`: the new
+        // vCPU's TSC joins the VM's (0 for the first vCPU).
+        vcpu.write_tsc_offset(vm.synchronize_tsc(None))?;
         // Reserve the array slot first so that, once the fd exists, nothing can fail.
         state.vcpus.reserve(1, GFP_KERNEL_ACCOUNT)?;
         let fd = vcpu::create_fd(vm.into(), vcpu.clone())?;
@@ -558,6 +636,16 @@ impl Vm {
             stats::vm::ONLINE_VCPUS => self.state.lock().vcpus.len() as u64,
             _ => self.stats.get(i),
         }
+    }
+
+    /// A vCPU's TSC is set: at its creation (`user` = `None`) or by userspace writing
+    /// IA32_TSC. Returns the vCPU's TSC offset (upstream `kvm_synchronize_tsc`; no TSC scaling,
+    /// so the rate is the host's).
+    pub(crate) fn synchronize_tsc(&self, user: Option<u64>) -> u64 {
+        let mut t = self.tsc.lock();
+        let host_tsc = crate::vcpu::rdtsc();
+        let khz = u64::from(crate::ffi::tsc_khz());
+        t.synchronize(user, host_tsc, crate::irq::now_ns(), khz, crate::ffi::tsc_unstable())
     }
 
     /// The in-kernel irqchip, if `KVM_CREATE_IRQCHIP` made one.

@@ -6,7 +6,9 @@
  * API: KVM_CAP_IRQCHIP, KVM_CREATE_IRQCHIP (EEXIST twice, EINVAL after a vCPU), the errnos of
  * KVM_GET/SET_LAPIC, KVM_GET/SET_IRQCHIP, KVM_IRQ_LINE, KVM_INTERRUPT and KVM_SET_MP_STATE with
  * and without an irqchip; the reset images of the LAPIC, PICs and IOAPIC and their round trips;
- * an AP starting KVM_MP_STATE_UNINITIALIZED (KVM_RUN blocks until made runnable).
+ * an AP starting KVM_MP_STATE_UNINITIALIZED (KVM_RUN blocks until made runnable);
+ * KVM_SET_BOOT_CPU_ID (the boot CPU's LAPIC and the PIC wired to it) and
+ * KVM_CAP_X86_APIC_BUS_CYCLES_NS (the LAPIC timer's bus cycle).
  * Guests (selftests/guests/irqchip.S, 32-bit protected mode, loaded from the directory of this
  * program): the LAPIC timer one-shot and periodic, HLT with IF=0 blocking until a signal,
  * KVM_IRQ_LINE through the IOAPIC (edge, and level re-delivered after each EOI while the line
@@ -26,7 +28,9 @@
  * kvm_x2apic_icr_write, kvm_apic_state_fixup (lapic.c); KVM_CAP_X2APIC_API in
  * kvm_vm_ioctl_enable_cap (x86.c); kvm_ioapic_reset, ioapic_read_indirect,
  * kvm_ioapic_update_eoi_one (ioapic.c); kvm_pic_init, pic_ioport_write, kvm_pic_read_irq
- * (i8259.c); kvm_setup_default_irq_routing (irq_comm.c).
+ * (i8259.c); kvm_setup_default_irq_routing (irq_comm.c); KVM_SET_BOOT_CPU_ID and
+ * KVM_CAP_X86_APIC_BUS_CYCLES_NS in kvm_arch_vm_ioctl / kvm_vm_ioctl_enable_cap (x86.c),
+ * tmict_to_ns / apic_get_tmcct (lapic.c).
  */
 #include <pthread.h>
 #include <signal.h>
@@ -269,7 +273,15 @@ static int vcpu_prog(struct icvm *v, int i, enum program prog, __u32 stack)
 	return ioctl(v->vcpu[i], KVM_SET_REGS, &regs);
 }
 
+/* As icvm_create, with KVM_SET_BOOT_CPU_ID(boot) before the vCPUs unless boot is -1. */
+static int icvm_create_boot(struct icvm *v, int n, int irqchip, long boot);
+
 static int icvm_create(struct icvm *v, int n, int irqchip)
+{
+	return icvm_create_boot(v, n, irqchip, -1);
+}
+
+static int icvm_create_boot(struct icvm *v, int n, int irqchip, long boot)
 {
 	struct kvm_userspace_memory_region r = { .slot = 0, .memory_size = MEM_SIZE };
 	__u64 *gdt;
@@ -292,6 +304,8 @@ static int icvm_create(struct icvm *v, int n, int irqchip)
 	if (ioctl(v->vm, KVM_SET_USER_MEMORY_REGION, &r))
 		return -1;
 	if (irqchip && ioctl(v->vm, KVM_CREATE_IRQCHIP, 0))
+		return -1;
+	if (boot >= 0 && ioctl(v->vm, KVM_SET_BOOT_CPU_ID, boot))
 		return -1;
 	for (int i = 0; i < n; i++) {
 		v->vcpu[i] = ioctl(v->vm, KVM_CREATE_VCPU, i);
@@ -1145,6 +1159,108 @@ TEST(guest_apic_mode_transitions)
 	icvm_free(&v);
 }
 
+/*
+ * KVM_SET_BOOT_CPU_ID (kvm_arch_vm_ioctl): EINVAL above the vCPU id limit (or for an id with
+ * bits 63:32), EBUSY once a vCPU exists; KVM_CAP_MAX_VCPU_ID cannot then go below it. The boot
+ * CPU is the one that starts runnable with the BSP flag in IA32_APIC_BASE and LINT0 in ExtINT
+ * mode (kvm_vcpu_is_reset_bsp), so the PIC reaches it: guest program P_PIC on vCPU 1.
+ */
+TEST(boot_cpu_id)
+{
+	struct kvm_enable_cap cap = { .cap = KVM_CAP_MAX_VCPU_ID, .args = { 4 } };
+	int kvm = open_dev(), vm = create_vm(kvm), vcpu;
+	long max_id = ioctl(kvm, KVM_CHECK_EXTENSION, KVM_CAP_MAX_VCPU_ID);
+	struct kvm_lapic_state l;
+	struct pulse p;
+	struct icvm v;
+	__u32 d = 0;
+
+	CHECK(ioctl(kvm, KVM_CHECK_EXTENSION, KVM_CAP_SET_BOOT_CPU_ID) == 1);
+	CHECK_ERRNO(ioctl(vm, KVM_SET_BOOT_CPU_ID, max_id + 1), EINVAL);
+	CHECK_ERRNO(ioctl(vm, KVM_SET_BOOT_CPU_ID, 1UL << 32), EINVAL);
+	CHECK(ioctl(vm, KVM_SET_BOOT_CPU_ID, 5) == 0);
+	CHECK_ERRNO(ioctl(vm, KVM_ENABLE_CAP, &cap), EINVAL);
+	cap.args[0] = 8;
+	CHECK(ioctl(vm, KVM_ENABLE_CAP, &cap) == 0);
+	CHECK_ERRNO(ioctl(vm, KVM_SET_BOOT_CPU_ID, 9), EINVAL);
+	CHECK(ioctl(vm, KVM_SET_BOOT_CPU_ID, 1) == 0);
+	vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
+	CHECK(vcpu >= 0);
+	CHECK_ERRNO(ioctl(vm, KVM_SET_BOOT_CPU_ID, 0), EBUSY);
+	/* Without an irqchip every vCPU is runnable, the boot CPU included. */
+	CHECK(mp_state(vcpu) == KVM_MP_STATE_RUNNABLE);
+	close(vcpu);
+	CHECK_ERRNO(ioctl(vm, KVM_SET_BOOT_CPU_ID, 0), EBUSY);
+	close(vm);
+	close(kvm);
+
+	REQUIRE(icvm_create_boot(&v, 2, 1, 1) == 0, &v);
+	CHECK(mp_state(v.vcpu[0]) == KVM_MP_STATE_UNINITIALIZED);
+	CHECK(mp_state(v.vcpu[1]) == KVM_MP_STATE_RUNNABLE);
+	for (int i = 0; i < 2; i++) {
+		CHECK(ioctl(v.vcpu[i], KVM_GET_LAPIC, &l) == 0);
+		CHECK(reg(&l, APIC_LVT0) == (i == 1 ? 0x700 : LVT_MASKED));
+		if (!no_guests())
+			CHECK(msr(v.vcpu[i], MSR_IA32_APICBASE) == (i == 1 ? 0xfee00900 : 0xfee00800));
+	}
+	if (no_guests()) {
+		icvm_free(&v);
+		return;
+	}
+	REQUIRE(vcpu_prog(&v, 1, P_PIC, STACK1) == 0, &v);
+	CHECK(run_to_port(&v, 1, 0xe0, &d) == 0);
+	CHECK(pulse_start(&p, v.vm, 3, 100, 1) == 0);
+	CHECK(run_to_port(&v, 1, 0x23, &d) == 0);
+	pthread_join(p.thread, NULL);
+	CHECK(p.rc == 0 && d == 1);
+	icvm_free(&v);
+}
+
+/*
+ * KVM_CAP_X86_APIC_BUS_CYCLES_NS: KVM_CHECK_EXTENSION gives the default (1 ns); enabling needs
+ * an in-kernel irqchip (ENXIO), a cycle that is not 0 and keeps the longest timer within 64
+ * bits (EINVAL), and no vCPU yet (EINVAL). With 40 ns (a 25 MHz bus) a timer of 10^6 counts at
+ * divide-by-1 lasts 40 ms, so 10 ms after KVM_SET_LAPIC started it, it still counts (at 1 ns it
+ * would have expired after 1 ms).
+ */
+TEST(apic_bus_cycle)
+{
+	struct kvm_enable_cap cap = { .cap = KVM_CAP_X86_APIC_BUS_CYCLES_NS, .args = { 40 } };
+	int kvm = open_dev(), vm = create_vm(kvm);
+	struct kvm_lapic_state l;
+	struct icvm v;
+	__u32 left;
+
+	CHECK(ioctl(kvm, KVM_CHECK_EXTENSION, KVM_CAP_X86_APIC_BUS_CYCLES_NS) == 1);
+	CHECK_ERRNO(ioctl(vm, KVM_ENABLE_CAP, &cap), ENXIO);
+	close(vm);
+	close(kvm);
+
+	REQUIRE(icvm_create(&v, 0, 1) == 0, &v);
+	cap.args[0] = 0;
+	CHECK_ERRNO(ioctl(v.vm, KVM_ENABLE_CAP, &cap), EINVAL);
+	cap.args[0] = ~0ull / (0xffffffffull * 128) + 1;
+	CHECK_ERRNO(ioctl(v.vm, KVM_ENABLE_CAP, &cap), EINVAL);
+	cap.args[0] = 40;
+	CHECK(ioctl(v.vm, KVM_ENABLE_CAP, &cap) == 0);
+	CHECK(ioctl(v.vm, KVM_ENABLE_CAP, &cap) == 0);
+	v.vcpu[0] = ioctl(v.vm, KVM_CREATE_VCPU, 0);
+	v.n = 1;
+	REQUIRE(v.vcpu[0] >= 0, &v);
+	CHECK_ERRNO(ioctl(v.vm, KVM_ENABLE_CAP, &cap), EINVAL);
+	CHECK(ioctl(v.vcpu[0], KVM_GET_LAPIC, &l) == 0);
+	set_reg(&l, APIC_TDCR, 0xb);
+	set_reg(&l, APIC_TMICT, 1000000);
+	set_reg(&l, APIC_TMCCT, 1000000);
+	CHECK(ioctl(v.vcpu[0], KVM_SET_LAPIC, &l) == 0);
+	sleep_ms(10);
+	CHECK(ioctl(v.vcpu[0], KVM_GET_LAPIC, &l) == 0);
+	left = reg(&l, APIC_TMCCT);
+	printf("# TMCCT 10 ms into a 10^6-count timer on a 40 ns bus: %u\n", left);
+	CHECK(left > 0 && left < 1000000);
+	icvm_free(&v);
+}
+
 KTAP_MAIN("rkvm irqchip",
 	CASE(api_errors),
 	CASE(lapic_reset_state),
@@ -1160,4 +1276,6 @@ KTAP_MAIN("rkvm irqchip",
 	CASE(ipi_wakes_halted_vcpu),
 	CASE(tpr_masks_interrupts),
 	CASE(x2apic_ipis),
-	CASE(guest_apic_mode_transitions))
+	CASE(guest_apic_mode_transitions),
+	CASE(boot_cpu_id),
+	CASE(apic_bus_cycle))

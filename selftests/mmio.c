@@ -3,11 +3,13 @@
  * Guest memory accesses that leave the guest on the VMX backend: MMIO reads and writes outside
  * every slot (KVM_EXIT_MMIO, reads completed into the register on the next KVM_RUN), writes to a
  * KVM_MEM_READONLY slot, a slot deleted and re-added while the vCPU lives (its EPT entries must
- * go with it), and an access the emulator cannot decode (KVM_EXIT_INTERNAL_ERROR, emulation).
+ * go with it), and an access the emulator cannot decode (KVM_EXIT_INTERNAL_ERROR, emulation; with
+ * KVM_CAP_EXIT_ON_EMULATION_FAILURE, the instruction bytes and no #UD).
  * Real-mode guests, hand-assembled; DS=ES=0x2000 points at GPA 0x20000, beyond slot 0.
  *
  * Upstream references: handle_ept_violation / handle_ept_misconfig (vmx.c),
- * kvm_mmu_page_fault and x86_emulate_instruction (mmu.c, x86.c), complete_emulated_mmio.
+ * kvm_mmu_page_fault and x86_emulate_instruction (mmu.c, x86.c), complete_emulated_mmio,
+ * handle_emulation_failure / prepare_emulation_failure_exit (x86.c).
  */
 #include "rkvm_util.h"
 
@@ -302,10 +304,48 @@ TEST(coalesced_mmio_and_pio)
 	real_vm_free(&v);
 }
 
+/*
+ * KVM_CAP_EXIT_ON_EMULATION_FAILURE: an MMIO instruction no emulator handles (fld dword [0x10],
+ * as upstream's exit_on_emulation_failure_test) exits with KVM_INTERNAL_ERROR_EMULATION, the
+ * instruction bytes and the exit information; userspace skips it and the guest goes on, no #UD
+ * queued. The cap takes 0 or 1 only.
+ */
+TEST(exit_on_emulation_failure)
+{
+	static const unsigned char code[] = {
+		SEGS_AT_0x20000,
+		0xd9, 0x06, 0x10, 0x00,			/* fld dword [0x10]: not emulated */
+		HLT,
+	};
+	struct kvm_enable_cap cap = { .cap = KVM_CAP_EXIT_ON_EMULATION_FAILURE, .args = { 2 } };
+	struct kvm_regs regs;
+	struct real_vm v;
+
+	if (no_guests())
+		SKIP("backend=none enters no guest");
+	CHECK(real_vm_create(&v, code, sizeof(code)) == 0);
+	CHECK(ioctl(v.kvm, KVM_CHECK_EXTENSION, KVM_CAP_EXIT_ON_EMULATION_FAILURE) == 1);
+	CHECK_ERRNO(ioctl(v.vm, KVM_ENABLE_CAP, &cap), EINVAL);
+	cap.args[0] = 1;
+	CHECK(ioctl(v.vm, KVM_ENABLE_CAP, &cap) == 0);
+	CHECK(run_expect(&v, KVM_EXIT_INTERNAL_ERROR));
+	CHECK(v.run->emulation_failure.suberror == KVM_INTERNAL_ERROR_EMULATION);
+	CHECK(v.run->emulation_failure.ndata >= 3);
+	CHECK(v.run->emulation_failure.flags & KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES);
+	CHECK(v.run->emulation_failure.insn_size >= 4);
+	CHECK(!memcmp(v.run->emulation_failure.insn_bytes, code + 7, 4));
+	CHECK(ioctl(v.vcpu, KVM_GET_REGS, &regs) == 0 && regs.rip == 0x1007);
+	regs.rip += 4;
+	CHECK(ioctl(v.vcpu, KVM_SET_REGS, &regs) == 0);
+	CHECK(run_expect(&v, KVM_EXIT_HLT));
+	real_vm_free(&v);
+}
+
 KTAP_MAIN("rkvm mmio",
 	CASE(mmio_reads_complete_into_registers),
 	CASE(mmio_writes_report_their_data),
 	CASE(readonly_slot_write_is_mmio),
 	CASE(slot_deleted_then_readded),
 	CASE(undecodable_mmio_is_internal_error),
-	CASE(coalesced_mmio_and_pio))
+	CASE(coalesced_mmio_and_pio),
+	CASE(exit_on_emulation_failure))

@@ -34,6 +34,7 @@ RKVM_CONST(unsigned int, KVM_CREATE_VM);
 RKVM_CONST(unsigned int, KVM_CHECK_EXTENSION);
 RKVM_CONST(unsigned int, KVM_GET_VCPU_MMAP_SIZE);
 RKVM_CONST(unsigned int, KVM_GET_MSR_INDEX_LIST);
+RKVM_CONST(unsigned int, KVM_GET_MSR_FEATURE_INDEX_LIST);
 RKVM_CONST(unsigned int, KVM_GET_SUPPORTED_CPUID);
 
 /* VM ioctls */
@@ -45,6 +46,7 @@ RKVM_CONST(unsigned int, KVM_SET_USER_MEMORY_REGION2);
 RKVM_CONST(unsigned int, KVM_GET_TSC_KHZ);
 RKVM_CONST(unsigned int, KVM_GET_DIRTY_LOG);
 RKVM_CONST(unsigned int, KVM_CLEAR_DIRTY_LOG);
+RKVM_CONST(unsigned int, KVM_SET_BOOT_CPU_ID);
 
 /* vCPU ioctls */
 RKVM_CONST(unsigned int, KVM_RUN);

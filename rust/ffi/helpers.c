@@ -211,6 +211,11 @@ unsigned int rkvm_tsc_khz(void)
 	return tsc_khz;
 }
 
+bool rkvm_check_tsc_unstable(void)
+{
+	return check_tsc_unstable();
+}
+
 void rkvm_sigmask_activate(const u64 *mask)
 {
 	sigset_t set = { .sig = { *mask } };

@@ -69,6 +69,8 @@ void rkvm_cond_resched(void);
 bool rkvm_signal_pending(void);
 /* The host TSC frequency in kHz (guests run at it: rkvm does no TSC scaling). */
 unsigned int rkvm_tsc_khz(void);
+/* Whether the host's TSC is marked unstable (upstream kvm_check_tsc_unstable). */
+bool rkvm_check_tsc_unstable(void);
 /* KVM_SET_SIGNAL_MASK: the mask in force during KVM_RUN (upstream: kvm_sigset_activate /
  * kvm_sigset_deactivate; the task's own mask is parked in current->real_blocked). */
 void rkvm_sigmask_activate(const u64 *mask);

@@ -48,6 +48,12 @@ pub(crate) fn tsc_khz() -> u32 {
     unsafe { bindings::rkvm_tsc_khz() }
 }
 
+/// Whether the host's TSC is marked unstable (`check_tsc_unstable`).
+pub(crate) fn tsc_unstable() -> bool {
+    // SAFETY: reads a global flag; no preconditions.
+    unsafe { bindings::rkvm_check_tsc_unstable() }
+}
+
 /// The number of online CPUs.
 pub(crate) fn num_online_cpus() -> u32 {
     // SAFETY: reads a global counter; no preconditions.

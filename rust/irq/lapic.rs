@@ -142,8 +142,14 @@ pub const NR_LVT: u32 = 6;
 /// (`kvm_apic_set_version`).
 pub const LVR_VALUE: u32 = VERSION | ((NR_LVT - 1) << 16);
 
-/// Nanoseconds per APIC bus cycle (`APIC_BUS_CYCLE_NS_DEFAULT`).
+/// Nanoseconds per APIC bus cycle unless the VM sets another (`APIC_BUS_CYCLE_NS_DEFAULT`).
 pub const BUS_CYCLE_NS: u64 = 1;
+
+/// Whether `ns` may be a VM's bus cycle (`KVM_CAP_X86_APIC_BUS_CYCLES_NS`): not 0, and the
+/// longest timer (TMICT 2^32 - 1 at divide-by-128) fits in 64 bits of nanoseconds.
+pub fn bus_cycle_valid(ns: u64) -> bool {
+    ns != 0 && (u64::from(u32::MAX) * 128).checked_mul(ns).is_some()
+}
 /// Shortest periodic timer period (`min_timer_period_us` = 200).
 pub const MIN_TIMER_PERIOD_NS: u64 = 200_000;
 
@@ -390,6 +396,8 @@ pub struct Lapic {
     reset_bsp: bool,
     /// The timer divisor from TDCR (`apic->divide_count`).
     divide_count: u32,
+    /// Nanoseconds per bus cycle (the VM's `kvm->arch.apic_bus_cycle_ns`).
+    bus_cycle_ns: u64,
     /// LVTT is in periodic mode (`lapic_timer.timer_mode`).
     periodic: bool,
     /// Timer period in ns, 0 when no count is programmed (`lapic_timer.period`).
@@ -410,6 +418,7 @@ impl Lapic {
             vcpu_id: id,
             reset_bsp: bsp,
             divide_count: 2,
+            bus_cycle_ns: BUS_CYCLE_NS,
             periodic: false,
             period: 0,
             target: None,
@@ -417,6 +426,15 @@ impl Lapic {
         };
         apic.reset(false);
         apic
+    }
+
+    /// The same LAPIC with a bus cycle of `ns` nanoseconds (checked by [`bus_cycle_valid`]),
+    /// as the VM set it before creating the vCPU.
+    pub fn with_bus_cycle_ns(mut self, ns: u64) -> Lapic {
+        if bus_cycle_valid(ns) {
+            self.bus_cycle_ns = ns;
+        }
+        self
     }
 
     /// RESET (`init == false`) or INIT (`init == true`) of the APIC (upstream
@@ -934,7 +952,7 @@ impl Lapic {
     }
 
     fn tmict_to_ns(&self, count: u32) -> u64 {
-        u64::from(count) * BUS_CYCLE_NS * u64::from(self.divide_count)
+        u64::from(count) * self.bus_cycle_ns * u64::from(self.divide_count)
     }
 
     /// `limit_periodic_timer_frequency`.
@@ -989,10 +1007,10 @@ impl Lapic {
         self.limit_periodic_timer_frequency();
         if let Some(target) = self.target {
             let remaining = target.saturating_sub(now_ns);
-            // At most 2^39 ns (2^32 counts at divide-by-128) times 2^7: no overflow, and no
-            // u128 (whose division the kernel does not link).
-            let scaled =
-                remaining.saturating_mul(u64::from(self.divide_count)) / u64::from(old_divisor).max(1);
+            // remaining * new / old without overflow for any bus cycle, and without u128
+            // (whose division the kernel does not link): the divisors are at most 128.
+            let (old, new) = (u64::from(old_divisor).max(1), u64::from(self.divide_count));
+            let scaled = (remaining / old).saturating_mul(new).saturating_add(remaining % old * new / old);
             self.target = Some(now_ns.saturating_add(scaled));
         }
     }
@@ -1007,7 +1025,7 @@ impl Lapic {
         let ns = if remaining > self.period { remaining % self.period } else { remaining };
         // `max(1)`: divide_count is never 0, but the kernel build wants no division-by-zero
         // panic path (objtool cannot see that it does not return).
-        (ns / (BUS_CYCLE_NS * u64::from(self.divide_count)).max(1)) as u32
+        (ns / (self.bus_cycle_ns * u64::from(self.divide_count)).max(1)) as u32
     }
 
     /// Absolute time of the next timer expiry, `None` when stopped or an expired one-shot.

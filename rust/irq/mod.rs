@@ -6,7 +6,7 @@
 //! `ioapic.rs`, `pic.rs`, tested on the host). This file is the kernel half:
 //!
 //! ```text
-//!  KVM_IRQ_LINE ─▶ Irqchip::set_irq ─┬─▶ Pic (GSI 0-15) ── output ──▶ vCPU 0: ExtINT at entry
+//!  KVM_IRQ_LINE ─▶ Irqchip::set_irq ─┬─▶ Pic (GSI 0-15) ── output ──▶ boot vCPU: ExtINT at entry
 //!                                   └─▶ Ioapic (GSI 0-23) ─ Msg ─┐
 //!  vCPU A: ICR write ─ Ipi ─────────────────────────────────────┴▶ Irqchip::deliver
 //!                                                                   │ for each matching vCPU:
@@ -132,8 +132,11 @@ const SIPI_VALID: u32 = 1 << 8;
 /// What other threads deliver to one vCPU's LAPIC without holding its lock (upstream: the
 /// posted-interrupt descriptor's PIR, and the `KVM_REQ_*` bits for NMI/events).
 pub(crate) struct Posted {
-    /// The vCPU id (vCPU 0 is the one the PIC is wired to, upstream's BSP).
+    /// The vCPU id.
     pub(crate) vcpu_id: u32,
+    /// The vCPU is the VM's boot CPU (`KVM_SET_BOOT_CPU_ID`, vCPU 0 by default; upstream
+    /// `kvm_vcpu_is_reset_bsp`): the PIC is wired to it.
+    pub(crate) bsp: bool,
     pub(crate) kick: Kick,
     /// Vectors requested (a 256-bit map), and which of them are level-triggered.
     irr: [AtomicU64; 4],
@@ -211,7 +214,7 @@ pub(crate) struct Irqchip {
     /// Every vCPU's posted area, in creation order.
     #[pin]
     targets: SpinLock<KVec<Arc<Posted>>>,
-    /// The PIC's INTR line (upstream `kvm_pic.output`), read by vCPU 0 before each entry.
+    /// The PIC's INTR line (upstream `kvm_pic.output`), read by the boot vCPU before each entry.
     pic_output: AtomicBool,
     /// `KVM_X2APIC_API_USE_32BIT_IDS` (upstream `kvm->arch.x2apic_format`): `KVM_GET_LAPIC` /
     /// `KVM_SET_LAPIC` carry the whole x2APIC ID.
@@ -311,13 +314,13 @@ impl Irqchip {
         })
     }
 
-    /// Publishes the PIC's INTR line and wakes vCPU 0 when it rises (upstream `pic_update_irq`
-    /// → `kvm_vcpu_kick` of the BSP).
+    /// Publishes the PIC's INTR line and wakes the boot vCPU when it rises (upstream
+    /// `pic_update_irq` → `kvm_vcpu_kick` of the BSP).
     fn pic_changed(&self, p: &pic::Pic) {
         let out = p.output();
         let was = self.pic_output.swap(out, Ordering::AcqRel);
         if out && !was {
-            if let Some(t) = self.targets.lock().iter().find(|t| t.vcpu_id == 0) {
+            if let Some(t) = self.targets.lock().iter().find(|t| t.bsp) {
                 t.kick.kick();
             }
         }
@@ -468,11 +471,14 @@ pub(crate) enum Source {
 }
 
 impl VcpuApic {
-    /// The LAPIC of new vCPU `id` in its RESET state, registered with `chip`.
-    pub(crate) fn new(chip: &Arc<Irqchip>, id: u32) -> Result<VcpuApic> {
+    /// The LAPIC of new vCPU `id` in its RESET state, registered with `chip`: `bsp` if `id` is
+    /// the VM's boot CPU (`KVM_SET_BOOT_CPU_ID`), its timer on a bus of `bus_cycle_ns` ns per
+    /// cycle (`KVM_CAP_X86_APIC_BUS_CYCLES_NS`).
+    pub(crate) fn new(chip: &Arc<Irqchip>, id: u32, bsp: bool, bus_cycle_ns: u64) -> Result<VcpuApic> {
         let posted = Arc::new(
             Posted {
                 vcpu_id: id,
+                bsp,
                 kick: Kick::new()?,
                 irr: Default::default(),
                 tmr: Default::default(),
@@ -486,13 +492,13 @@ impl VcpuApic {
         // A spinlock is held: no sleeping allocation (the vector grows rarely, one per vCPU).
         chip.targets.lock().push(posted.clone(), GFP_NOWAIT)?;
         let a = VcpuApic {
-            lapic: Lapic::new(id, id == 0),
+            lapic: Lapic::new(id, bsp).with_bus_cycle_ns(bus_cycle_ns),
             posted,
             chip: chip.clone(),
             armed: None,
-            // Upstream `kvm_arch_vcpu_create`: the boot CPU (vCPU 0) runs, the others wait
-            // for INIT and SIPI.
-            mp: if id == 0 { b::KVM_MP_STATE_RUNNABLE } else { b::KVM_MP_STATE_UNINITIALIZED },
+            // Upstream `kvm_arch_vcpu_create`: the boot CPU runs, the others wait for INIT
+            // and SIPI.
+            mp: if bsp { b::KVM_MP_STATE_RUNNABLE } else { b::KVM_MP_STATE_UNINITIALIZED },
         };
         a.publish();
         Ok(a)
@@ -594,13 +600,13 @@ impl VcpuApic {
     pub(crate) fn init(&mut self) {
         let e = self.lapic.reset(true);
         self.apply(e);
-        self.mp = if self.posted.vcpu_id == 0 { b::KVM_MP_STATE_RUNNABLE } else { b::KVM_MP_STATE_INIT_RECEIVED };
+        self.mp = if self.posted.bsp { b::KVM_MP_STATE_RUNNABLE } else { b::KVM_MP_STATE_INIT_RECEIVED };
     }
 
     /// The interrupt to inject next, if any (upstream `kvm_cpu_has_interrupt`: the PIC's
     /// ExtINT first, then the LAPIC).
     pub(crate) fn next(&self) -> Option<Source> {
-        if self.posted.vcpu_id == 0 && self.lapic.accepts_pic() && self.chip.pic_output.load(Ordering::Acquire) {
+        if self.posted.bsp && self.lapic.accepts_pic() && self.chip.pic_output.load(Ordering::Acquire) {
             return Some(Source::Pic);
         }
         self.lapic.pending().map(Source::Lapic)

@@ -264,8 +264,11 @@ fn wants() -> Wants {
                 | b::CPU_BASED_CR8_LOAD_EXITING
                 | b::CPU_BASED_CR8_STORE_EXITING
                 | b::CPU_BASED_USE_MSR_BITMAPS
+                // The guest TSC is the host's plus a per-vCPU offset (as upstream, which
+                // requires it too).
+                | b::CPU_BASED_USE_TSC_OFFSETTING
                 | b::CPU_BASED_ACTIVATE_SECONDARY_CONTROLS,
-            optional: b::CPU_BASED_USE_TSC_OFFSETTING,
+            optional: 0,
             // With EPT the guest owns CR3; these must be clearable (TRUE_PROCBASED_CTLS).
             forbidden: b::CPU_BASED_CR3_LOAD_EXITING | b::CPU_BASED_CR3_STORE_EXITING,
         },
@@ -501,6 +504,12 @@ impl Backend for VmxBackend {
             // KVM_PRE_FAULT_MEMORY: EPT entries made ahead of the guest's accesses.
             | b::KVM_CAP_PRE_FAULT_MEMORY => Some(1),
             b::KVM_CAP_XSAVE2 => Some(crate::x86::xsave::SIZE as isize),
+            // KVM_GET_MSR_FEATURE_INDEX_LIST and KVM_GET_MSRS on the device fd.
+            b::KVM_CAP_GET_MSR_FEATURES
+            // MSR_PLATFORM_INFO (with CPUID faulting) and KVM_ENABLE_CAP of its readability.
+            | b::KVM_CAP_MSR_PLATFORM_INFO
+            // KVM_ENABLE_CAP: emulation failures exit with the instruction bytes, no #UD.
+            | b::KVM_CAP_EXIT_ON_EMULATION_FAILURE => Some(1),
             b::KVM_CAP_XCRS => Some((self.g.host.guest_xcr0 != 0).into()),
             _ => None,
         }
@@ -517,6 +526,19 @@ impl Backend for VmxBackend {
 
     fn msr_indices(&self) -> &[u32] {
         &self.msr_list
+    }
+
+    /// Upstream's `msr_based_features` on a VMX host without nested VMX: only the microcode
+    /// revision. IA32_ARCH_CAPABILITIES and IA32_PERF_CAPABILITIES are left out because rkvm's
+    /// guests get neither (CPUID.7.0:EDX[29] and PDCM are filtered), and the VMX capability
+    /// MSRs because there is no nested VMX.
+    fn feature_msr_indices(&self) -> &[u32] {
+        &[msr::UCODE_REV]
+    }
+
+    /// Upstream `kvm_get_feature_msr`: the host's microcode revision (0 if it cannot be read).
+    fn get_feature_msr(&self, index: u32) -> Option<u64> {
+        (index == msr::UCODE_REV).then(|| rdmsr(msr::UCODE_REV).unwrap_or(0))
     }
 
     fn create_vm(&self) -> Result<KBox<dyn BackendVm>> {

@@ -20,7 +20,7 @@ use super::events::{self, Events, Exception, Interrupt};
 use super::vmcs::{self, field as f, Vmcs};
 use super::pt::{self, PtContext};
 use super::{insn, rdmsr, KernelMsrs, VmxGlobal};
-use crate::backend::{BackendVcpu, RunContext};
+use crate::backend::{BackendVcpu, MsrCtx, RunContext};
 use crate::irq::{lapic, VcpuApic};
 use crate::stats::vcpu as stats;
 use crate::ffi::bindings as b;
@@ -29,8 +29,10 @@ use crate::x86::cr;
 use crate::x86::decode::{self, Access};
 use crate::x86::msr;
 use crate::x86::segment::{self, Which};
+use crate::x86::tsc::TscAdjust;
 use crate::x86::walk::{self, GuestMem};
 use crate::x86::xsave;
+use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 
 /// The FXSAVE image of the guest's x87/SSE state.
@@ -133,6 +135,17 @@ struct GuestMsrs {
     mtrr_def_type: u64,
     /// IA32_PAT when the VMCS cannot switch it (no "load IA32_PAT" entry control).
     pat: u64,
+    /// IA32_TSC_ADJUST (the TSC itself is the VMCS's TSC offset plus the host's TSC).
+    tsc_adjust: TscAdjust,
+    /// IA32_FEATURE_CONTROL: 0 (unlocked) at creation, as upstream; the guest may lock it.
+    feature_control: u64,
+    /// MSR_K7_HWCR, IA32_UCODE_REV, MSR_PLATFORM_INFO, MSR_MISC_FEATURES_ENABLES (upstream
+    /// `vcpu->arch.msr_hwcr`, `microcode_version`, `msr_platform_info`,
+    /// `msr_misc_features_enables`).
+    hwcr: u64,
+    ucode_rev: u64,
+    platform_info: u64,
+    misc_features: u64,
 }
 
 /// A VMX vCPU.
@@ -293,6 +306,8 @@ impl VmxVcpu {
             msrs: GuestMsrs {
                 misc_enable: msr::MISC_ENABLE_RESET,
                 pat: msr::PAT_RESET,
+                ucode_rev: msr::UCODE_REV_RESET,
+                platform_info: msr::PLATFORM_INFO_CPUID_FAULT,
                 ..GuestMsrs::default()
             },
             xcr0: 1,
@@ -732,11 +747,16 @@ impl VmxVcpu {
         // The event to deliver and the window exits to ask for (upstream: inject_pending_event).
         // With nothing queued (the common case) the guest's RFLAGS and interruptibility are not
         // read, and the VMCS is written only where it changes.
-        let ev = if self.events.idle() && !window {
+        let mut ev = if self.events.idle() && !window {
             events::Entry::default()
         } else {
             self.events.next_entry(self.event_guest_state(), window)
         };
+        // Real-mode exceptions push no error code, and an entry delivering one there fails
+        // (upstream `kvm_inject_exception`: `has_error_code &= is_protmode(vcpu)`).
+        if ev.info & events::INFO_HAS_ERROR != 0 && vmcs::read(f::CR0_READ_SHADOW) & cr::CR0_PE == 0 {
+            ev.info &= !events::INFO_HAS_ERROR;
+        }
         if ev.info != 0 || self.entry_info_valid {
             vmcs::write(f::VM_ENTRY_INTR_INFO_FIELD, ev.info.into());
             self.entry_info_valid = ev.info != 0;
@@ -947,14 +967,21 @@ impl VmxVcpu {
                 Ok(Next::User)
             }
             reason::CPUID => {
+                // CPUID faulting (MSR_MISC_FEATURES_ENABLES): #GP outside ring 0 (upstream
+                // `kvm_emulate_cpuid` → `kvm_require_cpl`).
+                if self.msrs.misc_features & msr::MISC_FEATURES_CPUID_FAULT != 0 && self.with_vmcs(|v| v.cpl())? != 0 {
+                    self.with_vmcs(|v| v.inject_exception(GP))?;
+                    return Ok(Next::Resume);
+                }
                 self.emulate_cpuid(ctx.cpuid)?;
                 self.with_vmcs(|v| v.skip_instruction(e.instr_len))?;
                 Ok(Next::Resume)
             }
             reason::MSR_READ => {
+                let mctx = MsrCtx { host: false, vm: ctx.vm, cpuid: ctx.cpuid };
                 self.with_vmcs(|v| {
                     let index = v.regs.gpr[RCX] as u32;
-                    match v.read_msr(index) {
+                    match v.read_msr(&mctx, index) {
                         Some(val) => {
                             v.regs.gpr[RAX] = val & 0xffff_ffff;
                             v.regs.gpr[RDX] = val >> 32;
@@ -966,10 +993,11 @@ impl VmxVcpu {
                 Ok(Next::Resume)
             }
             reason::MSR_WRITE => {
+                let mctx = MsrCtx { host: false, vm: ctx.vm, cpuid: ctx.cpuid };
                 self.with_vmcs(|v| {
                     let index = v.regs.gpr[RCX] as u32;
                     let val = (v.regs.gpr[RDX] << 32) | (v.regs.gpr[RAX] & 0xffff_ffff);
-                    if v.write_msr(index, val) {
+                    if v.write_msr(&mctx, index, val) {
                         v.skip_instruction(e.instr_len);
                     } else {
                         v.inject_exception(GP);
@@ -1026,6 +1054,54 @@ impl VmxVcpu {
         }
     }
 
+    /// The emulator cannot handle the instruction at RIP, whose first bytes are `insn`
+    /// (upstream `handle_emulation_failure`): with `KVM_CAP_EXIT_ON_EMULATION_FAILURE` the vCPU
+    /// exits to userspace; otherwise #UD is queued, and the vCPU exits too if the guest runs at
+    /// CPL 0 (so a guest kernel's failure is not silently turned into #UD), else the guest
+    /// takes the #UD. The exit is `KVM_INTERNAL_ERROR_EMULATION` with the instruction bytes and
+    /// the exit information (upstream `prepare_emulation_failure_exit`).
+    fn emulation_failure(&mut self, ctx: &mut RunContext<'_>, e: &ExitInfo, insn: &[u8]) -> Result<Next> {
+        let (cpl, info2, err) = self.with_vmcs(|v| {
+            let err = if e.intr_info & b::INTR_INFO_DELIVER_CODE_MASK != 0 {
+                vmcs::read(f::VM_EXIT_INTR_ERROR_CODE)
+            } else {
+                0
+            };
+            (v.cpl(), vmcs::read(f::IDT_VECTORING_INFO_FIELD), err)
+        })?;
+        if !ctx.vm.exit_on_emulation_error.load(Ordering::Relaxed) {
+            self.with_vmcs(|v| v.inject_exception(UD))?;
+            if cpl != 0 {
+                return Ok(Next::Resume);
+            }
+        }
+        let mut bytes = [0x90u8; 15];
+        let mut n = 0;
+        for (d, s) in bytes.iter_mut().zip(insn) {
+            *d = *s;
+            n += 1;
+        }
+        let info = [u64::from(e.reason), e.qualification, info2, u64::from(e.intr_info), err];
+        // SAFETY: `run` is the vCPU's kvm_run page; the internal/emulation_failure views of the
+        // union are plain integers.
+        unsafe {
+            let run = ctx.run;
+            (*run).exit_reason = b::KVM_EXIT_INTERNAL_ERROR;
+            let ef = &mut (*run).__bindgen_anon_1.emulation_failure;
+            ef.suberror = b::KVM_INTERNAL_ERROR_EMULATION;
+            ef.flags = u64::from(b::KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES);
+            ef.__bindgen_anon_1.__bindgen_anon_1.insn_size = n as u8;
+            ef.__bindgen_anon_1.__bindgen_anon_1.insn_bytes = bytes;
+            // data[0] is `flags`, data[1..3] the instruction, then the exit information.
+            let i = &mut (*run).__bindgen_anon_1.internal;
+            for (d, s) in i.data[3..].iter_mut().zip(info) {
+                *d = s;
+            }
+            i.ndata = (3 + info.len()) as u32;
+        }
+        Ok(Next::User)
+    }
+
     /// A guest CPUID (upstream `kvm_emulate_cpuid`): from the table userspace set, or without
     /// one, from what `KVM_GET_SUPPORTED_CPUID` reports with the vCPU id as APIC id (upstream
     /// answers zeros then); the bits that follow guest state applied last.
@@ -1033,28 +1109,41 @@ impl VmxVcpu {
         use crate::x86::cpuid;
         let leaf = self.regs.gpr[RAX] as u32;
         let sub = self.regs.gpr[RCX] as u32;
-        let mut r = if table.is_empty() {
-            let g = super::global();
-            let caps = cpuid::Caps {
-                guest_xcr0: g.host.guest_xcr0,
-                rdtscp: self.config.proc2 & b::SECONDARY_EXEC_ENABLE_RDTSCP != 0,
-                x2apic: self.apic.is_some(),
-            };
-            let mut r = cpuid::filter(leaf, sub, insn::cpuid(leaf, sub), &caps);
-            if leaf == 1 {
-                r[1] |= self.id << 24;
-                r[2] |= 1 << 31; // running under a hypervisor
-            }
-            r
-        } else {
-            cpuid::lookup(table, leaf, sub)
-        };
+        let mut r = if table.is_empty() { self.default_cpuid(leaf, sub) } else { cpuid::lookup(table, leaf, sub) };
         let cr4 = self.with_vmcs(|_| vmcs::read(f::CR4_READ_SHADOW))?;
         cpuid::apply_dynamic(leaf, sub, &mut r, cr4, self.xcr0);
         for (i, reg) in [RAX, RBX, RCX, RDX].into_iter().enumerate() {
             self.regs.gpr[reg] = u64::from(r[i]);
         }
         Ok(())
+    }
+
+    /// A vCPU's CPUID leaf when userspace set no table: what `KVM_GET_SUPPORTED_CPUID` reports,
+    /// with the vCPU id as APIC id and the hypervisor bit.
+    fn default_cpuid(&self, leaf: u32, sub: u32) -> [u32; 4] {
+        use crate::x86::cpuid;
+        let g = super::global();
+        let caps = cpuid::Caps {
+            guest_xcr0: g.host.guest_xcr0,
+            rdtscp: self.config.proc2 & b::SECONDARY_EXEC_ENABLE_RDTSCP != 0,
+            x2apic: self.apic.is_some(),
+        };
+        let mut r = cpuid::filter(leaf, sub, insn::cpuid(leaf, sub), &caps);
+        if leaf == 1 {
+            r[1] |= self.id << 24;
+            r[2] |= 1 << 31; // running under a hypervisor
+        }
+        r
+    }
+
+    /// Whether the guest's CPUID has a feature bit (upstream `guest_cpuid_has`), from the table
+    /// userspace set or, without one, from what this vCPU's CPUID answers ([`Self::default_cpuid`]).
+    fn guest_has(&self, ctx: &MsrCtx<'_>, leaf: u32, sub: u32, reg: usize, bit: u32) -> bool {
+        if ctx.cpuid.is_empty() {
+            self.default_cpuid(leaf, sub)[reg] & (1 << bit) != 0
+        } else {
+            ctx.guest_has(leaf, sub, reg, bit)
+        }
     }
 
     fn handle_cr(&mut self, e: &ExitInfo) -> Result<Next> {
@@ -1172,17 +1261,28 @@ impl VmxVcpu {
         }
     }
 
-    /// A guest RDMSR (VMCS current): the value, or `None` for #GP (upstream:
-    /// `vmx_get_msr` → `kvm_get_msr_common`).
-    fn read_msr(&self, index: u32) -> Option<u64> {
+    /// An RDMSR by the guest or `KVM_GET_MSRS` (VMCS current): the value, or `None` for #GP /
+    /// a failed entry (upstream: `vmx_get_msr` → `kvm_get_msr_common`).
+    fn read_msr(&self, ctx: &MsrCtx<'_>, index: u32) -> Option<u64> {
         let g = super::global();
         let pat_in_vmcs = self.config.entry & b::VM_ENTRY_LOAD_IA32_PAT != 0;
         Some(match index {
+            // No nested guest: L1's offset is the only one, for userspace and guest alike.
             msr::TSC => insn::rdtsc().wrapping_add(vmcs::read(f::TSC_OFFSET)),
+            msr::TSC_ADJUST => self.msrs.tsc_adjust.0,
             msr::APIC_BASE => self.get_apic_base(),
-            // Upstream `kvm_x2apic_msr_read`: #GP without an in-kernel LAPIC in x2APIC mode.
+            // Upstream `kvm_x2apic_msr_read`: #GP without an in-kernel LAPIC in x2APIC mode
+            // (guest and userspace alike).
             lapic::X2APIC_MSR_FIRST..=lapic::X2APIC_MSR_LAST => return self.apic.as_ref()?.x2apic_msr_read(index),
-            msr::FEATURE_CONTROL => msr::FEATURE_CONTROL_GUEST,
+            msr::FEATURE_CONTROL => self.msrs.feature_control,
+            msr::K7_HWCR => self.msrs.hwcr,
+            msr::UCODE_REV => self.msrs.ucode_rev,
+            msr::PLATFORM_INFO
+                if ctx.host || ctx.vm.guest_can_read_platform_info.load(Ordering::Relaxed) =>
+            {
+                self.msrs.platform_info
+            }
+            msr::MISC_FEATURES_ENABLES => self.msrs.misc_features,
             msr::SPEC_CTRL if g.host.spec_ctrl_bits != 0 => self.msrs.spec_ctrl,
             // No variable-range or fixed-range MTRRs, no write-combining type.
             msr::MTRRCAP => 0,
@@ -1208,19 +1308,54 @@ impl VmxVcpu {
         })
     }
 
-    /// A guest WRMSR (VMCS current): false for #GP (upstream: `vmx_set_msr` →
-    /// `kvm_set_msr_common`).
-    fn write_msr(&mut self, index: u32, v: u64) -> bool {
+    /// A WRMSR by the guest or `KVM_SET_MSRS` (VMCS current): false for #GP / a failed entry
+    /// (upstream: `vmx_set_msr` → `kvm_set_msr_common`; `ctx.host` is `host_initiated`).
+    fn write_msr(&mut self, ctx: &MsrCtx<'_>, index: u32, v: u64) -> bool {
         let g = super::global();
         if !msr::value_valid(index, v) {
             return false;
         }
         let pat_in_vmcs = self.config.entry & b::VM_ENTRY_LOAD_IA32_PAT != 0;
         match index {
-            msr::TSC if self.config.proc & b::CPU_BASED_USE_TSC_OFFSETTING != 0 => {
-                vmcs::write(f::TSC_OFFSET, v.wrapping_sub(insn::rdtsc()))
+            // Userspace sets the TSC through the VM's synchronisation (upstream
+            // `kvm_synchronize_tsc`), leaving IA32_TSC_ADJUST alone; the guest moves both.
+            msr::TSC if ctx.host => vmcs::write(f::TSC_OFFSET, ctx.vm.synchronize_tsc(Some(v))),
+            msr::TSC => {
+                let off = self.msrs.tsc_adjust.guest_write_tsc(vmcs::read(f::TSC_OFFSET), v, insn::rdtsc());
+                vmcs::write(f::TSC_OFFSET, off);
             }
-            msr::APIC_BASE if self.apic_base_valid(v) && lapic::guest_base_change_valid(self.get_apic_base(), v) => {
+            // Ignored (but not refused) when the guest's CPUID lacks TSC_ADJUST, as upstream.
+            msr::TSC_ADJUST => {
+                if self.guest_has(ctx, 7, 0, 1, 1) {
+                    let off = self.msrs.tsc_adjust.write_adjust(vmcs::read(f::TSC_OFFSET), v, ctx.host);
+                    vmcs::write(f::TSC_OFFSET, off);
+                }
+            }
+            msr::FEATURE_CONTROL if msr::feature_control_valid(self.msrs.feature_control, v, ctx.host) => {
+                self.msrs.feature_control = v
+            }
+            msr::K7_HWCR => match msr::hwcr_write(v) {
+                Some(v) => self.msrs.hwcr = v,
+                None => return false,
+            },
+            // Only userspace sets the revision; the guest's writes are ignored (upstream).
+            msr::UCODE_REV => {
+                if ctx.host {
+                    self.msrs.ucode_rev = v;
+                }
+            }
+            msr::PLATFORM_INFO if msr::platform_info_valid(v, self.msrs.misc_features, ctx.host) => {
+                self.msrs.platform_info = v
+            }
+            msr::MISC_FEATURES_ENABLES if msr::misc_features_valid(v, self.msrs.platform_info) => {
+                self.msrs.misc_features = v
+            }
+            // Userspace may make any mode change a guest may not (upstream `kvm_apic_set_base`
+            // with `host_initiated`), e.g. x2APIC back to xAPIC.
+            msr::APIC_BASE
+                if self.apic_base_valid(v)
+                    && (ctx.host || lapic::guest_base_change_valid(self.get_apic_base(), v)) =>
+            {
                 self.set_apic_base(v)
             }
             // Upstream `kvm_x2apic_msr_write` (guest and userspace alike).
@@ -1240,8 +1375,9 @@ impl VmxVcpu {
             msr::SYSENTER_CS => vmcs::write(f::GUEST_SYSENTER_CS, v & 0xffff_ffff),
             msr::SYSENTER_ESP => vmcs::write(f::GUEST_SYSENTER_ESP, v),
             msr::SYSENTER_EIP => vmcs::write(f::GUEST_SYSENTER_EIP, v),
-            // Fast strings (bit 0) and the read-only PEBS/BTS-unavailable bits only.
-            msr::MISC_ENABLE if (v ^ msr::MISC_ENABLE_RESET) & !1 == 0 => self.msrs.misc_enable = v,
+            msr::MISC_ENABLE if msr::misc_enable_valid(self.msrs.misc_enable, v, ctx.host) => {
+                self.msrs.misc_enable = v
+            }
             // No LBR, BTF or other debug features for guests.
             msr::DEBUGCTL if v == 0 => {}
             msr::PAT if pat_in_vmcs => vmcs::write(f::GUEST_IA32_PAT, v),
@@ -1290,8 +1426,7 @@ impl VmxVcpu {
         let (mode, pg) = self.with_vmcs(|v| (v.code_mode(), v.paging()))?;
         let (bytes, got) = self.fetch(ctx.vm, &pg);
         let Some(insn) = decode::decode(&bytes[..got], mode) else {
-            self.internal_error(ctx.run, b::KVM_INTERNAL_ERROR_EMULATION, e);
-            return Ok(Next::User);
+            return self.emulation_failure(ctx, e, &bytes[..got]);
         };
         let (is_write, size, value) = match insn.access {
             Access::Read { size, .. } => (false, size, 0),
@@ -1389,8 +1524,7 @@ impl VmxVcpu {
         let (mode, pg) = self.with_vmcs(|v| (v.code_mode(), v.paging()))?;
         let (bytes, got) = self.fetch(ctx.vm, &pg);
         let Some(insn) = decode::string_io(&bytes[..got], mode) else {
-            self.internal_error(ctx.run, b::KVM_INTERNAL_ERROR_EMULATION, e);
-            return Ok(Next::User);
+            return self.emulation_failure(ctx, e, &bytes[..got]);
         };
         let long = mode == decode::Mode::Bits64;
         let (base, down) = self.with_vmcs(|_| {
@@ -1452,6 +1586,8 @@ impl VmxVcpu {
                     return Ok(Next::Resume);
                 }
                 Elem::Stop if k == 0 => {
+                    // Not an instruction the emulator fails on, a limit of rkvm's (string I/O
+                    // is emulated only on RAM): always userspace's to see.
                     self.internal_error(ctx.run, b::KVM_INTERNAL_ERROR_EMULATION, e);
                     return Ok(Next::User);
                 }
@@ -1707,21 +1843,16 @@ impl BackendVcpu for VmxVcpu {
         Ok(())
     }
 
-    fn get_msr(&mut self, index: u32) -> Result<Option<u64>> {
-        self.with_vmcs(|v| v.read_msr(index))
+    fn get_msr(&mut self, ctx: &MsrCtx<'_>, index: u32) -> Result<Option<u64>> {
+        self.with_vmcs(|v| v.read_msr(ctx, index))
     }
 
-    fn set_msr(&mut self, index: u32, data: u64) -> Result<bool> {
-        // Userspace may make any mode change a guest may not (upstream `kvm_apic_set_base` with
-        // `host_initiated`), e.g. x2APIC back to xAPIC.
-        if index == msr::APIC_BASE {
-            let ok = self.apic_base_valid(data);
-            if ok {
-                self.set_apic_base(data);
-            }
-            return Ok(ok);
-        }
-        self.with_vmcs(|v| v.write_msr(index, data))
+    fn set_msr(&mut self, ctx: &MsrCtx<'_>, index: u32, data: u64) -> Result<bool> {
+        self.with_vmcs(|v| v.write_msr(ctx, index, data))
+    }
+
+    fn write_tsc_offset(&mut self, offset: u64) -> Result {
+        self.with_vmcs(|_| vmcs::write(f::TSC_OFFSET, offset))
     }
 
     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result {
@@ -1729,7 +1860,11 @@ impl BackendVcpu for VmxVcpu {
             a.posted.kick.set_task(true);
         }
         let r = if self.apic.as_ref().is_some_and(|a| a.mp == b::KVM_MP_STATE_UNINITIALIZED) {
-            self.run_uninitialized(ctx.run)
+            if ctx.immediate_exit {
+                Err(EINTR)
+            } else {
+                self.run_uninitialized(ctx.run)
+            }
         } else {
             self.run_loop(ctx)
         };
@@ -2034,6 +2169,9 @@ impl VmxVcpu {
         let (pio, run) = (ctx.pio, ctx.run);
         let vm = ctx.vm;
         self.with_vmcs(|v| v.complete_pending(vm, pio, run))?;
+        if ctx.immediate_exit {
+            return Err(EINTR);
+        }
         loop {
             // SAFETY: querying the current task's state.
             if unsafe { b::rkvm_signal_pending() } {

@@ -96,6 +96,9 @@ pub fn filter(leaf: u32, sub: u32, raw: [u32; 4], caps: &Caps) -> [u32; 4] {
             r[0] = r[0].min(1);
             // PT, AVX2, AVX-512 F/DQ/IFMA/PF/ER/CD/BW/VL.
             r[1] &= !(1 << 25 | 1 << 5 | 0xdc23_0000);
+            // IA32_TSC_ADJUST is emulated in software, with or without the host's (upstream
+            // `kvm_set_cpu_caps`: `kvm_cpu_cap_set(X86_FEATURE_TSC_ADJUST)`).
+            r[1] |= 1 << 1;
             // AVX-512 and VEX extensions, PKU/OSPKE, CET shadow stacks.
             r[2] &= !(1 << 1 | 1 << 3 | 1 << 4 | 1 << 6 | 1 << 7 | 1 << 9 | 1 << 10 | 1 << 11 | 1 << 12 | 1 << 14);
             // AVX-512 4VNNIW/4FMAPS/VP2INTERSECT, IBT, AMX, AVX-512 FP16; L1D_FLUSH,
@@ -173,6 +176,12 @@ fn find(entries: &[Entry], function: u32, index: u32) -> Option<&Entry> {
     entries
         .iter()
         .find(|e| e.function == function && (e.flags & FLAG_SIGNIFICANT_INDEX == 0 || e.index == index))
+}
+
+/// Whether the table has bit `bit` of register `reg` (EAX..EDX = 0..3) set in its entry for
+/// `function`.`index` (upstream `guest_cpuid_has`: the entry itself, no out-of-range rule).
+pub fn has(entries: &[Entry], function: u32, index: u32, reg: usize, bit: u32) -> bool {
+    find(entries, function, index).is_some_and(|e| e.regs[reg] & (1 << bit) != 0)
 }
 
 /// A guest's CPUID from the table userspace set (upstream `kvm_cpuid`): the matching entry; for

@@ -1,5 +1,5 @@
 //! Pure x86 knowledge: control-register and EFER rules, segment access rights, RESET state,
-//! the MMIO instruction decoder, guest page-table walks, guest MSR and CPUID rules, the XSAVE
+//! the MMIO instruction decoder, guest page-table walks, guest MSR, TSC and CPUID rules, the XSAVE
 //! area of an FXSAVE-only vCPU.
 //!
 //! No kernel dependency: host `cargo test` runs these files (see `rust/tests/`). The architectural
@@ -11,5 +11,6 @@ pub mod cr;
 pub mod decode;
 pub mod msr;
 pub mod segment;
+pub mod tsc;
 pub mod walk;
 pub mod xsave;

@@ -32,6 +32,14 @@ pub const TSC: u32 = 0x10;
 pub const APIC_BASE: u32 = 0x1b;
 /// `IA32_FEATURE_CONTROL`.
 pub const FEATURE_CONTROL: u32 = 0x3a;
+/// `IA32_TSC_ADJUST`.
+pub const TSC_ADJUST: u32 = 0x3b;
+/// `IA32_BIOS_SIGN_ID` (`MSR_IA32_UCODE_REV`): the loaded microcode's revision in bits 63:32.
+pub const UCODE_REV: u32 = 0x8b;
+/// `MSR_PLATFORM_INFO` (Intel model-specific; bit 31: CPUID faulting is available).
+pub const PLATFORM_INFO: u32 = 0xce;
+/// `MSR_MISC_FEATURES_ENABLES` (bit 0: CPUID faulting on).
+pub const MISC_FEATURES_ENABLES: u32 = 0x140;
 /// `IA32_SPEC_CTRL`.
 pub const SPEC_CTRL: u32 = 0x48;
 /// `IA32_PRED_CMD` (write-only command).
@@ -70,23 +78,37 @@ pub const GS_BASE: u32 = 0xc000_0101;
 pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
 /// `IA32_TSC_AUX`.
 pub const TSC_AUX: u32 = 0xc000_0103;
+/// `MSR_K7_HWCR` (AMD's hardware configuration register; KVM emulates it on Intel too).
+pub const K7_HWCR: u32 = 0xc001_0015;
 
 /// The RESET value of IA32_PAT (SDM 11.12.4).
 pub const PAT_RESET: u64 = 0x0007_0406_0007_0406;
 /// IA32_MISC_ENABLE as rkvm's guests first see it: fast strings, no PEBS, no BTS (upstream:
 /// `kvm_vcpu_reset` → `MSR_IA32_MISC_ENABLE_PEBS_UNAVAIL | BTS_UNAVAIL`).
 pub const MISC_ENABLE_RESET: u64 = 1 | 1 << 11 | 1 << 12;
-/// IA32_FEATURE_CONTROL as guests see it: locked, VMX off (no nesting).
-pub const FEATURE_CONTROL_GUEST: u64 = 1;
+/// IA32_FEATURE_CONTROL's lock bit.
+pub const FEATURE_CONTROL_LOCKED: u64 = 1;
+/// What userspace may write to IA32_FEATURE_CONTROL (upstream `KVM_SUPPORTED_FEATURE_CONTROL`):
+/// lock, VMX inside and outside SMX, SGX launch control, SGX, LMCE. The guest itself may only
+/// set the lock bit (no nested VMX, SGX or LMCE: upstream's
+/// `msr_ia32_feature_control_valid_bits` for such a vCPU).
+pub const FEATURE_CONTROL_HOST_VALID: u64 = 1 | 1 << 1 | 1 << 2 | 1 << 17 | 1 << 18 | 1 << 20;
+/// `MSR_PLATFORM_INFO_CPUID_FAULT` / `MSR_MISC_FEATURES_ENABLES_CPUID_FAULT`.
+pub const PLATFORM_INFO_CPUID_FAULT: u64 = 1 << 31;
+pub const MISC_FEATURES_CPUID_FAULT: u64 = 1;
+/// IA32_UCODE_REV of a new vCPU (upstream `vmx_vcpu_create`: revision 1 in bits 63:32).
+pub const UCODE_REV_RESET: u64 = 0x1_0000_0000;
 /// The EFER bits a guest may write: SCE, LME, LMA (ignored, see [`efer_write`]), NXE.
 pub const EFER_WRITABLE: u64 = 1 | 1 << 8 | 1 << 10 | 1 << 11;
 
-/// The MSRs rkvm's vCPUs have (`KVM_GET_MSR_INDEX_LIST`), before dropping those the host CPU
-/// lacks (SPEC_CTRL, TSC_AUX).
-pub const KNOWN: [u32; 21] = [
-    TSC, APIC_BASE, FEATURE_CONTROL, SPEC_CTRL, MTRRCAP, SYSENTER_CS, SYSENTER_ESP, SYSENTER_EIP,
+/// The MSRs rkvm's vCPUs have (`KVM_GET_MSR_INDEX_LIST`: what userspace saves and restores),
+/// before dropping those the host CPU lacks (SPEC_CTRL, TSC_AUX): the hardware ones, then those
+/// emulated in software in upstream's `emulated_msrs_all` order. The read-only MTRRCAP is not
+/// listed (nor is it upstream): restoring it would fail.
+pub const KNOWN: [u32; 25] = [
+    TSC, APIC_BASE, FEATURE_CONTROL, SPEC_CTRL, SYSENTER_CS, SYSENTER_ESP, SYSENTER_EIP,
     MISC_ENABLE, DEBUGCTL, PAT, MTRR_DEF_TYPE, EFER, STAR, LSTAR, CSTAR, SFMASK, FS_BASE, GS_BASE,
-    KERNEL_GS_BASE, TSC_AUX,
+    KERNEL_GS_BASE, TSC_AUX, TSC_ADJUST, PLATFORM_INFO, MISC_FEATURES_ENABLES, UCODE_REV, K7_HWCR,
 ];
 
 /// MSRs a guest reads and writes without exiting: their guest values live in the VMCS
@@ -151,6 +173,45 @@ pub fn value_valid(msr: u32, v: u64) -> bool {
         MTRR_DEF_TYPE => v & !0xcff == 0 && matches!(v & 0xff, 0 | 1 | 4..=6),
         _ => true,
     }
+}
+
+/// A write of MSR_K7_HWCR (upstream `kvm_set_msr_common`, the same for guest and userspace):
+/// the flush-filter-disable (6), IGNNE-emulation (8) and TLB-cache-disable (3) bits are
+/// dropped; McStatusWrEn (18) and TscFreqSel (24) are kept; anything else is refused (`None`).
+pub fn hwcr_write(v: u64) -> Option<u64> {
+    let v = v & !(1 << 6 | 1 << 8 | 1 << 3);
+    (v & !(1 << 18 | 1 << 24) == 0).then_some(v)
+}
+
+/// A write of IA32_FEATURE_CONTROL (upstream `is_vmx_feature_control_msr_valid`): the guest
+/// may only set the lock bit, and only while the MSR is unlocked; userspace may write any bit
+/// of [`FEATURE_CONTROL_HOST_VALID`] at any time (to restore a saved value).
+pub fn feature_control_valid(old: u64, new: u64, host: bool) -> bool {
+    if host {
+        new & !FEATURE_CONTROL_HOST_VALID == 0
+    } else {
+        old & FEATURE_CONTROL_LOCKED == 0 && new & !FEATURE_CONTROL_LOCKED == 0
+    }
+}
+
+/// A write of IA32_MISC_ENABLE (upstream `kvm_set_msr_common`): userspace may store any value;
+/// the guest may change only fast strings (bit 0), of the bits rkvm models (no MWAIT, no
+/// performance monitoring, no limit-CPUID).
+pub fn misc_enable_valid(old: u64, new: u64, host: bool) -> bool {
+    host || (old ^ new) & !1 == 0
+}
+
+/// A write of MSR_PLATFORM_INFO (upstream `kvm_set_msr_common`): only from userspace, and
+/// CPUID faulting may not be taken away while the guest has it on.
+pub fn platform_info_valid(new: u64, misc_features: u64, host: bool) -> bool {
+    host && !(new & PLATFORM_INFO_CPUID_FAULT == 0 && misc_features & MISC_FEATURES_CPUID_FAULT != 0)
+}
+
+/// A write of MSR_MISC_FEATURES_ENABLES (upstream `kvm_set_msr_common`): only the CPUID-faulting
+/// bit, and only when MSR_PLATFORM_INFO offers it (`supports_cpuid_fault`).
+pub fn misc_features_valid(new: u64, platform_info: u64) -> bool {
+    new & !MISC_FEATURES_CPUID_FAULT == 0
+        && (new & MISC_FEATURES_CPUID_FAULT == 0 || platform_info & PLATFORM_INFO_CPUID_FAULT != 0)
 }
 
 /// The lazily switched ("user-return") MSRs, in the order of [`UretCpu`]'s arrays.

@@ -10,7 +10,7 @@ fn host(leaf: u32, sub: u32) -> [u32; 4] {
         (1, _) => [0x306c3, 0x0102_0800, 0x7ffa_fbbf, 0xbfeb_fbff],
         (4, 0..=3) => [0x121 + sub, 0x1c0_003f, 0x3f, 0],
         (4, _) => [0; 4],
-        (7, 0) => [0, 0x27ab, 0, 0x9c00_0400],
+        (7, 0) => [0, 0x27a9, 0, 0x9c00_0400], // no TSC_ADJUST (bit 1)
         (0xd, 0) => [7, 832, 832, 0],
         (0xd, 1) => [1, 0, 0, 0],
         (0xd, 2) => [256, 576, 0, 0],
@@ -53,6 +53,7 @@ fn supported_list_shape() {
     let l7 = l.iter().find(|e| e.function == 7).unwrap();
     assert_eq!(l7.regs[1] & (1 << 5), 0, "no AVX2");
     assert_eq!(l7.regs[3] & (1 << 29), 0, "no ARCH_CAPABILITIES");
+    assert_ne!(l7.regs[1] & (1 << 1), 0, "TSC_ADJUST emulated (the host has none here)");
     let xs = l.iter().find(|e| e.function == 0xd && e.index == 0).unwrap();
     assert_eq!(xs.regs, [3, 576, 576, 0]);
     let sig = l.iter().find(|e| e.function == KVM_SIGNATURE).unwrap();
@@ -126,4 +127,19 @@ fn guest_x2apic_follows_the_table() {
     assert!(!guest_has_x2apic(&with(!LEAF1_ECX_X2APIC), true));
     let no_leaf1 = [Entry { function: 0, regs: [0xd, 0, 0, 0], ..Entry::default() }];
     assert!(!guest_has_x2apic(&no_leaf1, true));
+}
+
+#[test]
+fn has_looks_at_the_entry_itself() {
+    let t = [
+        Entry { function: 0, index: 0, flags: 0, regs: [1, 0, 0, 0] },
+        Entry { function: 1, index: 0, flags: 0, regs: [0, 0, 1 << 5, 0] },
+        Entry { function: 7, index: 1, flags: FLAG_SIGNIFICANT_INDEX, regs: [0, 2, 0, 0] },
+    ];
+    assert!(has(&t, 1, 0, 2, 5));
+    assert!(has(&t, 1, 9, 2, 5), "index ignored without the significant-index flag");
+    assert!(!has(&t, 1, 0, 2, 4));
+    assert!(!has(&t, 7, 0, 1, 1), "no 7.0 entry: no out-of-range fallback to leaf 1");
+    assert!(has(&t, 7, 1, 1, 1));
+    assert!(!has(&[], 1, 0, 2, 5));
 }

@@ -882,3 +882,31 @@ fn x2apic_destination_matching() {
     assert!(!off.hw_enabled && off.sw_enabled);
     assert_eq!(Dest::unpack(off.pack(), 4), off);
 }
+
+#[test]
+fn bus_cycle_of_the_vm_scales_the_timer() {
+    // 25 MHz bus (40 ns per cycle), as upstream's apic_bus_clock_test.
+    assert!(bus_cycle_valid(40));
+    assert!(!bus_cycle_valid(0));
+    assert!(!bus_cycle_valid(u64::MAX / (u64::from(u32::MAX) * 128) + 1));
+    assert!(bus_cycle_valid(u64::MAX / (u64::from(u32::MAX) * 128)));
+    let mut apic = Lapic::new(0, true).with_bus_cycle_ns(40);
+    apic.write(SPIV, 4, 0x1ff, 0);
+    apic.write(TDCR, 4, 0xb, 0); // divide by 1
+    apic.write(TMICT, 4, 1000, 0);
+    assert_eq!(apic.deadline(), Some(40_000));
+    assert_eq!(apic.read(TMCCT, 4, 20_000), 500);
+    // Divide by 2 now: the time left doubles, the count left stays.
+    apic.write(TDCR, 4, 0x0, 20_000);
+    assert_eq!(apic.deadline(), Some(60_000));
+    assert_eq!(apic.read(TMCCT, 4, 20_000), 500);
+    // The longest timer with the largest bus cycle does not overflow.
+    let big = u64::MAX / (u64::from(u32::MAX) * 128);
+    let mut apic = Lapic::new(0, true).with_bus_cycle_ns(big);
+    apic.write(SPIV, 4, 0x1ff, 0);
+    apic.write(TDCR, 4, 0xa, 0); // divide by 128
+    apic.write(TMICT, 4, u32::MAX, 0);
+    assert_eq!(apic.deadline(), Some(u64::from(u32::MAX) * 128 * big));
+    apic.write(TDCR, 4, 0xb, 1);
+    assert!(apic.deadline().is_some());
+}

@@ -58,6 +58,8 @@ mod pt_tests;
 #[cfg(test)]
 mod stats_tests;
 #[cfg(test)]
+mod tsc_tests;
+#[cfg(test)]
 mod vmx_config_tests;
 #[cfg(test)]
 mod x86_tests;

@@ -168,3 +168,56 @@ fn known_list_covers_the_switched_and_passed_through_msrs() {
         assert!(KNOWN.contains(m), "{m:#x} is handled, so it is listed");
     }
 }
+
+#[test]
+fn hwcr_keeps_two_bits_ignores_three_refuses_the_rest() {
+    // As upstream's hwcr_msr_test: every single bit.
+    for bit in 0..64 {
+        let v = 1u64 << bit;
+        let r = hwcr_write(v);
+        match bit {
+            18 | 24 => assert_eq!(r, Some(v)),
+            3 | 6 | 8 => assert_eq!(r, Some(0)),
+            _ => assert_eq!(r, None, "bit {bit}"),
+        }
+    }
+    assert_eq!(hwcr_write(1 << 18 | 1 << 24 | 1 << 3), Some(1 << 18 | 1 << 24));
+}
+
+#[test]
+fn feature_control_guest_locks_once_userspace_restores_anything_supported() {
+    // The guest may set the lock bit while unlocked, nothing else, and nothing once locked.
+    assert!(feature_control_valid(0, FEATURE_CONTROL_LOCKED, false));
+    assert!(feature_control_valid(0, 0, false));
+    assert!(!feature_control_valid(0, 1 << 2 | 1, false), "no nested VMX to enable");
+    assert!(!feature_control_valid(FEATURE_CONTROL_LOCKED, FEATURE_CONTROL_LOCKED, false));
+    // Userspace: any supported bit, locked or not (KVM_SET_MSRS of a saved value).
+    assert!(feature_control_valid(FEATURE_CONTROL_LOCKED, 0, true));
+    assert!(feature_control_valid(FEATURE_CONTROL_LOCKED, FEATURE_CONTROL_HOST_VALID, true));
+    assert!(!feature_control_valid(0, 1 << 3, true));
+    assert!(!feature_control_valid(0, 1 << 63, true));
+}
+
+#[test]
+fn misc_enable_guest_toggles_fast_strings_only() {
+    assert!(misc_enable_valid(MISC_ENABLE_RESET, MISC_ENABLE_RESET & !1, false));
+    assert!(!misc_enable_valid(MISC_ENABLE_RESET, MISC_ENABLE_RESET & !(1 << 12), false));
+    assert!(misc_enable_valid(MISC_ENABLE_RESET, 0, true));
+    // After userspace stored other bits, the guest writing back what it read is fine.
+    assert!(misc_enable_valid(1 << 18 | 1, 1 << 18, false));
+}
+
+#[test]
+fn platform_info_and_cpuid_faulting() {
+    let fault = PLATFORM_INFO_CPUID_FAULT;
+    assert!(!platform_info_valid(fault, 0, false), "read-only for the guest");
+    assert!(platform_info_valid(fault | 0xff00, 0, true));
+    assert!(platform_info_valid(0, 0, true));
+    // CPUID faulting is on: userspace may not take away the feature.
+    assert!(!platform_info_valid(0, MISC_FEATURES_CPUID_FAULT, true));
+    assert!(platform_info_valid(fault, MISC_FEATURES_CPUID_FAULT, true));
+    assert!(misc_features_valid(MISC_FEATURES_CPUID_FAULT, fault));
+    assert!(misc_features_valid(0, 0));
+    assert!(!misc_features_valid(MISC_FEATURES_CPUID_FAULT, 0));
+    assert!(!misc_features_valid(2, fault));
+}
