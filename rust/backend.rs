@@ -126,6 +126,11 @@ pub(crate) trait BackendVcpu: Send {
     fn has_run(&self) -> bool {
         false
     }
+    /// The guest state CPUID bits follow (CR4 as the guest sees it, XCR0), for
+    /// `cpuid::update_runtime`.
+    fn cpuid_runtime_state(&mut self) -> Result<(u64, u64)> {
+        Ok((0, 1))
+    }
     /// `KVM_GET_FPU` (upstream `kvm_arch_vcpu_ioctl_get_fpu`); `EINVAL` where there is none.
     fn get_fpu(&mut self, _fpu: &mut bindings::kvm_fpu) -> Result {
         Err(EINVAL)

@@ -217,24 +217,34 @@ impl FileKind for VcpuKind {
                 write_user(arg, &t).map(|()| 0)
             }
             b::KVM_SET_CPUID2 => {
-                let entries = read_cpuid2(arg, cpuid::MAX_ENTRIES)?.0;
+                let mut entries = read_cpuid2(arg, cpuid::MAX_ENTRIES)?.0;
                 let mut table = f.vcpu.cpuid.lock();
-                // After the first entry the table may only be set again unchanged (upstream
-                // `kvm_set_cpuid` → `kvm_cpuid_check_equal`).
+                // After the first entry the table may only be set again unchanged, the bits that
+                // follow guest state aside (upstream `kvm_set_cpuid`: `__kvm_update_cpuid_runtime`
+                // of the new table, then `kvm_cpuid_check_equal`).
                 if arch.has_run() {
-                    return if entries[..] == table[..] { Ok(0) } else { Err(EINVAL) };
+                    let (cr4, xcr0) = arch.cpuid_runtime_state()?;
+                    let mut old = runtime_copy(&table)?;
+                    cpuid::update_runtime(&mut old, cr4, xcr0);
+                    cpuid::update_runtime(&mut entries, cr4, xcr0);
+                    return if entries[..] == old[..] { Ok(0) } else { Err(EINVAL) };
                 }
                 *table = entries;
                 arch.after_set_cpuid(&table);
                 Ok(0)
             }
+            // The table with the bits that follow guest state as they are now (upstream keeps
+            // its copy updated: `kvm_update_cpuid_runtime`).
             b::KVM_GET_CPUID2 => {
                 let nent: u32 = read_user(arg)?;
                 let table = f.vcpu.cpuid.lock();
                 if (nent as usize) < table.len() {
                     return Err(E2BIG);
                 }
-                write_cpuid2(arg, &table)?;
+                let (cr4, xcr0) = arch.cpuid_runtime_state()?;
+                let mut out = runtime_copy(&table)?;
+                cpuid::update_runtime(&mut out, cr4, xcr0);
+                write_cpuid2(arg, &out)?;
                 Ok(0)
             }
             b::KVM_GET_FPU => {
@@ -735,6 +745,15 @@ pub(crate) fn read_cpuid2(arg: usize, max: usize) -> Result<(KVec<cpuid::Entry>,
         )?;
     }
     Ok((v, nent))
+}
+
+/// A copy of a CPUID table.
+fn runtime_copy(table: &[cpuid::Entry]) -> Result<KVec<cpuid::Entry>> {
+    let mut v = KVec::with_capacity(table.len(), GFP_KERNEL_ACCOUNT)?;
+    for e in table {
+        v.push(*e, GFP_KERNEL_ACCOUNT)?;
+    }
+    Ok(v)
 }
 
 /// Writes `entries` as a `struct kvm_cpuid2` at `arg`: the entries, then `nent`.

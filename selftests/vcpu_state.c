@@ -356,11 +356,51 @@ TEST(xsave)
 	*(__u32 *)(x + 24) = 1u << 20;
 	CHECK_ERRNO(ioctl(vcpu, KVM_SET_XSAVE, x), EINVAL);
 	*(__u32 *)(x + 24) = 0x1f80;
-	/* A component the guest cannot have (rkvm: anything beyond x87|SSE; bit 63 everywhere). */
+	/* A component the guest cannot have (rkvm: anything beyond x87|SSE|AVX; bit 62 anywhere). */
 	*(__u64 *)(x + 512) = 3 | (1ull << 62);
 	CHECK_ERRNO(ioctl(vcpu, KVM_SET_XSAVE, x), EINVAL);
 	CHECK_ERRNO(ioctl(vcpu, KVM_GET_XSAVE, (void *)8), EFAULT);
 	CHECK_ERRNO(ioctl(vcpu, KVM_SET_XSAVE, (void *)8), EFAULT);
+}
+
+/*
+ * The AVX component (upper halves of YMM0-15) when KVM_GET_SUPPORTED_CPUID offers XCR0.AVX (and
+ * the vCPU's CPUID is that): set through KVM_SET_XSAVE, it survives a guest run (the state is
+ * switched with XSAVE/XRSTOR) and reads back with its XSTATE_BV bit.
+ */
+TEST(xsave_avx)
+{
+	struct kvm_cpuid2 *c = calloc(1, sizeof(*c) + 256 * sizeof(struct kvm_cpuid_entry2));
+	static __u8 x[4096], y[4096];
+	struct real_vm v = { 0 };
+	__u64 xcr0 = 0;
+
+	if (no_guests())
+		SKIP("backend=none enters no guest");
+	fresh();
+	c->nent = 256;
+	CHECK(ioctl(kvm, KVM_GET_SUPPORTED_CPUID, c) == 0);
+	for (__u32 i = 0; i < c->nent; i++)
+		if (c->entries[i].function == 0xd && c->entries[i].index == 0)
+			xcr0 = c->entries[i].eax | (__u64)c->entries[i].edx << 32;
+	if (!(xcr0 & 4)) {
+		free(c);
+		SKIP("no XCR0.AVX for guests on this host");
+	}
+	CHECK(real_vm_create(&v, (const unsigned char *)"\xf4", 1) == 0);
+	/* Upstream reports only the components the guest's CPUID allows. */
+	CHECK(ioctl(v.vcpu, KVM_SET_CPUID2, c) == 0);
+	free(c);
+	CHECK(ioctl(v.vcpu, KVM_GET_XSAVE, x) == 0);
+	*(__u64 *)(x + 512) |= 4;
+	for (int i = 0; i < 256; i++)
+		x[576 + i] = i ^ 0x5a;
+	CHECK(ioctl(v.vcpu, KVM_SET_XSAVE, x) == 0);
+	CHECK(ioctl(v.vcpu, KVM_RUN, 0) == 0 && v.run->exit_reason == KVM_EXIT_HLT);
+	CHECK(ioctl(v.vcpu, KVM_GET_XSAVE, y) == 0);
+	CHECK(*(__u64 *)(y + 512) & 4);
+	CHECK(memcmp(x + 576, y + 576, 256) == 0);
+	real_vm_free(&v);
 }
 
 /* KVM_GET/SET_XCRS: XCR0 = 1 at RESET, 3 accepted, x87 cleared or unknown XCRs refused. */
@@ -414,5 +454,6 @@ KTAP_MAIN("rkvm vcpu_state",
 	CASE(fpu),
 	CASE(debugregs),
 	CASE(xsave),
+	CASE(xsave_avx),
 	CASE(xcrs),
 	CASE(mp_state))

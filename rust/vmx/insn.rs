@@ -169,6 +169,35 @@ pub(crate) fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
     [r.eax, r.ebx, r.ecx, r.edx]
 }
 
+/// `XSAVE64` of the state components in `mask` into a standard-format area.
+///
+/// # Safety
+///
+/// `area` must be valid for writes of the area size of `mask` and 64-byte aligned; CR4.OSXSAVE
+/// must be set with XCR0 covering `mask`; the FPU must be usable (between `kernel_fpu_begin`
+/// and `kernel_fpu_end`).
+pub(crate) unsafe fn xsave(area: *mut u8, mask: u64) {
+    // SAFETY: per the function's contract.
+    unsafe {
+        asm!("xsave64 [{}]", in(reg) area, in("eax") mask as u32, in("edx") (mask >> 32) as u32,
+             options(nostack, preserves_flags))
+    };
+}
+
+/// `XRSTOR64` of the state components in `mask` from a standard-format area.
+///
+/// # Safety
+///
+/// As [`xsave`] (reads instead of writes), and the area must be one XRSTOR accepts: XSTATE_BV
+/// within XCR0, XCOMP_BV 0, the header's reserved bytes 0, no reserved MXCSR bit set.
+pub(crate) unsafe fn xrstor(area: *const u8, mask: u64) {
+    // SAFETY: per the function's contract.
+    unsafe {
+        asm!("xrstor64 [{}]", in(reg) area, in("eax") mask as u32, in("edx") (mask >> 32) as u32,
+             options(nostack, preserves_flags))
+    };
+}
+
 /// `FXSAVE64` into a 512-byte, 16-byte-aligned area.
 ///
 /// # Safety

@@ -28,6 +28,7 @@ use crate::backend::{Backend, BackendVcpu, BackendVm};
 use crate::ffi::bindings as b;
 use crate::x86::cr::{self as xcr, Limits};
 use crate::x86::msr;
+use crate::x86::xsave;
 use config::{CapMsrs, VmcsConfig, Want, Wants};
 use core::sync::atomic::{AtomicPtr, Ordering};
 use kernel::page::Page;
@@ -64,8 +65,9 @@ pub(crate) struct HostCaps {
     pub(crate) uret_present: u32,
     /// IA32_SPEC_CTRL bits a guest may set (0: the CPU has no SPEC_CTRL).
     pub(crate) spec_ctrl_bits: u64,
-    /// XCR0 bits a guest may set (0: no XSAVE for guests). Only x87 and SSE: the guest's
-    /// FPU state is switched with FXSAVE/FXRSTOR, which covers exactly those.
+    /// XCR0 bits a guest may set (0: no XSAVE for guests): x87, SSE and AVX as far as the
+    /// host's XCR0 has them. The guest's FPU state is switched with XSAVE/XRSTOR of exactly
+    /// those (FXSAVE/FXRSTOR without XSAVE).
     pub(crate) guest_xcr0: u64,
 }
 
@@ -83,7 +85,11 @@ impl HostCaps {
             0
         };
         // CPUID.1:ECX[27]: the host runs with CR4.OSXSAVE, so XCR0 exists.
-        let guest_xcr0 = if insn::cpuid(1, 0)[2] & (1 << 27) != 0 { insn::xgetbv0() & 3 } else { 0 };
+        let guest_xcr0 = if insn::cpuid(1, 0)[2] & (1 << 27) != 0 {
+            insn::xgetbv0() & (xsave::X87 | xsave::SSE | xsave::AVX)
+        } else {
+            0
+        };
         HostCaps { uret_present, spec_ctrl_bits, guest_xcr0 }
     }
 }
@@ -483,8 +489,8 @@ impl Backend for VmxBackend {
         let mut l = Limits::ARCH;
         // Only CR4 bits the CPU accepts in VMX non-root operation (and not VMXE: no nesting).
         l.cr4_allowed &= self.g.config.cr4_fixed.1 & !(xcr::CR4_VMXE);
-        // No protection keys (PKRU is not switched: guests get XCR0 ⊆ x87|SSE), and XSAVE
-        // only when the host has it.
+        // No protection keys (PKRU is not switched: guests get XCR0 ⊆ x87|SSE|AVX), and
+        // XSAVE only when the host has it.
         l.cr4_allowed &= !(1 << 22);
         if self.g.host.guest_xcr0 == 0 {
             l.cr4_allowed &= !xcr::CR4_OSXSAVE;
@@ -499,7 +505,7 @@ impl Backend for VmxBackend {
             | b::KVM_CAP_USER_NMI
             | b::KVM_CAP_VCPU_EVENTS
             | b::KVM_CAP_INTR_SHADOW
-            // KVM_GET/SET_XSAVE: the FXSAVE image in standard XSAVE format.
+            // KVM_GET/SET_XSAVE: x87, SSE and AVX in standard XSAVE format.
             | b::KVM_CAP_XSAVE
             // KVM_PRE_FAULT_MEMORY: EPT entries made ahead of the guest's accesses.
             | b::KVM_CAP_PRE_FAULT_MEMORY => Some(1),

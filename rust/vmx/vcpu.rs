@@ -35,9 +35,9 @@ use crate::x86::xsave;
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 
-/// The FXSAVE image of the guest's x87/SSE state.
-#[repr(C, align(16))]
-struct FxArea([u8; 512]);
+/// The guest's x87/SSE/AVX state: a standard-format XSAVE area (`x86/xsave.rs`).
+#[repr(C, align(64))]
+struct FpuArea([u8; xsave::AREA]);
 
 /// An exit to userspace whose instruction completes on the next `KVM_RUN` (upstream:
 /// `complete_fast_pio_in` / `complete_fast_pio_out` / `complete_emulated_mmio`).
@@ -164,7 +164,7 @@ pub(crate) struct VmxVcpu {
     /// so IA32_APIC_BASE.EXTD is writable; follows `KVM_SET_CPUID2`.
     x2apic_cpuid: bool,
     interrupt_bitmap: [u64; 4],
-    fpu: KBox<FxArea>,
+    fpu: KBox<FpuArea>,
     pending: Option<PendingIo>,
     /// The linear RIP of the instruction `pending` belongs to: if userspace moves RIP before
     /// the next `KVM_RUN`, the completion is dropped (upstream: the `kvm_is_linear_rip` checks
@@ -278,12 +278,9 @@ impl VmxVcpu {
     pub(crate) fn new(g: &VmxGlobal, eptp: u64, id: u32, apic: Option<VcpuApic>) -> Result<VmxVcpu> {
         let config = &g.config;
         let vmcs = Vmcs::new(config.revision_id)?;
-        // A freshly initialised FXSAVE image: FCW 0x37f, MXCSR 0x1f80 (upstream: fpstate_init).
-        let mut fx = FxArea([0; 512]);
-        fx.0[0] = 0x7f; // FCW = 0x037f
-        fx.0[1] = 0x03;
-        fx.0[24] = 0x80; // MXCSR = 0x1f80
-        fx.0[25] = 0x1f;
+        // FCW 0x37f, MXCSR 0x1f80 (upstream: fpstate_init).
+        let mut fx = FpuArea([0; xsave::AREA]);
+        xsave::reset(&mut fx.0);
         let mut v = VmxVcpu {
             id,
             vmcs,
@@ -792,11 +789,19 @@ impl VmxVcpu {
         vmcs::write(f::HOST_FS_BASE, rdmsr(b::MSR_FS_BASE).unwrap_or(0));
         vmcs::write(f::HOST_GS_BASE, rdmsr(b::MSR_GS_BASE).unwrap_or(0));
 
-        // SAFETY: the FPU section brackets the guest's use of x87/SSE registers; the user's state
-        // is saved by kernel_fpu_begin and reloaded on return to userspace. Preemption is off.
+        let fpu_mask = super::global().host.guest_xcr0;
+        // SAFETY: the FPU section brackets the guest's use of x87/SSE/AVX registers; the user's
+        // state is saved by kernel_fpu_begin and reloaded on return to userspace. Preemption is
+        // off. XCR0 is the host's, which covers `fpu_mask`; the area is aligned, and valid for
+        // XRSTOR (written only by XSAVE, `xsave::reset`, `xsave::set` and
+        // `xsave::set_legacy`, which keep the header and MXCSR valid).
         unsafe {
             b::rkvm_fpu_begin();
-            insn::fxrstor(self.fpu.0.as_ptr());
+            if fpu_mask != 0 {
+                insn::xrstor(self.fpu.0.as_ptr(), fpu_mask);
+            } else {
+                insn::fxrstor(self.fpu.0.as_ptr());
+            }
         }
         if self.tlb_flush {
             self.flush_vpid();
@@ -920,7 +925,11 @@ impl VmxVcpu {
                 insn::xsetbv0(host_xcr0);
             }
             b::rkvm_local_irq_enable();
-            insn::fxsave(self.fpu.0.as_mut_ptr());
+            if fpu_mask != 0 {
+                insn::xsave(self.fpu.0.as_mut_ptr(), fpu_mask);
+            } else {
+                insn::fxsave(self.fpu.0.as_mut_ptr());
+            }
             b::rkvm_fpu_end();
             b::rkvm_preempt_enable();
         }
@@ -1768,7 +1777,7 @@ impl BackendVcpu for VmxVcpu {
 
     // The FXSAVE64 image (SDM table 10-2) ⇄ `struct kvm_fpu`.
     fn get_fpu(&mut self, fpu: &mut b::kvm_fpu) -> Result {
-        let fx = &self.fpu.0;
+        let fx = &xsave::legacy(&self.fpu.0);
         let u16_at = |o: usize| u16::from_le_bytes([fx[o], fx[o + 1]]);
         let u64_at = |o: usize| u64::from_le_bytes(fx[o..o + 8].try_into().unwrap_or([0; 8]));
         fpu.fcw = u16_at(0);
@@ -1789,7 +1798,8 @@ impl BackendVcpu for VmxVcpu {
     }
 
     fn set_fpu(&mut self, fpu: &b::kvm_fpu) -> Result {
-        let fx = &mut self.fpu.0;
+        let mut legacy = xsave::legacy(&self.fpu.0);
+        let fx = &mut legacy;
         fx[0..2].copy_from_slice(&fpu.fcw.to_le_bytes());
         fx[2..4].copy_from_slice(&fpu.fsw.to_le_bytes());
         fx[4] = fpu.ftwx;
@@ -1802,6 +1812,7 @@ impl BackendVcpu for VmxVcpu {
         for (i, r) in fpu.xmm.iter().enumerate() {
             fx[160 + 16 * i..176 + 16 * i].copy_from_slice(r);
         }
+        xsave::set_legacy(&mut self.fpu.0, &legacy);
         Ok(())
     }
 
@@ -1843,6 +1854,10 @@ impl BackendVcpu for VmxVcpu {
         Ok(())
     }
 
+    fn cpuid_runtime_state(&mut self) -> Result<(u64, u64)> {
+        self.with_vmcs(|v| (vmcs::read(f::CR4_READ_SHADOW), v.xcr0))
+    }
+
     fn get_msr(&mut self, ctx: &MsrCtx<'_>, index: u32) -> Result<Option<u64>> {
         self.with_vmcs(|v| v.read_msr(ctx, index))
     }
@@ -1876,12 +1891,12 @@ impl BackendVcpu for VmxVcpu {
     }
 
     fn get_xsave(&mut self, area: &mut [u8]) -> Result {
-        xsave::from_fxsave(&self.fpu.0, area);
+        xsave::get(&self.fpu.0, area);
         Ok(())
     }
 
     fn set_xsave(&mut self, area: &[u8]) -> Result {
-        xsave::to_fxsave(area, &mut self.fpu.0).map_err(|_| EINVAL)
+        xsave::set(area, super::global().host.guest_xcr0, &mut self.fpu.0).map_err(|_| EINVAL)
     }
 
     fn translate(&mut self, vm: &crate::vm::Vm, la: u64) -> Result<Option<u64>> {

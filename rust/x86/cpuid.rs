@@ -32,7 +32,7 @@ pub const MAX_EXTENDED: u32 = 0x8000_0008;
 /// What the host gives guests beyond its raw CPUID.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Caps {
-    /// XCR0 bits guests may set (0: no XSAVE for guests).
+    /// XCR0 bits guests may set (0: no XSAVE for guests; at most x87|SSE|AVX).
     pub guest_xcr0: u64,
     /// Guests may execute RDTSCP (the VMX control is on).
     pub rdtscp: bool,
@@ -60,26 +60,36 @@ pub fn has_subleaves(leaf: u32) -> bool {
     matches!(leaf, 4 | 7 | 0xb | 0xd | 0xf | 0x10 | 0x12 | 0x14 | 0x17 | 0x18 | 0x1d | 0x1e | 0x1f | 0x8000_001d)
 }
 
-/// Size of the XSAVE area for the components in `xcr0` (x87 and SSE only: 512 bytes of legacy
-/// area plus the 64-byte header).
-pub fn xsave_size(_xcr0: u64) -> u32 {
-    576
+/// Size of the XSAVE area for the components in `xcr0`: 512 bytes of legacy area plus the
+/// 64-byte header, then AVX's 256 bytes at 576 (the only component beyond x87 and SSE a guest
+/// can have).
+pub fn xsave_size(xcr0: u64) -> u32 {
+    if xcr0 & 4 != 0 {
+        832
+    } else {
+        576
+    }
 }
 
 /// One leaf as guests get it, from the host's raw output (upstream `__do_cpuid_func`'s masks,
-/// for rkvm's VMX backend): no VMX (no nesting), no AVX and what needs it (guests get
-/// XCR0 ⊆ x87|SSE), nothing whose MSRs or exits rkvm does not handle, no Intel PT. The APIC id
-/// and OSXSAVE are left to [`apply_dynamic`] and to userspace.
+/// for rkvm's VMX backend): no VMX (no nesting), AVX (with FMA, F16C, AVX2) only when guests
+/// get XCR0.AVX, no AVX-512 or other XSAVE component beyond x87/SSE/AVX, nothing whose MSRs or
+/// exits rkvm does not handle, no Intel PT. The APIC id and OSXSAVE are left to
+/// [`apply_dynamic`] and to userspace.
 pub fn filter(leaf: u32, sub: u32, raw: [u32; 4], caps: &Caps) -> [u32; 4] {
     let mut r = raw;
     let xsave = caps.guest_xcr0 != 0;
+    let avx = caps.guest_xcr0 & 4 != 0;
     match leaf {
         0 => r[0] = r[0].min(MAX_BASIC),
         1 => {
             r[1] &= 0x0000_ffff; // APIC id and logical CPU count are userspace's to set
-            // VMX, FMA, AVX, F16C; MONITOR, PDCM, x2APIC, TSC deadline; XSAVE and OSXSAVE
-            // (XSAVE and x2APIC added back below).
-            r[2] &= !(1 << 5 | 1 << 12 | 1 << 28 | 1 << 29 | 1 << 3 | 1 << 15 | 1 << 21 | 1 << 24 | 1 << 26 | 1 << 27);
+            // VMX; MONITOR, PDCM, x2APIC, TSC deadline; XSAVE and OSXSAVE (XSAVE and x2APIC
+            // added back below); FMA, AVX, F16C without XCR0.AVX.
+            r[2] &= !(1 << 5 | 1 << 3 | 1 << 15 | 1 << 21 | 1 << 24 | 1 << 26 | 1 << 27);
+            if !avx {
+                r[2] &= !(1 << 12 | 1 << 28 | 1 << 29);
+            }
             if xsave {
                 r[2] |= 1 << 26;
             }
@@ -94,8 +104,11 @@ pub fn filter(leaf: u32, sub: u32, raw: [u32; 4], caps: &Caps) -> [u32; 4] {
         6 => r = [r[0] & (1 << 2), 0, 0, 0],
         7 if sub == 0 => {
             r[0] = r[0].min(1);
-            // PT, AVX2, AVX-512 F/DQ/IFMA/PF/ER/CD/BW/VL.
-            r[1] &= !(1 << 25 | 1 << 5 | 0xdc23_0000);
+            // PT, AVX-512 F/DQ/IFMA/PF/ER/CD/BW/VL; AVX2 without XCR0.AVX.
+            r[1] &= !(1 << 25 | 0xdc23_0000);
+            if !avx {
+                r[1] &= !(1 << 5);
+            }
             // IA32_TSC_ADJUST is emulated in software, with or without the host's (upstream
             // `kvm_set_cpu_caps`: `kvm_cpu_cap_set(X86_FEATURE_TSC_ADJUST)`).
             r[1] |= 1 << 1;
@@ -109,8 +122,14 @@ pub fn filter(leaf: u32, sub: u32, raw: [u32; 4], caps: &Caps) -> [u32; 4] {
         7 => r = [0; 4],
         0xd if !xsave => r = [0; 4],
         0xd if sub == 0 => r = [caps.guest_xcr0 as u32, xsave_size(caps.guest_xcr0), xsave_size(caps.guest_xcr0), 0],
-        // XSAVEOPT, XSAVEC, XGETBV with ECX=1; no XSAVES (no IA32_XSS for guests).
-        0xd if sub == 1 => r = [r[0] & 7, xsave_size(caps.guest_xcr0), 0, 0],
+        // XSAVEOPT, XSAVEC, XGETBV with ECX=1; no XSAVES (no IA32_XSS for guests). The
+        // compacted size only with XSAVEC (upstream: 0 otherwise).
+        0xd if sub == 1 => {
+            let eax = r[0] & 7;
+            r = [eax, if eax & 2 != 0 { xsave_size(caps.guest_xcr0) } else { 0 }, 0, 0]
+        }
+        // A user component guests get (AVX): its size and offset as the host has them.
+        0xd if sub < 64 && caps.guest_xcr0 & (1 << sub) != 0 => r = [r[0], r[1], 0, 0],
         0xd => r = [0; 4],
         // Cache parameters, topology, TSC/crystal and frequency: as the host.
         2 | 3 | 4 | 0xb | 0x15 | 0x16 | 0x1f => {}
@@ -156,6 +175,11 @@ pub fn supported(host: impl Fn(u32, u32) -> [u32; 4], caps: &Caps, mut out: impl
             0xd => {
                 emit(0xd, 0);
                 emit(0xd, 1);
+                for sub in 2..64 {
+                    if caps.guest_xcr0 & (1 << sub) != 0 {
+                        emit(0xd, sub);
+                    }
+                }
             }
             _ => {
                 emit(leaf, 0);
@@ -220,7 +244,18 @@ pub fn apply_dynamic(function: u32, index: u32, r: &mut [u32; 4], cr4: u64, xcr0
         (7, 0) if r[2] & (1 << 3) != 0 => {
             r[2] = (r[2] & !(1 << 4)) | if cr4 & CR4_PKE != 0 { 1 << 4 } else { 0 };
         }
-        (0xd, 0) | (0xd, 1) if r[0] != 0 => r[1] = xsave_size(xcr0),
+        (0xd, 0) => r[1] = xsave_size(xcr0),
+        // With XSAVEC (or XSAVES, never offered): the compacted size, the same here.
+        (0xd, 1) if r[0] & (1 << 1 | 1 << 3) != 0 => r[1] = xsave_size(xcr0),
         _ => {}
+    }
+}
+
+/// The bits of a whole table that follow guest state (upstream `__kvm_update_cpuid_runtime`):
+/// what `KVM_GET_CPUID2` reports, and how `KVM_SET_CPUID2` after the first run compares tables.
+pub fn update_runtime(entries: &mut [Entry], cr4: u64, xcr0: u64) {
+    for e in entries {
+        let index = if e.flags & FLAG_SIGNIFICANT_INDEX != 0 { e.index } else { 0 };
+        apply_dynamic(e.function, index, &mut e.regs, cr4, xcr0);
     }
 }

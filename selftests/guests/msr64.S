@@ -9,7 +9,8 @@
  *  - TSC_AUX written, RDTSCP: r9 = 0xabcd;
  *  - CR4.OSXSAVE set: CPUID.1:ECX.OSXSAVE r10 = 1; XSETBV 3 then XGETBV: r8 = 3;
  *  - #GP (counted in r15 by the guest's handler, which skips rbp bytes): RDMSR of an unknown MSR,
- *    WRMSR of a non-canonical LSTAR, WRMSR of a reserved EFER bit, XSETBV of AVX state: r15 = 4;
+ *    WRMSR of a non-canonical LSTAR, WRMSR of a reserved EFER bit, XSETBV of AVX without SSE:
+ *    r15 = 4;
  *  - debug registers: DR0 written and read back into memory at 0x600, DR7 = 1 reads 0x401 (r11),
  *    DR6 reads its fixed bits 0xffff0ff0 (rax). */
 	.code64
@@ -133,8 +134,8 @@ after_syscall:
 	xor	%edx, %edx
 	wrmsr
 	mov	$3, %ebp
-	xor	%ecx, %ecx		/* AVX state: not for rkvm's guests */
-	mov	$7, %eax
+	xor	%ecx, %ecx		/* AVX without SSE: invalid on any CPU */
+	mov	$5, %eax
 	xor	%edx, %edx
 	xsetbv
 

@@ -143,3 +143,61 @@ fn has_looks_at_the_entry_itself() {
     assert!(has(&t, 7, 1, 1, 1));
     assert!(!has(&[], 1, 0, 2, 5));
 }
+
+#[test]
+fn avx_follows_the_xcr0_guests_get() {
+    let mut v = Vec::new();
+    supported(host, &Caps { guest_xcr0: 7, rdtscp: true, x2apic: true }, |e| v.push(e));
+    let leaf1 = v.iter().find(|e| e.function == 1).unwrap();
+    assert_ne!(leaf1.regs[2] & (1 << 28), 0, "AVX");
+    assert_ne!(leaf1.regs[2] & (1 << 12), 0, "FMA");
+    let l7 = v.iter().find(|e| e.function == 7).unwrap();
+    assert_ne!(l7.regs[1] & (1 << 5), 0, "AVX2");
+    assert_eq!(l7.regs[1] & (1 << 16), 0, "no AVX-512F");
+    let d: Vec<_> = v.iter().filter(|e| e.function == 0xd).collect();
+    assert_eq!(d.len(), 3, "0xd.0, 0xd.1 and AVX's 0xd.2");
+    assert_eq!(d[0].regs, [7, 832, 832, 0]);
+    assert_eq!(d[2].index, 2);
+    assert_eq!(d[2].regs, [256, 576, 0, 0]);
+    // The size follows the guest's XCR0.
+    let mut r = d[0].regs;
+    apply_dynamic(0xd, 0, &mut r, 0, 3);
+    assert_eq!(r[1], 576);
+    apply_dynamic(0xd, 0, &mut r, 0, 7);
+    assert_eq!(r[1], 832);
+    // Without XCR0.AVX none of it.
+    let l = list();
+    let leaf1 = l.iter().find(|e| e.function == 1).unwrap();
+    assert_eq!(leaf1.regs[2] & (1 << 28 | 1 << 12 | 1 << 29), 0);
+    assert!(!l.iter().any(|e| e.function == 0xd && e.index == 2));
+}
+
+#[test]
+fn update_runtime_folds_guest_state_into_a_table() {
+    let mut t = list();
+    let mut t7 = Vec::new();
+    supported(host, &Caps { guest_xcr0: 7, rdtscp: true, x2apic: true }, |e| t7.push(e));
+    update_runtime(&mut t7, 0, 1);
+    let d0 = t7.iter().find(|e| e.function == 0xd && e.index == 0).unwrap();
+    assert_eq!(d0.regs[1], 576, "XCR0 = x87 at RESET");
+    // This host has XSAVEOPT only (no XSAVEC): no compacted size to follow.
+    let d1 = t7.iter().find(|e| e.function == 0xd && e.index == 1).unwrap();
+    assert_eq!(d1.regs, [1, 0, 0, 0]);
+    let mut r = [3, 0, 0, 0];
+    apply_dynamic(0xd, 1, &mut r, 0, 7);
+    assert_eq!(r[1], 832, "with XSAVEC it does");
+    let l1 = t7.iter().find(|e| e.function == 1).unwrap();
+    assert_eq!(l1.regs[2] & (1 << 27), 0);
+    update_runtime(&mut t7, 1 << 18, 7);
+    let d0 = t7.iter().find(|e| e.function == 0xd && e.index == 0).unwrap();
+    assert_eq!(d0.regs[1], 832);
+    let l1 = t7.iter().find(|e| e.function == 1).unwrap();
+    assert_ne!(l1.regs[2] & (1 << 27), 0, "OSXSAVE follows CR4");
+    // A table updated twice with the same state is unchanged the second time.
+    let before = t.clone();
+    update_runtime(&mut t, 0, 1);
+    let once = t.clone();
+    update_runtime(&mut t, 0, 1);
+    assert_eq!(t, once);
+    assert_eq!(t.len(), before.len());
+}
