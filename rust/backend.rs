@@ -172,26 +172,14 @@ pub(crate) trait BackendVcpu: Send {
     fn queue_interrupt(&mut self, _vector: u8) -> Result {
         Err(EINVAL)
     }
-    /// `KVM_GET_LAPIC` (`EINVAL` without an in-kernel LAPIC, as upstream).
-    fn get_lapic(&mut self, _out: &mut [u8; crate::irq::lapic::REG_SIZE]) -> Result {
-        Err(EINVAL)
+    /// The vCPU's in-kernel LAPIC, if the VM has an irqchip: the generic `KVM_GET/SET_LAPIC`
+    /// and `KVM_GET/SET_MP_STATE` (`vcpu.rs`) work on it.
+    fn apic(&mut self) -> Option<&mut crate::irq::VcpuApic> {
+        None
     }
-    /// `KVM_SET_LAPIC`.
-    fn set_lapic(&mut self, _regs: &[u8; crate::irq::lapic::REG_SIZE]) -> Result {
-        Err(EINVAL)
-    }
-    /// `KVM_GET_MP_STATE`: without an in-kernel LAPIC a vCPU is always runnable (HLT exits to
-    /// userspace), as upstream.
-    fn get_mp_state(&mut self) -> u32 {
-        crate::ffi::bindings::KVM_MP_STATE_RUNNABLE
-    }
-    /// `KVM_SET_MP_STATE`.
-    fn set_mp_state(&mut self, s: u32) -> Result {
-        if s == crate::ffi::bindings::KVM_MP_STATE_RUNNABLE {
-            Ok(())
-        } else {
-            Err(EINVAL)
-        }
+    /// `KVM_SET_VCPU_EVENTS`' SIPI vector, used by `KVM_SET_MP_STATE(SIPI_RECEIVED)`.
+    fn sipi_vector(&self) -> u8 {
+        0
     }
     /// `KVM_NMI`: queue an NMI.
     fn queue_nmi(&mut self) -> Result {

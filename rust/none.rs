@@ -53,25 +53,8 @@ struct NoneVcpu {
 }
 
 impl BackendVcpu for NoneVcpu {
-    fn get_lapic(&mut self, out: &mut [u8; crate::irq::lapic::REG_SIZE]) -> Result {
-        self.apic.as_ref().ok_or(EINVAL)?.get_state(out);
-        Ok(())
-    }
-
-    fn set_lapic(&mut self, regs: &[u8; crate::irq::lapic::REG_SIZE]) -> Result {
-        self.apic.as_mut().ok_or(EINVAL)?.set_state(regs)
-    }
-
-    fn get_mp_state(&mut self) -> u32 {
-        self.apic.as_ref().map_or(bindings::KVM_MP_STATE_RUNNABLE, |a| a.mp)
-    }
-
-    fn set_mp_state(&mut self, s: u32) -> Result {
-        match &mut self.apic {
-            Some(a) => a.set_mp_state(s, 0),
-            None if s == bindings::KVM_MP_STATE_RUNNABLE => Ok(()),
-            None => Err(EINVAL),
-        }
+    fn apic(&mut self) -> Option<&mut crate::irq::VcpuApic> {
+        self.apic.as_mut()
     }
 
     fn get_regs(&mut self, regs: &mut bindings::kvm_regs) -> Result {

@@ -80,9 +80,6 @@ pub(crate) struct Vcpu {
     run_page: Page,
     /// The PIO data page (`kvm_run->io.data_offset` points into it).
     pio_page: Page,
-    /// The VM had an in-kernel irqchip when this vCPU was created: it has an in-kernel LAPIC
-    /// (upstream `lapic_in_kernel`).
-    has_apic: bool,
     /// The backend's state, under the vCPU mutex.
     #[pin]
     arch: Mutex<KBox<dyn BackendVcpu>>,
@@ -107,14 +104,12 @@ impl Vcpu {
         apic: Option<crate::irq::VcpuApic>,
     ) -> Result<Arc<Vcpu>> {
         let zeroed = GFP_KERNEL_ACCOUNT | __GFP_ZERO;
-        let has_apic = apic.is_some();
         let arch = backend.create_vcpu(vm, id, apic)?;
         Arc::pin_init(
             try_pin_init!(Vcpu {
                 id,
                 run_page: Page::alloc_page(zeroed)?,
                 pio_page: Page::alloc_page(zeroed)?,
-                has_apic,
                 arch <- kernel::new_mutex!(arch),
                 cpuid <- kernel::new_mutex!(KVec::new()),
                 sigmask <- kernel::new_mutex!(None),
@@ -280,25 +275,32 @@ impl FileKind for VcpuKind {
                 arch.set_xcrs(&x).map(|()| 0)
             }
             // RUNNABLE, or HALTED with an in-kernel LAPIC (INIT/SIPI states are not modelled).
+            // Without an in-kernel LAPIC a vCPU is always runnable (HLT exits to userspace).
             b::KVM_GET_MP_STATE => {
-                write_user(arg, &b::kvm_mp_state { mp_state: arch.get_mp_state() }).map(|()| 0)
+                let mp_state = arch.apic().map_or(b::KVM_MP_STATE_RUNNABLE, |a| a.mp);
+                write_user(arg, &b::kvm_mp_state { mp_state }).map(|()| 0)
             }
+            // Upstream `kvm_arch_vcpu_ioctl_set_mpstate`: only RUNNABLE without one.
             b::KVM_SET_MP_STATE => {
                 let s: b::kvm_mp_state = read_user(arg)?;
-                arch.set_mp_state(s.mp_state).map(|()| 0)
+                let sipi = arch.sipi_vector();
+                match arch.apic() {
+                    Some(a) => a.set_mp_state(s.mp_state, sipi).map(|()| 0),
+                    None if s.mp_state == b::KVM_MP_STATE_RUNNABLE => Ok(0),
+                    None => Err(EINVAL),
+                }
             }
+            // EINVAL without an in-kernel LAPIC, checked first (upstream).
             b::KVM_GET_LAPIC => {
+                let a = arch.apic().ok_or(EINVAL)?;
                 let mut st = b::kvm_lapic_state::default();
-                let regs = lapic_regs(&mut st);
-                arch.get_lapic(regs)?;
+                a.get_state(lapic_regs(&mut st));
                 write_user(arg, &st).map(|()| 0)
             }
             b::KVM_SET_LAPIC => {
-                if !f.vcpu.has_apic {
-                    return Err(EINVAL);
-                }
+                let a = arch.apic().ok_or(EINVAL)?;
                 let mut st: b::kvm_lapic_state = read_user(arg)?;
-                arch.set_lapic(lapic_regs(&mut st)).map(|()| 0)
+                a.set_state(lapic_regs(&mut st)).map(|()| 0)
             }
             // Upstream `kvm_vcpu_ioctl_x86_get_xsave` / `_get_xsave2` / `_set_xsave`: the area is
             // `KVM_CAP_XSAVE2` bytes, which is exactly `struct kvm_xsave` here.
@@ -326,7 +328,7 @@ impl FileKind for VcpuKind {
                     return Err(EINVAL);
                 }
                 // Not with an in-kernel PIC.
-                if f.vcpu.has_apic {
+                if arch.apic().is_some() {
                     return Err(ENXIO);
                 }
                 arch.queue_interrupt(irq.irq as u8).map(|()| 0)
@@ -468,7 +470,7 @@ fn set_regs(arch: &mut dyn BackendVcpu, mut regs: b::kvm_regs) -> Result {
 /// `kvm_apic_set_base` as userspace's: any APIC mode change is allowed).
 fn set_sregs(f: &VcpuFile, arch: &mut dyn BackendVcpu, sregs: &b::kvm_sregs) -> Result {
     let limits = f.vm.backend.limits();
-    let x2apic = cpuid::guest_has_x2apic(&f.vcpu.cpuid.lock(), f.vcpu.has_apic);
+    let x2apic = cpuid::guest_has_x2apic(&f.vcpu.cpuid.lock(), arch.apic().is_some());
     if !limits.sregs_valid(sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer, sregs.cs.l != 0)
         || !limits.apic_base_valid(sregs.apic_base, x2apic)
     {
@@ -583,7 +585,7 @@ fn run(f: &VcpuFile, arch: &mut dyn BackendVcpu) -> Result {
     }
     // Userspace irqchip: TPR comes from kvm_run->cr8, 4 bits (upstream ignores it when the
     // LAPIC is in the kernel: `kvm_arch_vcpu_ioctl_run` → `kvm_set_cr8` only without one).
-    if cr8 > 15 && !f.vcpu.has_apic {
+    if cr8 > 15 && arch.apic().is_none() {
         return Err(EINVAL);
     }
     let sigmask = *f.vcpu.sigmask.lock();

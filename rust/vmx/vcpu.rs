@@ -790,11 +790,10 @@ impl VmxVcpu {
         vmcs::write(f::HOST_GS_BASE, rdmsr(b::MSR_GS_BASE).unwrap_or(0));
 
         let fpu_mask = super::global().host.guest_xcr0;
-        // SAFETY: the FPU section brackets the guest's use of x87/SSE/AVX registers; the user's
-        // state is saved by kernel_fpu_begin and reloaded on return to userspace. Preemption is
-        // off. XCR0 is the host's, which covers `fpu_mask`; the area is aligned, and valid for
-        // XRSTOR (written only by XSAVE, `xsave::reset`, `xsave::set` and
-        // `xsave::set_legacy`, which keep the header and MXCSR valid).
+        // The guest area is aligned and valid for XRSTOR: only XSAVE, `xsave::reset`,
+        // `xsave::set` and `xsave::set_legacy` write it, and they keep header and MXCSR valid.
+        // SAFETY: kernel_fpu_begin saved the user's x87/SSE/AVX state (reloaded on return to
+        // userspace); preemption is off; XCR0 is the host's, covering `fpu_mask`; area as above.
         unsafe {
             b::rkvm_fpu_begin();
             if fpu_mask != 0 {
@@ -1910,34 +1909,18 @@ impl BackendVcpu for VmxVcpu {
         Ok(())
     }
 
-    fn get_lapic(&mut self, out: &mut [u8; lapic::REG_SIZE]) -> Result {
-        self.apic.as_ref().ok_or(EINVAL)?.get_state(out);
-        Ok(())
+    fn apic(&mut self) -> Option<&mut VcpuApic> {
+        self.apic.as_mut()
     }
 
-    fn set_lapic(&mut self, regs: &[u8; lapic::REG_SIZE]) -> Result {
-        self.apic.as_mut().ok_or(EINVAL)?.set_state(regs)
+    fn sipi_vector(&self) -> u8 {
+        self.sipi_vector as u8
     }
 
     /// Upstream `kvm_vcpu_after_set_cpuid`: whether IA32_APIC_BASE.EXTD is writable follows the
     /// new table.
     fn after_set_cpuid(&mut self, table: &[crate::x86::cpuid::Entry]) {
         self.x2apic_cpuid = crate::x86::cpuid::guest_has_x2apic(table, self.apic.is_some());
-    }
-
-    fn get_mp_state(&mut self) -> u32 {
-        self.apic.as_ref().map_or(b::KVM_MP_STATE_RUNNABLE, |a| a.mp)
-    }
-
-    /// Upstream `kvm_arch_vcpu_ioctl_set_mpstate`: without an in-kernel LAPIC only RUNNABLE;
-    /// SIPI_RECEIVED becomes INIT_RECEIVED with a SIPI (of `KVM_SET_VCPU_EVENTS`' vector)
-    /// pending.
-    fn set_mp_state(&mut self, s: u32) -> Result {
-        match &mut self.apic {
-            Some(a) => a.set_mp_state(s, self.sipi_vector as u8),
-            None if s == b::KVM_MP_STATE_RUNNABLE => Ok(()),
-            None => Err(EINVAL),
-        }
     }
 
     fn queue_nmi(&mut self) -> Result {

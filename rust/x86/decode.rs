@@ -195,11 +195,8 @@ pub fn decode(bytes: &[u8], mode: Mode) -> Option<Insn> {
                     if (modrm >> 3) & 7 != 0 {
                         return None;
                     }
-                    let isz = if byte { 1 } else { osize.min(4) } as usize;
-                    let raw = read_le(bytes.get(end..end + isz)?);
-                    // imm32 is sign-extended to 64 bits with REX.W.
-                    let value = if size == 8 { raw as i32 as i64 as u64 } else { raw };
-                    insn(end + isz, Access::WriteImm { value, size })
+                    let (value, len) = imm(bytes, end, size)?;
+                    insn(len, Access::WriteImm { value, size })
                 }
             }
         }
@@ -230,10 +227,8 @@ pub fn decode(bytes: &[u8], mode: Mode) -> Option<Insn> {
                 if (modrm >> 3) & 6 != 0 {
                     return None;
                 }
-                let isz = if byte { 1 } else { osize.min(4) } as usize;
-                let raw = read_le(bytes.get(end..end + isz)?);
-                let value = if size == 8 { raw as i32 as i64 as u64 } else { raw };
-                insn(end + isz, Access::Test { size, src: TestSrc::Imm(value) })
+                let (value, len) = imm(bytes, end, size)?;
+                insn(len, Access::Test { size, src: TestSrc::Imm(value) })
             } else {
                 let (reg, high8) = reg_of(modrm, byte);
                 insn(end, Access::Test { size, src: TestSrc::Reg { reg, high8 } })
@@ -296,6 +291,15 @@ fn modrm_end(bytes: &[u8], at: usize, asize: u8) -> Option<usize> {
     };
     bytes.get(i..i + disp)?;
     Some(i + disp)
+}
+
+/// The immediate at `at` of an instruction with `size`-byte operands (at most 4 bytes: imm32 is
+/// sign-extended to 64 bits with REX.W), and the index just past it.
+fn imm(bytes: &[u8], at: usize, size: u8) -> Option<(u64, usize)> {
+    let isz = usize::from(size.min(4));
+    let raw = read_le(bytes.get(at..at + isz)?);
+    let value = if size == 8 { raw as i32 as i64 as u64 } else { raw };
+    Some((value, at + isz))
 }
 
 fn read_le(b: &[u8]) -> u64 {
