@@ -62,7 +62,7 @@ vm-run: module userspace selftests
 demo: module userspace selftests
 	@$(TOP)/scripts/demo.sh
 
-check: module userspace selftests
+check: module userspace selftests upstream-selftests-build
 	@$(TOP)/scripts/check.sh
 
 bench: module userspace selftests

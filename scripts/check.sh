@@ -7,10 +7,12 @@
 #   bochs  Bochs (emulated VMX + EPT), backend=vmx, 1 and 2 CPUs: the demo guest (must print 4
 #          and KVM_EXIT_HLT), the rust-vmm kvm-ioctls client (rkvm-kvm-ioctls-test), guests in
 #          all four CPU modes and port I/O (vmx_guests), and the selftests against the VMX backend
+#   upstream  the kernel's own KVM selftests in 1-CPU Bochs, on rkvm and on kvm_intel, side by
+#          side (scripts/upstream-selftests.sh; rkvm's results count)
 #
 # Every KTAP "ok"/"not ok" line and every cargo test counts; each VM run also counts as one test
 # of its own (it must boot, run and exit with the expected status, with no kernel splat).
-# Logs: build/check/. CHECK_ONLY=host|qemu|bochs runs one stage.
+# Logs: build/check/. CHECK_ONLY=host|qemu|bochs|upstream runs one stage.
 set -uo pipefail
 . "$(dirname "$0")/env.sh"
 cd "$RKVM_TOP"
@@ -82,6 +84,32 @@ if stage bochs; then
        rkvm-kvm-ioctls-test; /selftests/vmx_guests; /selftests/run_tests; s=\$?; $leak"
     count_ktap "$logs/bochs-vmx-${n}cpu.log" "demo + selftests (Bochs, backend=vmx, $n CPU)"
   done
+fi
+
+if stage upstream; then
+  # The kernel's own KVM selftests (selftests/upstream/list), one 1-CPU Bochs boot: against rkvm
+  # (drop-in /dev/kvm), then against kvm_intel. rkvm's column counts (pass / fail / skip; a test
+  # listed "#~" as unable to run in Bochs counts as skipped); kvm_intel's is printed beside it for
+  # comparison and not counted. The VM run itself is one more test (boots, no splat, no timeout).
+  say "upstream: the kernel's KVM selftests on rkvm and on kvm_intel (one Bochs boot, ~6 min)"
+  t0=$(date +%s)
+  UPSTREAM_MODES="rkvm kvm_intel" scripts/upstream-selftests.sh run > "$logs/upstream.log" 2>&1; rc=$?
+  table=build/upstream-selftests/table.txt
+  if [ "$rc" = 0 ] && [ -f "$table" ] && [ "$table" -nt "$logs" ]; then
+    pass=$((pass + 1)); say "  ok - upstream selftests VM run ($(( $(date +%s) - t0 )) s)"
+    cp "$table" "$logs/upstream-table.txt"
+    grep -v '^#' "$table" | grep -v '^upstream selftests on'
+    read -r p f s < <(sed -n 's/^upstream selftests on rkvm: \([0-9]*\) passed, \([0-9]*\) failed, \([0-9]*\) skipped$/\1 \2 \3/p' "$table")
+    nr=$(sed -n 's/^# (and \([0-9]*\) listed but not run in Bochs on rkvm)$/\1/p' "$table")
+    s=$((s + ${nr:-0}))
+    pass=$((pass + p)); fail=$((fail + f)); skip=$((skip + s))
+    say "  upstream selftests on rkvm: $p passed, $f failed, $s skipped (kvm_intel, same boot:" \
+        "$(sed -n 's/^upstream selftests on kvm_intel: //p' "$table"))"
+    awk -F' *[|] *' '!/^#/ && NF == 3 && $2 ~ /^fail/ { print "    FAIL: upstream " $1 ": " $2 }' "$table" >&2
+  else
+    fail=$((fail + 1)); say "  FAIL - upstream selftests VM run: exit $rc (log: $logs/upstream.log)"
+    tail -25 "$logs/upstream.log" | sed 's/^/    | /' >&2
+  fi
 fi
 
 say "check took $(( $(date +%s) - start ))s; logs in $logs"

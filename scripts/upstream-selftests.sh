@@ -18,7 +18,8 @@
 # `run` knobs (environment): UPSTREAM_TIMEOUT per-test timeout in seconds (default 120),
 # UPSTREAM_VM_TIMEOUT the whole Bochs run (default 1200; a full run takes about 5 minutes),
 # UPSTREAM_TESTS (space-separated names: run only these, in list order), UPSTREAM_MODES (default
-# "rkvm-nosysfs rkvm kvm_intel"; see selftests/upstream/run_upstream).
+# "rkvm-nosysfs rkvm kvm_intel"; see selftests/upstream/run_upstream), UPSTREAM_MEGS the VM's RAM
+# in MiB (default 2048).
 # Output: build/upstream-selftests/{bochs.log,table.txt,logs/MODE/TEST.log}.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
@@ -196,7 +197,8 @@ run() {
   t0=$(date +%s)
   set +e
   # --modargs: rkvm loaded by /init in drop-in mode, so /dev/kvm is rkvm from the start.
-  python3 "$RKVM_TOP/scripts/vm-run.py" --emulator bochs --cpus 1 --modargs 'backend=vmx devname=kvm' \
+  # 2 GiB of RAM: dirty_log_test maps a 1 GiB test region whatever its arguments.
+  RKVM_BOCHS_MEGS=${UPSTREAM_MEGS:-2048} python3 "$RKVM_TOP/scripts/vm-run.py" --emulator bochs --cpus 1 --modargs 'backend=vmx devname=kvm' \
     --timeout "$vmtimeout" --extra "$dir/kvm-selftests.tar.xz" "$RUNNER" "$LIST" \
     --run "run_upstream -t $timeout -l /extra/list -x /extra/kvm-selftests.tar.xz $modes${only:+ -- $only}" \
     2>&1 | tee "$log" | awk -v tot="$n" '

@@ -20,6 +20,7 @@ about legacy topology; that comes before /init and is not ours.)
 Emulators: `qemu` (TCG; no VMX, so only backend=none makes sense there), `bochs` (emulated VMX
 with EPT, model corei7_haswell_4770, or $RKVM_BOCHS_CPU), `vmx` = the fastest VMX-capable choice: QEMU with
 `-accel kvm -cpu host` when this host's /dev/kvm works and the CPU has VMX, else Bochs.
+$RKVM_BOCHS_MEGS sets Bochs' RAM (default 512 MiB).
 $RKVM_CMDLINE_EXTRA is appended to the Bochs kernel command line (for experiments, e.g.
 `clearcpuid=monitor`).
 """
@@ -183,7 +184,7 @@ def bochs_cmd(kdir, img, args, work):
     serial = os.path.join(work, "serial.out")
     rc = os.path.join(work, "bochsrc")
     with open(rc, "w") as f:
-        f.write(f"""megs: 512
+        f.write(f"""megs: {os.environ.get("RKVM_BOCHS_MEGS", "512")}
 cpu: model={os.environ.get("RKVM_BOCHS_CPU", BOCHS_CPU)}, count={args.cpus}, ips=50000000
 romimage: file=/usr/share/bochs/BIOS-bochs-latest
 vgaromimage: file=/usr/share/bochs/VGABIOS-lgpl-latest

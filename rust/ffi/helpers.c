@@ -264,6 +264,11 @@ void *rkvm_phys_to_virt(u64 pa)
 	return __va(pa);
 }
 
+struct page *rkvm_phys_to_page(u64 pa)
+{
+	return pfn_to_page(PHYS_PFN(pa));
+}
+
 struct page *rkvm_pin_user_page(unsigned long hva, bool write)
 {
 	struct page *page;

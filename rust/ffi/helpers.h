@@ -86,6 +86,7 @@ void rkvm_cpuhp_remove(int state);
 u64 rkvm_virt_to_phys(void *addr);
 u64 rkvm_page_to_phys(struct page *page);
 void *rkvm_phys_to_virt(u64 pa);
+struct page *rkvm_phys_to_page(u64 pa);
 
 /* Pin one page of the current process for a guest mapping (FOLL_LONGTERM, optionally writable). */
 struct page *rkvm_pin_user_page(unsigned long hva, bool write);

@@ -6,6 +6,13 @@
 //! it cannot be freed or migrated under the guest; deleting or moving a slot clears its entries,
 //! flushes every CPU's EPT-derived translations (INVEPT on all CPUs), then unpins.
 //!
+//! The tables themselves are the record of what is pinned: a present leaf holds the physical
+//! address of a page pinned once by `map`. There is no side list (a 1 GiB slot has 2^18 leaves;
+//! one flat array of them outgrew kmalloc's largest size and WARNed), so unmapping walks the
+//! tables over the slot's range, skipping absent subtrees (`Tables::for_each_leaf`). In between
+//! the two passes of `unmap_slot` a leaf may hold an address with no access bits: "cleared but
+//! still pinned", invisible to the CPU and never seen outside the lock.
+//!
 //! Dirty logging write-protects leaves: a present leaf without the write bit faults on a guest
 //! write, and the fault handler (`Vm::fault_in`) logs the page and sets the bit again. Clearing
 //! the bit needs a flush (`flush_remote_tlbs`); setting it does not: a CPU that still holds the
@@ -44,22 +51,21 @@ fn index(gfn: u64, level: u32) -> usize {
     ((gfn >> (9 * (level - 1))) & 511) as usize
 }
 
-/// A pinned user page mapped into the guest.
-struct Pinned {
-    gfn: u64,
-    page: *mut b::page,
-}
+/// The guest frames one 4-level EPT can map (48-bit guest-physical addresses).
+const GFN_LIMIT: u64 = 1 << 36;
 
+/// The EPT tables of one VM.
+///
+/// Invariant: every leaf with a non-zero address field holds a reference on that page taken by
+/// `rkvm_pin_user_page` in `map`, dropped exactly once when the leaf is zeroed.
 struct Tables {
     root: Page,
     /// Every non-root table, freed with the VM.
     tables: KVec<Page>,
-    /// Mapped pages, unpinned when unmapped.
-    pinned: KVec<Pinned>,
 }
 
-// SAFETY: the raw page pointers are references we hold through pinning; they may be released
-// from any thread.
+// SAFETY: the tables hold physical addresses of pages pinned by us (see the invariant); such a
+// pin may be released from any thread.
 unsafe impl Send for Tables {}
 
 /// The VMX part of a VM: its EPT.
@@ -83,7 +89,7 @@ impl VmxVm {
         KBox::pin_init(
             pin_init!(VmxVm {
                 eptp,
-                t <- kernel::new_mutex!(Tables { root, tables: KVec::new(), pinned: KVec::new() }),
+                t <- kernel::new_mutex!(Tables { root, tables: KVec::new() }),
             }),
             GFP_KERNEL_ACCOUNT,
         )
@@ -150,12 +156,62 @@ impl Tables {
         Some(unsafe { entries(table).add(index(gfn, 1)) })
     }
 
-    /// Clears the leaf for `gfn` if present (tables are kept).
-    fn clear(&mut self, gfn: u64) {
-        if let Some(e) = self.lookup(gfn) {
-            // SAFETY: leaf entry of our page table (`&mut self`: the lock is held).
-            unsafe { e.write(0) };
+    /// Calls `f(entry)` for every leaf entry with a non-zero value mapping a frame in
+    /// `start..end`, skipping subtrees whose table is absent.
+    fn for_each_leaf(&mut self, start: u64, end: u64, f: &mut dyn FnMut(*mut u64)) {
+        let root = page_pa(&self.root);
+        walk(root, 4, 0, start, end.min(GFN_LIMIT), f);
+
+        /// One table at `level` whose first entry maps frame `base`.
+        fn walk(table: u64, level: u32, base: u64, start: u64, end: u64, f: &mut dyn FnMut(*mut u64)) {
+            let shift = 9 * (level - 1);
+            let first = if start > base { ((start - base) >> shift) as usize } else { 0 };
+            for i in first..512 {
+                let gfn = base + ((i as u64) << shift);
+                if gfn >= end {
+                    break;
+                }
+                // SAFETY: `table` is one of our table pages (reached from the root through
+                // present entries, lock held by the caller's `&mut Tables`); i < 512.
+                let e = unsafe { entries(table).add(i) };
+                // SAFETY: as above.
+                let v = unsafe { e.read() };
+                if level == 1 {
+                    if v != 0 {
+                        f(e);
+                    }
+                } else if v & RWX != 0 {
+                    walk(v & ADDR_MASK, level - 1, gfn, start, end, f);
+                }
+            }
         }
+    }
+
+    /// Zeroes the leaves in `start..end` and unpins their pages; returns whether there were any.
+    /// With `flush`, the CPUs' cached translations are dropped in between (`flush` runs only if
+    /// some leaf was present), so no CPU can still reach a page once it is released.
+    fn unmap_range(&mut self, start: u64, end: u64, flush: &dyn Fn()) -> bool {
+        let mut any = false;
+        // First pass: make the leaves non-present, keeping the address (still pinned).
+        self.for_each_leaf(start, end, &mut |e| {
+            // SAFETY: a leaf entry of our tables (lock held).
+            unsafe { e.write(e.read() & ADDR_MASK) };
+            any = true;
+        });
+        if !any {
+            return false;
+        }
+        flush();
+        self.for_each_leaf(start, end, &mut |e| {
+            // SAFETY: a leaf entry of our tables (lock held); by the invariant its address is a
+            // page pinned by `map`, no longer mapped and flushed from every CPU: unpin it once
+            // and zero the entry.
+            unsafe {
+                b::rkvm_unpin_user_page(b::rkvm_phys_to_page(e.read() & ADDR_MASK));
+                e.write(0);
+            }
+        });
+        true
     }
 
     /// Clears the write bit of the leaf for `gfn`; returns whether it was set.
@@ -206,14 +262,9 @@ impl BackendVm for VmxVm {
         if page.is_null() {
             return Err(EFAULT);
         }
-        if let Err(e) = t.pinned.push(Pinned { gfn, page }, GFP_KERNEL_ACCOUNT) {
-            // SAFETY: we pinned it just above and have not published it.
-            unsafe { b::rkvm_unpin_user_page(page) };
-            return Err(e.into());
-        }
         // SAFETY: `page` is pinned, so it is a live struct page.
         let hpa = unsafe { b::rkvm_page_to_phys(page) };
-        // SAFETY: `leaf` is our table entry (lock held).
+        // SAFETY: `leaf` is our table entry (lock held); the leaf now holds the pin (invariant).
         unsafe { leaf.write(hpa | MT_WB | if writable { RWX } else { RX }) };
         Ok(())
     }
@@ -232,15 +283,17 @@ impl BackendVm for VmxVm {
 
     fn write_protect_slot(&self, slot: &Memslot) -> bool {
         let mut t = self.t.lock();
-        let (base, end) = (slot.base_gfn, slot.end_gfn());
         let mut changed = false;
-        // Every present leaf has its page in `pinned`.
-        for i in 0..t.pinned.len() {
-            let gfn = t.pinned[i].gfn;
-            if gfn >= base && gfn < end {
-                changed |= t.write_protect(gfn);
+        t.for_each_leaf(slot.base_gfn, slot.end_gfn(), &mut |e| {
+            // SAFETY: a present leaf entry of our tables (lock held).
+            unsafe {
+                let v = e.read();
+                if v & W != 0 {
+                    e.write(v & !W);
+                    changed = true;
+                }
             }
-        }
+        });
         changed
     }
 
@@ -250,34 +303,7 @@ impl BackendVm for VmxVm {
 
     fn unmap_slot(&self, slot: &Memslot) {
         let mut t = self.t.lock();
-        let (base, end) = (slot.base_gfn, slot.end_gfn());
-        let mut any = false;
-        for i in 0..t.pinned.len() {
-            let gfn = t.pinned[i].gfn;
-            if gfn >= base && gfn < end {
-                t.clear(gfn);
-                any = true;
-            }
-        }
-        if !any {
-            return;
-        }
-        // No CPU may use the old translations once the pages are released.
-        self.flush_all_cpus();
-        let mut i = 0;
-        while i < t.pinned.len() {
-            let p = &t.pinned[i];
-            if p.gfn >= base && p.gfn < end {
-                // SAFETY: the page was pinned by `map`, its mapping is gone and flushed.
-                unsafe { b::rkvm_unpin_user_page(p.page) };
-                let last = t.pinned.len() - 1;
-                t.pinned.as_mut_slice().swap(i, last);
-                // SAFETY: drops the (plain-data) last element by shrinking.
-                unsafe { t.pinned.set_len(last) };
-            } else {
-                i += 1;
-            }
-        }
+        t.unmap_range(slot.base_gfn, slot.end_gfn(), &|| self.flush_all_cpus());
     }
 }
 
@@ -287,10 +313,6 @@ impl PinnedDrop for VmxVm {
         // No vCPU of this VM exists any more; drop cached translations before the tables and
         // pages can be reused.
         self.flush_all_cpus();
-        let t = self.t.lock();
-        for p in t.pinned.iter() {
-            // SAFETY: pinned by `map`, unmapped and flushed.
-            unsafe { b::rkvm_unpin_user_page(p.page) };
-        }
+        self.t.lock().unmap_range(0, GFN_LIMIT, &|| {});
     }
 }
