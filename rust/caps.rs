@@ -52,7 +52,12 @@ pub(crate) fn check_extension(backend: &dyn Backend, cap: usize) -> isize {
         // KVM_SET_NR_MMU_PAGES (accepted; EPT has no shadow-page cache to bound).
         | b::KVM_CAP_MMU_SHADOW_CACHE_CONTROL
         // KVM_GET_STATS_FD on VM and vCPU fds.
-        | b::KVM_CAP_BINARY_STATS_FD => 1,
+        | b::KVM_CAP_BINARY_STATS_FD
+        // KVM_IOEVENTFD on MMIO and PIO, lengths 1, 2, 4, 8 and 0 (any length). Upstream:
+        // IOEVENTFD and IOEVENTFD_NO_LENGTH from x86, IOEVENTFD_ANY_LENGTH from the generic code.
+        | b::KVM_CAP_IOEVENTFD
+        | b::KVM_CAP_IOEVENTFD_NO_LENGTH
+        | b::KVM_CAP_IOEVENTFD_ANY_LENGTH => 1,
         // KVM_CLEAR_DIRTY_LOG, and KVM_ENABLE_CAP with these options (upstream
         // kvm_vm_ioctl_check_extension_generic: KVM_DIRTY_LOG_MANUAL_CAPS).
         b::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 => crate::dirty::MANUAL_CAPS as isize,

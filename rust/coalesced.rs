@@ -7,8 +7,11 @@
 //! `KVM_COALESCED_MMIO_MAX` entries. One entry always stays free, so `first == last` means
 //! empty; a write that finds the ring full exits to userspace as usual.
 //!
+//! Zones are devices on the VM's MMIO and PIO buses, next to the ioeventfds, in upstream's order
+//! (`iobus.rs`; a bus holds at most `NR_IOBUS_DEVS` of them, per bus as upstream).
+//!
 //! Pure logic: no kernel dependency, tested on the host (`rust/tests`). The kernel half (the
-//! ring page, the lock) is in `vm.rs`.
+//! ring page and its lock) is in `vm.rs`, the buses in `ioeventfd.rs`.
 
 /// A registered zone (`struct kvm_coalesced_mmio_zone`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,9 +21,6 @@ pub struct Zone {
     /// A port-I/O zone (`KVM_CAP_COALESCED_PIO`), else MMIO.
     pub pio: bool,
 }
-
-/// Most zones a VM may register (upstream: `NR_IOBUS_DEVS`, the I/O bus size): `ENOSPC` beyond.
-pub const MAX_ZONES: usize = 1000;
 
 impl Zone {
     /// Whether an access of `len` bytes at `addr` lies wholly inside the zone (upstream

@@ -10,7 +10,9 @@
 //! `kvm->slots_lock` (memory slots, their dirty bitmaps). The vCPUs' EPT fault handler takes
 //! `slots` too (upstream: SRCU and `mmu_lock`), so a dirty-log ioctl, which holds it from its
 //! first look at the bitmap until the pages it cleared are write-protected and flushed, is atomic
-//! with respect to every logged write.
+//! with respect to every logged write. The MMIO/PIO buses (coalesced zones, ioeventfds) have
+//! their own writer lock and SRCU domain (`ioeventfd.rs`), so the exit path never waits on a
+//! writer.
 
 use crate::backend::{Backend, BackendVm};
 use crate::caps;
@@ -20,6 +22,8 @@ use crate::ffi::fileops::{self, FileKind, Fops};
 use crate::ffi::uapi::{read_user, read_user_words, write_user, write_user_words};
 use crate::irq::{Irqchip, VcpuApic};
 use crate::coalesced;
+use crate::iobus::Bus;
+use crate::ioeventfd::IoBuses;
 use crate::stats;
 use crate::statsfd::{Counters, StatsFile};
 use crate::memslot::{self, GfnRange, Memslot, Memslots, SlotError, SlotVec};
@@ -131,11 +135,13 @@ pub(crate) struct Vm {
     /// The coalesced MMIO/PIO ring (`struct kvm_coalesced_mmio_ring`), mapped by userspace from
     /// every vCPU fd at `KVM_COALESCED_MMIO_PAGE_OFFSET` (upstream `kvm->coalesced_mmio_ring`).
     ring_page: Page,
-    /// The registered zones; also serialises writers of the ring (upstream `kvm->ring_lock`).
+    /// Serialises writers of the ring (upstream `kvm->ring_lock`). A spinlock: taken on the
+    /// exit path inside the buses' SRCU read section, which writers of the buses wait for.
     #[pin]
-    coalesced: Mutex<KVec<coalesced::Zone>>,
-    /// Some zone is registered: writes outside zones skip the lock.
-    has_zones: AtomicBool,
+    ring_lock: SpinLock<()>,
+    /// The MMIO and PIO buses: coalesced zones and ioeventfds (upstream `kvm->buses`).
+    #[pin]
+    buses: IoBuses,
     /// The creating process's pid, for the stats id "kvm-<pid>" (upstream `kvm->stats_id`).
     pub(crate) creator_pid: i32,
     /// VM statistics (`stats::VM`); the counted ones are bumped under the slots lock.
@@ -191,8 +197,8 @@ pub(crate) fn create(backend: &Arc<dyn Backend>, vm_type: usize) -> Result<i32> 
                 manual_protect: 0,
             }),
             ring_page: Page::alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO)?,
-            coalesced <- kernel::new_mutex!(KVec::new()),
-            has_zones: AtomicBool::new(false),
+            ring_lock <- kernel::new_spinlock!(()),
+            buses <- IoBuses::new(),
             creator_pid: kernel::current!().pid(),
             stats: Counters::new(),
             tsc <- kernel::new_spinlock!(TscSync::default()),
@@ -286,6 +292,10 @@ impl Vm {
                 let pio = coalesced::pio_flag(raw).ok_or(EINVAL)?;
                 let zone = coalesced::Zone { addr: z.addr, size: z.size, pio };
                 vm.coalesced_zone(zone, cmd == b::KVM_REGISTER_COALESCED_MMIO).map(|()| 0)
+            }
+            b::KVM_IOEVENTFD => {
+                let args: b::kvm_ioeventfd = read_user(arg)?;
+                vm.buses.ioeventfd(&args).map(|()| 0)
             }
             b::KVM_GET_STATS_FD => crate::statsfd::create_fd(StatsFile::Vm(vm.into())).map(|fd| fd as isize),
             b::KVM_ENABLE_CAP => {
@@ -556,39 +566,29 @@ impl Vm {
         Ok(())
     }
 
-    /// `KVM_(UN)REGISTER_COALESCED_MMIO` (upstream `kvm_vm_ioctl_(un)register_coalesced_mmio`).
+    /// `KVM_(UN)REGISTER_COALESCED_MMIO` (upstream `kvm_vm_ioctl_(un)register_coalesced_mmio`):
+    /// zones are devices on the MMIO or PIO bus.
     fn coalesced_zone(&self, zone: coalesced::Zone, register: bool) -> Result {
-        let mut zones = self.coalesced.lock();
         if register {
-            if zones.len() >= coalesced::MAX_ZONES {
-                return Err(ENOSPC);
-            }
-            zones.push(zone, GFP_KERNEL_ACCOUNT)?;
+            self.buses.register_zone(&zone)
         } else {
-            let mut i = 0;
-            while i < zones.len() {
-                if coalesced::keep_after_unregister(&zones[i], &zone) {
-                    i += 1;
-                } else {
-                    let _ = SlotVec::remove(&mut *zones, i);
-                }
-            }
+            self.buses.unregister_zones(&zone)
         }
-        self.has_zones.store(!zones.is_empty(), Ordering::Relaxed);
-        Ok(())
     }
 
-    /// A guest write of `len` (at most 8) bytes of `data` at `addr` (a port if `pio`): appended
-    /// to the coalesced ring if a zone covers it and the ring has room, and then the guest goes
-    /// on without an exit (upstream `coalesced_mmio_write`).
-    pub(crate) fn coalesced_write(&self, addr: u64, len: u32, data: u64, pio: bool) -> bool {
-        if !self.has_zones.load(Ordering::Relaxed) {
-            return false;
-        }
-        let zones = self.coalesced.lock();
-        if !zones.iter().any(|z| z.pio == pio && z.contains(addr, len)) {
-            return false;
-        }
+    /// A guest write of `len` (at most 8) bytes of `data` at `addr` (a port if `pio`) that no
+    /// in-kernel device took: offered to the coalesced zones and ioeventfds on the bus, in
+    /// upstream's order (`kvm_io_bus_write` on `KVM_MMIO_BUS` / `KVM_PIO_BUS`). Returns whether
+    /// one took it; the guest then goes on without an exit.
+    pub(crate) fn io_write(&self, addr: u64, len: u32, data: u64, pio: bool) -> bool {
+        let bus = if pio { Bus::Pio } else { Bus::Mmio };
+        self.buses.write(bus, addr, len, data, || self.coalesced_append(addr, len, data, pio))
+    }
+
+    /// Appends a write to the coalesced ring if it has room (upstream `coalesced_mmio_write`,
+    /// once its zone matched).
+    fn coalesced_append(&self, addr: u64, len: u32, data: u64, pio: bool) -> bool {
+        let _ring = self.ring_lock.lock();
         let max = b::KVM_COALESCED_MMIO_MAX as u32;
         let ring = self.ring();
         // SAFETY: `ring` is the VM's ring page, live as long as `self`; userspace writes
@@ -608,7 +608,7 @@ impl Vm {
         };
         // SAFETY: `at < KVM_COALESCED_MMIO_MAX`, the number of entries that fit in the page
         // after the header; the entry is written before `last` moves past it (release
-        // ordering below), and writers are serialised by `coalesced`.
+        // ordering below), and writers are serialised by `ring_lock`.
         unsafe {
             let entries = core::ptr::addr_of_mut!((*ring).__bindgen_anon_1.coalesced_mmio).cast::<b::kvm_coalesced_mmio>();
             entries.add(at as usize).write_volatile(entry);

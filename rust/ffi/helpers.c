@@ -457,3 +457,60 @@ int rkvm_anon_inode_getfd_pread(const char *name, const struct file_operations *
 	fd_install(fd, file);
 	return fd;
 }
+
+/* --- ioeventfd and the I/O buses (rust/ioeventfd.rs) -------------------------------------------- */
+
+#include <linux/eventfd.h>
+#include <linux/srcu.h>
+
+int rkvm_eventfd_ctx_fdget(int fd, struct eventfd_ctx **ctx)
+{
+	struct eventfd_ctx *e = eventfd_ctx_fdget(fd);
+
+	if (IS_ERR(e))
+		return PTR_ERR(e);
+	*ctx = e;
+	return 0;
+}
+
+void rkvm_eventfd_ctx_put(struct eventfd_ctx *ctx)
+{
+	eventfd_ctx_put(ctx);
+}
+
+void rkvm_eventfd_signal(struct eventfd_ctx *ctx)
+{
+	eventfd_signal(ctx);
+}
+
+struct srcu_struct *rkvm_srcu_alloc(void)
+{
+	struct srcu_struct *s = kzalloc(sizeof(*s), GFP_KERNEL_ACCOUNT);
+
+	if (s && init_srcu_struct(s)) {
+		kfree(s);
+		s = NULL;
+	}
+	return s;
+}
+
+void rkvm_srcu_free(struct srcu_struct *s)
+{
+	cleanup_srcu_struct(s);
+	kfree(s);
+}
+
+int rkvm_srcu_read_lock(struct srcu_struct *s)
+{
+	return srcu_read_lock(s);
+}
+
+void rkvm_srcu_read_unlock(struct srcu_struct *s, int idx)
+{
+	srcu_read_unlock(s, idx);
+}
+
+void rkvm_synchronize_srcu(struct srcu_struct *s)
+{
+	synchronize_srcu_expedited(s);
+}

@@ -138,4 +138,24 @@ bool rkvm_kick_timer_fired(struct rkvm_kick *k);
 /* CLOCK_MONOTONIC now, in ns. */
 u64 rkvm_ktime_ns(void);
 
+/* --- for ioeventfds and the I/O buses (rust/ioeventfd.rs) ------------------------------------- */
+
+/* An eventfd's context from a file descriptor (a reference, dropped with rkvm_eventfd_ctx_put):
+ * 0, or -EBADF (no such fd) or -EINVAL (not an eventfd), as eventfd_ctx_fdget. */
+struct eventfd_ctx;
+int rkvm_eventfd_ctx_fdget(int fd, struct eventfd_ctx **ctx);
+void rkvm_eventfd_ctx_put(struct eventfd_ctx *ctx);
+/* Adds 1 to the eventfd's counter and wakes its readers (eventfd_signal; never sleeps). */
+void rkvm_eventfd_signal(struct eventfd_ctx *ctx);
+
+/* A sleepable-RCU domain (upstream kvm->srcu): allocated and initialised, or NULL. */
+struct srcu_struct;
+struct srcu_struct *rkvm_srcu_alloc(void);
+/* Frees it; no reader may be left, no grace period pending. */
+void rkvm_srcu_free(struct srcu_struct *s);
+int rkvm_srcu_read_lock(struct srcu_struct *s);
+void rkvm_srcu_read_unlock(struct srcu_struct *s, int idx);
+/* Waits until every reader that started before the call has left (synchronize_srcu_expedited). */
+void rkvm_synchronize_srcu(struct srcu_struct *s);
+
 #endif

@@ -51,6 +51,7 @@ plain_old_data!(
     kvm_pre_fault_memory,
     kvm_dirty_log,
     kvm_clear_dirty_log,
+    kvm_ioeventfd,
 );
 
 /// Copies `n` `T`s in from the user array at `arg` (`EFAULT` if it cannot be read).

@@ -1456,7 +1456,8 @@ impl VmxVcpu {
                 return Ok(Next::Resume);
             }
         }
-        if is_write && ctx.vm.coalesced_write(e.gpa, size.into(), value, false) {
+        // Coalesced zones and ioeventfds (upstream: the rest of `vcpu_mmio_write`'s MMIO bus).
+        if is_write && ctx.vm.io_write(e.gpa, size.into(), value, false) {
             self.with_vmcs(|v| v.finish_mmio(insn.access, insn.len, [0; 8]))?;
             return Ok(Next::Resume);
         }
@@ -1670,7 +1671,8 @@ impl VmxVcpu {
                 return Ok(Next::Resume);
             }
         }
-        if !is_in && ctx.vm.coalesced_write(port.into(), size, self.regs.gpr[RAX], true) {
+        // Coalesced zones and ioeventfds (upstream: the rest of `kernel_pio`'s PIO bus).
+        if !is_in && ctx.vm.io_write(port.into(), size, self.regs.gpr[RAX], true) {
             self.with_vmcs(|v| v.skip_instruction(e.instr_len))?;
             return Ok(Next::Resume);
         }

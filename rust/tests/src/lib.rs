@@ -5,6 +5,9 @@
 
 #[path = "../../coalesced.rs"]
 pub mod coalesced;
+/// I/O buses: coalesced zones and ioeventfds in upstream's order.
+#[path = "../../iobus.rs"]
+pub mod iobus;
 #[path = "../../memslot.rs"]
 pub mod memslot;
 /// Dirty page logging rules.
@@ -43,6 +46,8 @@ mod decode_tests;
 mod dirty_tests;
 #[cfg(test)]
 mod events_tests;
+#[cfg(test)]
+mod iobus_tests;
 #[cfg(test)]
 mod ioapic_tests;
 #[cfg(test)]
