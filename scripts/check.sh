@@ -95,8 +95,14 @@ if stage upstream; then
   t0=$(date +%s)
   UPSTREAM_MODES="rkvm kvm_intel" scripts/upstream-selftests.sh run > "$logs/upstream.log" 2>&1; rc=$?
   table=build/upstream-selftests/table.txt
-  if [ "$rc" = 0 ] && [ -f "$table" ] && [ "$table" -nt "$logs" ]; then
+  if [ "$rc" = 0 ]; then
     pass=$((pass + 1)); say "  ok - upstream selftests VM run ($(( $(date +%s) - t0 )) s)"
+  else
+    fail=$((fail + 1)); say "  FAIL - upstream selftests VM run: exit $rc (log: $logs/upstream.log)"
+    tail -25 "$logs/upstream.log" | sed 's/^/    | /' >&2
+  fi
+  # The table is written even when the VM run failed: a test the VM stopped in counts as failed.
+  if [ -f "$table" ] && [ "$table" -nt "$logs" ]; then
     cp "$table" "$logs/upstream-table.txt"
     grep -v '^#' "$table" | grep -v '^upstream selftests on'
     read -r p f s < <(sed -n 's/^upstream selftests on rkvm: \([0-9]*\) passed, \([0-9]*\) failed, \([0-9]*\) skipped$/\1 \2 \3/p' "$table")
@@ -106,9 +112,6 @@ if stage upstream; then
     say "  upstream selftests on rkvm: $p passed, $f failed, $s skipped (kvm_intel, same boot:" \
         "$(sed -n 's/^upstream selftests on kvm_intel: //p' "$table"))"
     awk -F' *[|] *' '!/^#/ && NF == 3 && $2 ~ /^fail/ { print "    FAIL: upstream " $1 ": " $2 }' "$table" >&2
-  else
-    fail=$((fail + 1)); say "  FAIL - upstream selftests VM run: exit $rc (log: $logs/upstream.log)"
-    tail -25 "$logs/upstream.log" | sed 's/^/    | /' >&2
   fi
 fi
 
