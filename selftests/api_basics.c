@@ -89,6 +89,9 @@ static const struct { int cap; long want; } caps[] = {
 	  KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET },
 	{ KVM_CAP_SET_BOOT_CPU_ID, 1 },
 	{ KVM_CAP_X86_APIC_BUS_CYCLES_NS, 1 },
+	{ KVM_CAP_X86_USER_SPACE_MSR, 1 },
+	{ KVM_CAP_X86_MSR_FILTER, 1 },
+	{ KVM_CAP_MCE, 32 },
 };
 
 /* Caps only the VMX backend reports (the Bochs models have XSAVE, so XCRS is 1 there). */
