@@ -204,9 +204,10 @@ pub(crate) trait BackendVcpu: Send {
         Ok(false)
     }
     /// The vCPU's machine-check state (upstream `vcpu->arch.mcg_cap` and the banks), which
-    /// `KVM_X86_SETUP_MCE`, `KVM_X86_SET_MCE` and the machine-check MSRs work on.
-    fn mce(&mut self) -> Option<&mut crate::x86::mce::Mce> {
-        None
+    /// `KVM_X86_SETUP_MCE`, `KVM_X86_SET_MCE` and the machine-check MSRs work on (a backend
+    /// may allocate it on first use: `ENOMEM`).
+    fn mce(&mut self) -> Result<&mut crate::x86::mce::Mce> {
+        Err(EINVAL)
     }
     /// `KVM_X86_SET_MCE` raised a machine check: queue #MC for the next entry (upstream
     /// `kvm_queue_exception(vcpu, MC_VECTOR)`).

@@ -60,8 +60,8 @@ impl BackendVcpu for NoneVcpu {
         self.apic.as_mut()
     }
 
-    fn mce(&mut self) -> Option<&mut crate::x86::mce::Mce> {
-        Some(&mut self.mce)
+    fn mce(&mut self) -> Result<&mut crate::x86::mce::Mce> {
+        Ok(&mut self.mce)
     }
 
     /// No guest ever runs to take it: the #MC is dropped (the bank keeps the error).

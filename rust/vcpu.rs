@@ -526,7 +526,7 @@ fn set_sregs(f: &VcpuFile, arch: &mut dyn BackendVcpu, sregs: &b::kvm_sregs) -> 
 /// CMCI entry with `MCG_CMCI_P` (`kvm_apic_after_set_mcg_cap`) and, with the VMX backend, the
 /// guest may enable LMCE in IA32_FEATURE_CONTROL with `MCG_LMCE_P` (`vmx_setup_mce`).
 fn setup_mce(arch: &mut dyn BackendVcpu, mcg_cap: u64) -> Result {
-    arch.mce().ok_or(EINVAL)?.setup(mcg_cap).map_err(|()| EINVAL)?;
+    arch.mce()?.setup(mcg_cap).map_err(|()| EINVAL)?;
     if let Some(a) = arch.apic() {
         a.lapic.set_cmci(mcg_cap & mce::MCG_CMCI_P != 0);
     }
@@ -542,7 +542,7 @@ fn set_mce(arch: &mut dyn BackendVcpu, m: &b::kvm_x86_mce) -> Result {
     let mut sregs = b::kvm_sregs::default();
     arch.get_sregs(&mut sregs)?;
     let e = mce::Event { status: m.status, addr: m.addr, misc: m.misc, mcg_status: m.mcg_status, bank: m.bank };
-    let outcome = arch.mce().ok_or(EINVAL)?.inject(&e, sregs.cr4 & mce::CR4_MCE != 0).map_err(|()| EINVAL)?;
+    let outcome = arch.mce()?.inject(&e, sregs.cr4 & mce::CR4_MCE != 0).map_err(|()| EINVAL)?;
     match outcome {
         mce::Outcome::Done => Ok(()),
         mce::Outcome::MachineCheck => arch.queue_machine_check(),

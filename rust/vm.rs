@@ -481,6 +481,7 @@ impl Vm {
     }
 
     /// The MSR filter's generation (changes with every `KVM_X86_SET_MSR_FILTER`).
+    #[inline]
     pub(crate) fn msr_filter_gen(&self) -> u32 {
         self.msr_filter_gen.load(Ordering::Acquire)
     }

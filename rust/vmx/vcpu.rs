@@ -214,8 +214,10 @@ pub(crate) struct VmxVcpu {
     /// moved to another CPU (which may hold stale ones from an earlier visit), or rkvm changed
     /// guest paging state on the guest's behalf (emulated CR0/CR4 writes, KVM_SET_SREGS).
     tlb_flush: bool,
-    /// Machine-check state (`x86/mce.rs`; boxed: 1.2 KiB).
-    mce: KBox<Mce>,
+    /// Machine-check state (`x86/mce.rs`), allocated (1.3 KiB) the first time anything changes
+    /// it (`KVM_X86_SETUP_MCE`, `KVM_X86_SET_MCE`, a write of a machine-check MSR); until then
+    /// it is `mce::RESET`.
+    mce: Option<KBox<Mce>>,
     /// `KVM_X86_SET_MCE` found the guest unable to take #MC: the next `KVM_RUN` returns
     /// `KVM_EXIT_SHUTDOWN` (upstream `KVM_REQ_TRIPLE_FAULT`).
     shutdown_pending: bool,
@@ -342,7 +344,7 @@ impl VmxVcpu {
             entry_info_valid: false,
             proc_ctls: config.proc,
             sipi_vector: 0,
-            mce: KBox::new(Mce::default(), GFP_KERNEL_ACCOUNT)?,
+            mce: None,
             shutdown_pending: false,
             msr_filter: None,
             msr_filter_gen: 0,
@@ -1082,6 +1084,9 @@ impl VmxVcpu {
         let data = (self.regs.gpr[RDX] << 32) | (self.regs.gpr[RAX] & 0xffff_ffff);
         self.refresh_msr_filter(ctx.vm)?;
         let allowed = msr_filter::allowed(self.msr_filter.as_deref(), index, write);
+        if write && allowed {
+            self.prepare_msr_write(index)?;
+        }
         let mctx = MsrCtx { host: false, vm: ctx.vm, cpuid: ctx.cpuid };
         let r = self.with_vmcs(|v| {
             if !allowed {
@@ -1120,13 +1125,21 @@ impl VmxVcpu {
 
     /// Takes up the VM's MSR filter if it changed since this vCPU last looked (upstream
     /// `KVM_REQ_MSR_FILTER_CHANGED` → `vmx_msr_filter_changed`), before every entry and every
-    /// MSR exit: the accesses of `msr::PASS_THROUGH` the filter denies are intercepted from then
-    /// on, through an MSR bitmap of this vCPU's own (allocated the first time one is denied);
-    /// with none denied the shared bitmap applies again.
+    /// MSR exit: one load and compare unless it did ([`Self::take_msr_filter`]).
+    #[inline(always)]
     fn refresh_msr_filter(&mut self, vm: &crate::vm::Vm) -> Result {
         if vm.msr_filter_gen() == self.msr_filter_gen {
             return Ok(());
         }
+        self.take_msr_filter(vm)
+    }
+
+    /// The VM's new MSR filter: the accesses of `msr::PASS_THROUGH` it denies are intercepted
+    /// from now on, through an MSR bitmap of this vCPU's own (allocated the first time one is
+    /// denied); with none denied the shared bitmap applies again.
+    #[cold]
+    #[inline(never)]
+    fn take_msr_filter(&mut self, vm: &crate::vm::Vm) -> Result {
         let (gen, filter) = vm.msr_filter();
         let allowed = |m, w| msr_filter::allowed(filter.as_deref(), m, w);
         let pa = if msr::passthrough_denied(allowed) == 0 {
@@ -1145,6 +1158,28 @@ impl VmxVcpu {
         self.with_vmcs(|_| vmcs::write(f::MSR_BITMAP, pa))?;
         self.msr_filter = filter;
         self.msr_filter_gen = gen;
+        Ok(())
+    }
+
+    /// The vCPU's machine-check state ([`mce::RESET`] until something changed it).
+    fn mce_state(&self) -> &Mce {
+        self.mce.as_deref().unwrap_or(&mce::RESET)
+    }
+
+    /// The vCPU's own machine-check state, allocated on first use (`ENOMEM`).
+    fn mce_mut(&mut self) -> Result<&mut Mce> {
+        if self.mce.is_none() {
+            self.mce = Some(KBox::new(Mce::new(), GFP_KERNEL_ACCOUNT)?);
+        }
+        self.mce.as_deref_mut().ok_or(ENOMEM)
+    }
+
+    /// Before a WRMSR or `KVM_SET_MSRS` of `index` (outside [`Self::with_vmcs`], where it may
+    /// sleep): a machine-check MSR write needs the vCPU's own machine-check state.
+    fn prepare_msr_write(&mut self, index: u32) -> Result {
+        if mce::is_mce_msr(index) {
+            self.mce_mut()?;
+        }
         Ok(())
     }
 
@@ -1381,7 +1416,7 @@ impl VmxVcpu {
         let g = super::global();
         let pat_in_vmcs = self.config.entry & b::VM_ENTRY_LOAD_IA32_PAT != 0;
         let lmce = self.msrs.feature_control & mce::FEATURE_CONTROL_LMCE != 0;
-        if let Some(r) = self.mce.read(index, ctx.host, lmce) {
+        if let Some(r) = self.mce_state().read(index, ctx.host, lmce) {
             return r.map_err(|()| MsrFault::Invalid);
         }
         let refused = msr::refusal(index, false);
@@ -1440,10 +1475,18 @@ impl VmxVcpu {
             return Err(refused);
         }
         let lmce = self.msrs.feature_control & mce::FEATURE_CONTROL_LMCE != 0;
-        // McStatusWrEn (HWCR bit 18) lets an AMD guest write non-zero MCi_STATUS values.
-        let status_writable = self.msrs.hwcr & (1 << 18) != 0 && self.guest_is_amd(ctx);
-        if let Some(r) = self.mce.write(index, v, ctx.host, lmce, status_writable) {
-            return r.map_err(|()| MsrFault::Invalid);
+        if mce::is_mce_msr(index) {
+            // McStatusWrEn (HWCR bit 18) lets an AMD guest write non-zero MCi_STATUS values.
+            let status_writable = self.msrs.hwcr & (1 << 18) != 0 && self.guest_is_amd(ctx);
+            // The callers allocated the state (`prepare_msr_write`); without it the write is
+            // refused rather than lost.
+            let r = match self.mce.as_deref_mut() {
+                Some(m) => m.write(index, v, ctx.host, lmce, status_writable),
+                None => Some(Err(())),
+            };
+            if let Some(r) = r {
+                return r.map_err(|()| MsrFault::Invalid);
+            }
         }
         let pat_in_vmcs = self.config.entry & b::VM_ENTRY_LOAD_IA32_PAT != 0;
         match index {
@@ -1462,7 +1505,7 @@ impl VmxVcpu {
                 }
             }
             msr::FEATURE_CONTROL
-                if msr::feature_control_valid(self.msrs.feature_control, v, ctx.host, self.mce.guest_feature_control_bits()) =>
+                if msr::feature_control_valid(self.msrs.feature_control, v, ctx.host, self.mce_state().guest_feature_control_bits()) =>
             {
                 self.msrs.feature_control = v
             }
@@ -1987,11 +2030,12 @@ impl BackendVcpu for VmxVcpu {
     }
 
     fn set_msr(&mut self, ctx: &MsrCtx<'_>, index: u32, data: u64) -> Result<bool> {
+        self.prepare_msr_write(index)?;
         self.with_vmcs(|v| v.write_msr(ctx, index, data).is_ok())
     }
 
-    fn mce(&mut self) -> Option<&mut Mce> {
-        Some(&mut self.mce)
+    fn mce(&mut self) -> Result<&mut Mce> {
+        self.mce_mut()
     }
 
     fn queue_machine_check(&mut self) -> Result {

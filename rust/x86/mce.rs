@@ -127,11 +127,13 @@ pub struct Mce {
 }
 
 impl Default for Mce {
-    /// A new vCPU's (upstream `kvm_arch_vcpu_create`): 32 banks, nothing else.
     fn default() -> Self {
-        Mce { mcg_cap: MAX_BANKS as u64, mcg_status: 0, mcg_ctl: 0, mcg_ext_ctl: 0, banks: [0; 4 * MAX_BANKS], ctl2: [0; MAX_BANKS] }
+        Mce::new()
     }
 }
+
+/// A new vCPU's state, for a vCPU that has not needed its own copy yet.
+pub static RESET: Mce = Mce::new();
 
 /// Whether `msr` is one of the machine-check MSRs [`Mce::read`] answers (whatever the bank
 /// count): for the "unknown MSR" versus "refused access" distinction of userspace MSR exits.
@@ -142,6 +144,11 @@ pub fn is_mce_msr(msr: u32) -> bool {
 }
 
 impl Mce {
+    /// A new vCPU's (upstream `kvm_arch_vcpu_create`): 32 banks, nothing else.
+    pub const fn new() -> Mce {
+        Mce { mcg_cap: MAX_BANKS as u64, mcg_status: 0, mcg_ctl: 0, mcg_ext_ctl: 0, banks: [0; 4 * MAX_BANKS], ctl2: [0; MAX_BANKS] }
+    }
+
     /// The number of banks (IA32_MCG_CAP bits 7:0).
     pub fn bank_count(&self) -> usize {
         (self.mcg_cap & MCG_BANKS_MASK) as usize
