@@ -1105,7 +1105,7 @@ impl VmxVcpu {
         let Err(fault) = r else { return Ok(Next::Resume) };
         let reason = fault.exit_reason();
         if ctx.vm.user_space_msr_mask.load(Ordering::Relaxed) & reason == 0 {
-            self.with_vmcs(|v| v.inject_exception(GP))?;
+            self.inject_exception(GP);
             return Ok(Next::Resume);
         }
         // SAFETY: `run` is the vCPU's kvm_run page; the msr view of the union is plain integers.
