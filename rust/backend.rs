@@ -203,6 +203,22 @@ pub(crate) trait BackendVcpu: Send {
     fn set_msr(&mut self, _ctx: &MsrCtx<'_>, _index: u32, _data: u64) -> Result<bool> {
         Ok(false)
     }
+    /// The vCPU's machine-check state (upstream `vcpu->arch.mcg_cap` and the banks), which
+    /// `KVM_X86_SETUP_MCE`, `KVM_X86_SET_MCE` and the machine-check MSRs work on (a backend
+    /// may allocate it on first use: `ENOMEM`).
+    fn mce(&mut self) -> Result<&mut crate::x86::mce::Mce> {
+        Err(EINVAL)
+    }
+    /// `KVM_X86_SET_MCE` raised a machine check: queue #MC for the next entry (upstream
+    /// `kvm_queue_exception(vcpu, MC_VECTOR)`).
+    fn queue_machine_check(&mut self) -> Result {
+        Err(EINVAL)
+    }
+    /// `KVM_X86_SET_MCE` found the guest unable to take #MC: the next `KVM_RUN` ends at once
+    /// with `KVM_EXIT_SHUTDOWN` (upstream `KVM_REQ_TRIPLE_FAULT`).
+    fn request_shutdown(&mut self) -> Result {
+        Err(EINVAL)
+    }
     /// Sets the vCPU's TSC offset (upstream: `kvm_vcpu_write_tsc_offset` →
     /// `kvm_x86_ops.write_tsc_offset`), as [`crate::vm::Vm::synchronize_tsc`] computed it.
     fn write_tsc_offset(&mut self, _offset: u64) -> Result {

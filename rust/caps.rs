@@ -57,7 +57,14 @@ pub(crate) fn check_extension(backend: &dyn Backend, cap: usize) -> isize {
         // IOEVENTFD and IOEVENTFD_NO_LENGTH from x86, IOEVENTFD_ANY_LENGTH from the generic code.
         | b::KVM_CAP_IOEVENTFD
         | b::KVM_CAP_IOEVENTFD_NO_LENGTH
-        | b::KVM_CAP_IOEVENTFD_ANY_LENGTH => 1,
+        | b::KVM_CAP_IOEVENTFD_ANY_LENGTH
+        // KVM_ENABLE_CAP: refused guest RDMSR/WRMSR exit to userspace (KVM_EXIT_X86_RDMSR/WRMSR).
+        | b::KVM_CAP_X86_USER_SPACE_MSR
+        // KVM_X86_SET_MSR_FILTER.
+        | b::KVM_CAP_X86_MSR_FILTER => 1,
+        // The most machine-check banks KVM_X86_SETUP_MCE takes; KVM_X86_GET_MCE_CAP_SUPPORTED,
+        // KVM_X86_SET_MCE.
+        b::KVM_CAP_MCE => crate::x86::mce::MAX_BANKS as isize,
         // KVM_CLEAR_DIRTY_LOG, and KVM_ENABLE_CAP with these options (upstream
         // kvm_vm_ioctl_check_extension_generic: KVM_DIRTY_LOG_MANUAL_CAPS).
         b::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 => crate::dirty::MANUAL_CAPS as isize,

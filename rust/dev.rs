@@ -46,6 +46,10 @@ impl MiscKind for DevFile {
             // Upstream `kvm_arch_dev_ioctl`: the feature MSRs, and KVM_GET_MSRS of them
             // (`msr_io(NULL, argp, do_get_feature_msr, 1)`).
             b::KVM_GET_MSR_FEATURE_INDEX_LIST => msr_index_list(dev.backend.feature_msr_indices(), arg).map(|()| 0),
+            // Upstream `kvm_arch_dev_ioctl`: the IA32_MCG_CAP bits KVM_X86_SETUP_MCE accepts.
+            b::KVM_X86_GET_MCE_CAP_SUPPORTED => {
+                crate::ffi::uapi::write_user(arg, &crate::x86::mce::SUPPORTED).map(|()| 0)
+            }
             b::KVM_GET_MSRS => vcpu::msr_io(arg, false, |index, data| {
                 let v = dev.backend.get_feature_msr(index);
                 *data = v.unwrap_or(0);

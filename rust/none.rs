@@ -38,6 +38,7 @@ impl Backend for NoneBackend {
             regs: Default::default(),
             sregs: Default::default(),
             apic,
+            mce: KBox::new(Default::default(), GFP_KERNEL_ACCOUNT)?,
         };
         crate::vcpu::reset_state(&mut v.regs, &mut v.sregs);
         crate::backend::boxed(v)
@@ -50,11 +51,27 @@ struct NoneVcpu {
     sregs: bindings::kvm_sregs,
     /// The in-kernel LAPIC, for its state ioctls (it never delivers: no guest runs).
     apic: Option<crate::irq::VcpuApic>,
+    /// Machine-check state, for `KVM_X86_SETUP_MCE` / `KVM_X86_SET_MCE`.
+    mce: KBox<crate::x86::mce::Mce>,
 }
 
 impl BackendVcpu for NoneVcpu {
     fn apic(&mut self) -> Option<&mut crate::irq::VcpuApic> {
         self.apic.as_mut()
+    }
+
+    fn mce(&mut self) -> Result<&mut crate::x86::mce::Mce> {
+        Ok(&mut self.mce)
+    }
+
+    /// No guest ever runs to take it: the #MC is dropped (the bank keeps the error).
+    fn queue_machine_check(&mut self) -> Result {
+        Ok(())
+    }
+
+    /// No guest ever runs: nothing to shut down.
+    fn request_shutdown(&mut self) -> Result {
+        Ok(())
     }
 
     fn get_regs(&mut self, regs: &mut bindings::kvm_regs) -> Result {

@@ -16,7 +16,7 @@ use crate::ffi::bindings as b;
 use crate::ffi::fileops::{self, FileKind, Fops};
 use crate::ffi::uapi::{read_user, read_user_array, write_user, write_user_array};
 use crate::vm::Vm;
-use crate::x86::{cpuid, cr, segment, xsave};
+use crate::x86::{cpuid, cr, mce, msr, msr_filter, segment, xsave};
 use kernel::uaccess::UserSlice;
 use kernel::page::Page;
 use kernel::fmt;
@@ -61,6 +61,46 @@ const _: () = {
     assert!(crate::dirty::MANUAL_PROTECT_ENABLE == b::KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE as u64);
     assert!(crate::dirty::INITIALLY_SET == b::KVM_DIRTY_LOG_INITIALLY_SET as u64);
     assert!(crate::memslot::PAGE_SIZE == b::PAGE_SIZE as u64);
+    assert!(mce::MAX_BANKS == 32);
+    assert!(mce::MCG_CAP == b::MSR_IA32_MCG_CAP);
+    assert!(mce::MCG_STATUS == b::MSR_IA32_MCG_STATUS);
+    assert!(mce::MCG_CTL == b::MSR_IA32_MCG_CTL);
+    assert!(mce::MCG_EXT_CTL == b::MSR_IA32_MCG_EXT_CTL);
+    assert!(mce::MC0_CTL == b::MSR_IA32_MC0_CTL);
+    assert!(mce::MC0_CTL2 == b::MSR_IA32_MC0_CTL2);
+    assert!(mce::P5_MC_ADDR == b::MSR_IA32_P5_MC_ADDR && mce::P5_MC_TYPE == b::MSR_IA32_P5_MC_TYPE);
+    assert!(mce::MCG_CTL_P == b::MCG_CTL_P as u64);
+    assert!(mce::MCG_CMCI_P == b::MCG_CMCI_P as u64);
+    assert!(mce::MCG_SER_P == b::MCG_SER_P as u64);
+    assert!(mce::MCG_LMCE_P == b::MCG_LMCE_P as u64);
+    assert!(mce::MCG_EXT_CNT_MASK == b::MCG_EXT_CNT_MASK as u64);
+    assert!(mce::MCG_STATUS_MCIP == b::MCG_STATUS_MCIP as u64);
+    assert!(mce::MCG_EXT_CTL_LMCE_EN == b::MCG_EXT_CTL_LMCE_EN as u64);
+    // MCI_STATUS_VAL (bit 63) is beyond what bindgen evaluates; the bits below it are checked.
+    assert!(mce::MCI_STATUS_VAL == mce::MCI_STATUS_OVER << 1);
+    assert!(mce::MCI_STATUS_OVER == b::MCI_STATUS_OVER as u64);
+    assert!(mce::MCI_STATUS_UC == b::MCI_STATUS_UC as u64);
+    assert!(mce::MCI_STATUS_EN == b::MCI_STATUS_EN as u64);
+    assert!(mce::MCI_STATUS_MISCV == b::MCI_STATUS_MISCV as u64);
+    assert!(mce::MCI_STATUS_ADDRV == b::MCI_STATUS_ADDRV as u64);
+    assert!(mce::MCI_STATUS_PCC == b::MCI_STATUS_PCC as u64);
+    assert!(mce::MCI_STATUS_S == b::MCI_STATUS_S as u64);
+    assert!(mce::MCI_STATUS_AR == b::MCI_STATUS_AR as u64);
+    assert!(mce::MCI_CTL2_CMCI_EN == b::MCI_CTL2_CMCI_EN as u64);
+    assert!(mce::MCI_CTL2_THRESHOLD_MASK == b::MCI_CTL2_CMCI_THRESHOLD_MASK as u64);
+    assert!(mce::FEATURE_CONTROL_LMCE == b::FEAT_CTL_LMCE_ENABLED as u64);
+    assert!(mce::CR4_MCE == b::X86_CR4_MCE as u64);
+    assert!(msr::POWER_CTL == b::MSR_IA32_POWER_CTL);
+    assert!(msr::EXIT_REASON_INVAL == b::KVM_MSR_EXIT_REASON_INVAL);
+    assert!(msr::EXIT_REASON_UNKNOWN == b::KVM_MSR_EXIT_REASON_UNKNOWN);
+    assert!(msr::EXIT_REASON_FILTER == b::KVM_MSR_EXIT_REASON_FILTER);
+    assert!(msr::EXIT_REASON_VALID_MASK == b::KVM_MSR_EXIT_REASON_VALID_MASK);
+    assert!(msr_filter::MAX_RANGES == b::KVM_MSR_FILTER_MAX_RANGES as usize);
+    assert!(msr_filter::MAX_BITMAP_SIZE == b::KVM_MSR_FILTER_MAX_BITMAP_SIZE as usize);
+    assert!(msr_filter::READ == b::KVM_MSR_FILTER_READ && msr_filter::WRITE == b::KVM_MSR_FILTER_WRITE);
+    assert!(msr_filter::RANGE_VALID_MASK == b::KVM_MSR_FILTER_RANGE_VALID_MASK);
+    assert!(msr_filter::DEFAULT_DENY == b::KVM_MSR_FILTER_DEFAULT_DENY);
+    assert!(msr_filter::VALID_MASK == b::KVM_MSR_FILTER_VALID_MASK);
     assert!(b::KVM_PIO_PAGE_OFFSET == 1);
     assert!(b::KVM_COALESCED_MMIO_PAGE_OFFSET == 2);
     // The ring's entries fill the rest of its page.
@@ -365,6 +405,8 @@ impl FileKind for VcpuKind {
                     }
                 })
             }
+            b::KVM_X86_SETUP_MCE => setup_mce(&mut **arch, read_user(arg)?).map(|()| 0),
+            b::KVM_X86_SET_MCE => set_mce(&mut **arch, &read_user(arg)?).map(|()| 0),
             // Upstream x86's `kvm_arch_vcpu_ioctl` default.
             _ => Err(EINVAL),
         }
@@ -477,6 +519,41 @@ fn set_sregs(f: &VcpuFile, arch: &mut dyn BackendVcpu, sregs: &b::kvm_sregs) -> 
         return Err(EINVAL);
     }
     arch.set_sregs(sregs)
+}
+
+/// `KVM_X86_SETUP_MCE` (upstream `kvm_vcpu_ioctl_x86_setup_mce`): the bank count and
+/// capabilities (`EINVAL` when refused, nothing changed), then the LAPIC's LVT gets or loses its
+/// CMCI entry with `MCG_CMCI_P` (`kvm_apic_after_set_mcg_cap`) and, with the VMX backend, the
+/// guest may enable LMCE in IA32_FEATURE_CONTROL with `MCG_LMCE_P` (`vmx_setup_mce`).
+fn setup_mce(arch: &mut dyn BackendVcpu, mcg_cap: u64) -> Result {
+    arch.mce()?.setup(mcg_cap).map_err(|()| EINVAL)?;
+    if let Some(a) = arch.apic() {
+        a.lapic.set_cmci(mcg_cap & mce::MCG_CMCI_P != 0);
+    }
+    Ok(())
+}
+
+/// `KVM_X86_SET_MCE` (upstream `kvm_vcpu_ioctl_x86_set_mce`): `EINVAL` for a bank beyond the
+/// count or an invalid status; otherwise the error is logged in its bank and, as `mce::Mce::inject`
+/// decides, raises #MC, shuts the vCPU down (CR4.MCE clear, or a machine check in progress), or,
+/// for a UCNA error in a bank with CMCI enabled, is signalled through the in-kernel LAPIC's CMCI
+/// entry (`kvm_vcpu_x86_set_ucna`; nothing without an in-kernel LAPIC).
+fn set_mce(arch: &mut dyn BackendVcpu, m: &b::kvm_x86_mce) -> Result {
+    let mut sregs = b::kvm_sregs::default();
+    arch.get_sregs(&mut sregs)?;
+    let e = mce::Event { status: m.status, addr: m.addr, misc: m.misc, mcg_status: m.mcg_status, bank: m.bank };
+    let outcome = arch.mce()?.inject(&e, sregs.cr4 & mce::CR4_MCE != 0).map_err(|()| EINVAL)?;
+    match outcome {
+        mce::Outcome::Done => Ok(()),
+        mce::Outcome::MachineCheck => arch.queue_machine_check(),
+        mce::Outcome::Shutdown => arch.request_shutdown(),
+        mce::Outcome::Cmci => {
+            if let Some(a) = arch.apic() {
+                a.lapic.deliver_cmci();
+            }
+            Ok(())
+        }
+    }
 }
 
 /// `KVM_SET_VCPU_EVENTS`.

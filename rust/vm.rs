@@ -27,17 +27,21 @@ use crate::ioeventfd::IoBuses;
 use crate::stats;
 use crate::statsfd::{Counters, StatsFile};
 use crate::memslot::{self, GfnRange, Memslot, Memslots, SlotError, SlotVec};
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use kernel::page::Page;
 use crate::vcpu::{self, Vcpu};
 use kernel::c_str;
 use kernel::prelude::*;
+use crate::x86::{msr, msr_filter};
 use crate::x86::tsc::TscSync;
 use kernel::sync::{Arc, ArcBorrow, Mutex, SpinLock};
 use kernel::uaccess::UserSlice;
 
 /// The memory slots of a VM, stored in kernel vectors.
 pub(crate) type Slots = Memslots<KVec<Memslot>, KVec<GfnRange>>;
+
+/// A VM's MSR filter (`KVM_X86_SET_MSR_FILTER`), its bitmaps copied from userspace.
+pub(crate) type MsrFilter = msr_filter::Filter<KVec<u8>>;
 
 /// A logging slot's dirty bitmap, in memory that may come from vmalloc (upstream: `__vcalloc`
 /// in `kvm_alloc_dirty_bitmap`; a 2^31-page slot has a 512 MiB double bitmap).
@@ -155,6 +159,18 @@ pub(crate) struct Vm {
     pub(crate) guest_can_read_platform_info: AtomicBool,
     /// `KVM_CAP_EXIT_ON_EMULATION_FAILURE` (upstream `kvm->arch.exit_on_emulation_error`).
     pub(crate) exit_on_emulation_error: AtomicBool,
+    /// `KVM_CAP_X86_USER_SPACE_MSR`: the `KVM_MSR_EXIT_REASON_*` for which a refused guest
+    /// RDMSR/WRMSR exits to userspace (upstream `kvm->arch.user_space_msr_mask`).
+    pub(crate) user_space_msr_mask: AtomicU32,
+    /// `KVM_X86_SET_MSR_FILTER` (upstream `kvm->arch.msr_filter`) and its generation. The filter
+    /// is replaced whole, so a vCPU uses the old one or the new one, never a mix; the
+    /// generation goes up with each replacement, under the lock.
+    #[pin]
+    msr_filter: Mutex<(u32, Option<Arc<MsrFilter>>)>,
+    /// A copy of the generation, read without the lock before every guest entry: a vCPU that
+    /// finds it changed takes the new filter and recomputes its MSR bitmap (upstream
+    /// `KVM_REQ_MSR_FILTER_CHANGED`).
+    msr_filter_gen: AtomicU32,
 }
 
 /// The VM fd's file kind: `private_data` owns one reference to the [`Vm`].
@@ -204,6 +220,9 @@ pub(crate) fn create(backend: &Arc<dyn Backend>, vm_type: usize) -> Result<i32> 
             tsc <- kernel::new_spinlock!(TscSync::default()),
             guest_can_read_platform_info: AtomicBool::new(true),
             exit_on_emulation_error: AtomicBool::new(false),
+            user_space_msr_mask: AtomicU32::new(0),
+            msr_filter <- kernel::new_mutex!((0, None)),
+            msr_filter_gen: AtomicU32::new(0),
         }),
         GFP_KERNEL_ACCOUNT,
     )?;
@@ -336,6 +355,7 @@ impl Vm {
                 }
                 Ok(0)
             }
+            b::KVM_X86_SET_MSR_FILTER => vm.set_msr_filter(&read_user::<b::kvm_msr_filter>(arg)?).map(|()| 0),
             b::KVM_GET_IRQCHIP => {
                 let mut chip: b::kvm_irqchip = read_user(arg)?;
                 vm.irqchip().ok_or(ENXIO)?.get(&mut chip)?;
@@ -420,6 +440,16 @@ impl Vm {
                 self.guest_can_read_platform_info.store(cap.args[0] != 0, Ordering::Relaxed);
                 Ok(())
             }
+            // Which refused guest MSR accesses exit to userspace (upstream: any valid mask, at
+            // any time, replacing the previous one).
+            b::KVM_CAP_X86_USER_SPACE_MSR => {
+                let mask = u32::try_from(cap.args[0]).map_err(|_| EINVAL)?;
+                if mask & !msr::EXIT_REASON_VALID_MASK != 0 {
+                    return Err(EINVAL);
+                }
+                self.user_space_msr_mask.store(mask, Ordering::Relaxed);
+                Ok(())
+            }
             // 0 or 1: an instruction the emulator cannot handle exits to userspace instead of
             // raising #UD in the guest.
             b::KVM_CAP_EXIT_ON_EMULATION_FAILURE => {
@@ -431,6 +461,45 @@ impl Vm {
             }
             _ => Err(EINVAL),
         }
+    }
+
+    /// `KVM_X86_SET_MSR_FILTER` (upstream `kvm_vm_ioctl_set_msr_filter`): the checks in
+    /// upstream's order (`msr_filter::check_filter`, then range by range `check_range` and the
+    /// copy of its bitmap, `EFAULT` for a bad pointer); a refused filter leaves the old one in
+    /// place. The new one replaces the old one whole and takes effect at each vCPU's next
+    /// guest entry or MSR exit; a vCPU running meanwhile finishes with the old one (upstream
+    /// kicks it out of the guest; the ioctl does not wait for that either).
+    fn set_msr_filter(&self, f: &b::kvm_msr_filter) -> Result {
+        let default_allow = msr_filter::check_filter(f.flags, f.ranges.iter().map(|r| r.nmsrs)).map_err(|_| EINVAL)?;
+        let mut filter = MsrFilter::new(default_allow);
+        for r in f.ranges.iter() {
+            let Some(bytes) = msr_filter::check_range(r.flags, r.nmsrs).map_err(|_| EINVAL)? else { continue };
+            let mut bitmap = KVec::from_elem(0u8, bytes, GFP_KERNEL_ACCOUNT)?;
+            UserSlice::new(r.bitmap as usize, bytes).reader().read_slice(&mut bitmap)?;
+            filter.push(msr_filter::Range { flags: r.flags, base: r.base, nmsrs: r.nmsrs, bitmap });
+        }
+        let new = Arc::new(filter, GFP_KERNEL_ACCOUNT)?;
+        let old = {
+            let mut cur = self.msr_filter.lock();
+            let gen = cur.0.wrapping_add(1);
+            let old = core::mem::replace(&mut *cur, (gen, Some(new)));
+            self.msr_filter_gen.store(gen, Ordering::Release);
+            old
+        };
+        drop(old);
+        Ok(())
+    }
+
+    /// The MSR filter's generation (changes with every `KVM_X86_SET_MSR_FILTER`).
+    #[inline]
+    pub(crate) fn msr_filter_gen(&self) -> u32 {
+        self.msr_filter_gen.load(Ordering::Acquire)
+    }
+
+    /// The MSR filter in force and its generation (`None`: no filter, everything allowed).
+    pub(crate) fn msr_filter(&self) -> (u32, Option<Arc<MsrFilter>>) {
+        let cur = self.msr_filter.lock();
+        (cur.0, cur.1.clone())
     }
 
     /// `KVM_CREATE_VCPU` (upstream: `kvm_vm_ioctl_create_vcpu`): returns the new vCPU fd.

@@ -92,6 +92,9 @@ static const struct { int cap; long want; } caps[] = {
 	{ KVM_CAP_IOEVENTFD, 1 },
 	{ KVM_CAP_IOEVENTFD_NO_LENGTH, 1 },
 	{ KVM_CAP_IOEVENTFD_ANY_LENGTH, 1 },
+	{ KVM_CAP_X86_USER_SPACE_MSR, 1 },
+	{ KVM_CAP_X86_MSR_FILTER, 1 },
+	{ KVM_CAP_MCE, 32 },
 };
 
 /* Caps only the VMX backend reports (the Bochs models have XSAVE, so XCRS is 1 there). */

@@ -21,6 +21,7 @@
 #include <linux/uaccess.h>
 #include <linux/kvm.h>
 #include <linux/signal.h>
+#include <asm/mce.h>
 #include <asm/msr-index.h>
 #include <asm/vmx.h>
 
@@ -36,6 +37,7 @@ RKVM_CONST(unsigned int, KVM_GET_VCPU_MMAP_SIZE);
 RKVM_CONST(unsigned int, KVM_GET_MSR_INDEX_LIST);
 RKVM_CONST(unsigned int, KVM_GET_MSR_FEATURE_INDEX_LIST);
 RKVM_CONST(unsigned int, KVM_GET_SUPPORTED_CPUID);
+RKVM_CONST(unsigned int, KVM_X86_GET_MCE_CAP_SUPPORTED);
 
 /* VM ioctls */
 RKVM_CONST(unsigned int, KVM_CREATE_VCPU);
@@ -47,6 +49,7 @@ RKVM_CONST(unsigned int, KVM_GET_TSC_KHZ);
 RKVM_CONST(unsigned int, KVM_GET_DIRTY_LOG);
 RKVM_CONST(unsigned int, KVM_CLEAR_DIRTY_LOG);
 RKVM_CONST(unsigned int, KVM_SET_BOOT_CPU_ID);
+RKVM_CONST(unsigned int, KVM_X86_SET_MSR_FILTER);
 
 /* vCPU ioctls */
 RKVM_CONST(unsigned int, KVM_RUN);
@@ -95,6 +98,29 @@ RKVM_CONST(unsigned int, KVM_SET_LAPIC);
 RKVM_CONST(unsigned int, KVM_NMI);
 RKVM_CONST(unsigned int, KVM_GET_VCPU_EVENTS);
 RKVM_CONST(unsigned int, KVM_SET_VCPU_EVENTS);
+RKVM_CONST(unsigned int, KVM_X86_SETUP_MCE);
+RKVM_CONST(unsigned int, KVM_X86_SET_MCE);
+
+/* machine-check architecture bits (BIT_ULL macros in asm/mce.h), checked against rust/x86/mce.rs */
+RKVM_CONST(unsigned long long, MCG_CTL_P);
+RKVM_CONST(unsigned long long, MCG_CMCI_P);
+RKVM_CONST(unsigned long long, MCG_SER_P);
+RKVM_CONST(unsigned long long, MCG_LMCE_P);
+RKVM_CONST(unsigned long long, MCG_EXT_CNT_MASK);
+RKVM_CONST(unsigned long long, MCG_STATUS_MCIP);
+RKVM_CONST(unsigned long long, MCG_EXT_CTL_LMCE_EN);
+RKVM_CONST(unsigned long long, MCI_STATUS_OVER);
+RKVM_CONST(unsigned long long, MCI_STATUS_UC);
+RKVM_CONST(unsigned long long, MCI_STATUS_EN);
+RKVM_CONST(unsigned long long, MCI_STATUS_MISCV);
+RKVM_CONST(unsigned long long, MCI_STATUS_ADDRV);
+RKVM_CONST(unsigned long long, MCI_STATUS_PCC);
+RKVM_CONST(unsigned long long, MCI_STATUS_S);
+RKVM_CONST(unsigned long long, MCI_STATUS_AR);
+RKVM_CONST(unsigned long long, MCI_CTL2_CMCI_EN);
+RKVM_CONST(unsigned long long, MCI_CTL2_CMCI_THRESHOLD_MASK);
+RKVM_CONST(unsigned long long, FEAT_CTL_LMCE_ENABLED);
+RKVM_CONST(unsigned long, X86_CR4_MCE);
 
 /* file and mm flags that are macros over other macros */
 RKVM_CONST(unsigned int, O_RDWR);

@@ -52,7 +52,16 @@ plain_old_data!(
     kvm_dirty_log,
     kvm_clear_dirty_log,
     kvm_ioeventfd,
+    kvm_x86_mce,
 );
+
+// SAFETY: `struct kvm_msr_filter` and its `struct kvm_msr_filter_range`s hold only integers and
+// a user pointer (`bitmap`), for which every bit pattern is a valid value (a raw pointer rkvm
+// never dereferences: it only gives its address to `UserSlice`). They are only read from
+// userspace: the range has implicit padding before `bitmap`, so they are not `AsBytes`.
+unsafe impl FromBytes for bindings::kvm_msr_filter {}
+// SAFETY: as above.
+unsafe impl FromBytes for bindings::kvm_msr_filter_range {}
 
 /// Copies `n` `T`s in from the user array at `arg` (`EFAULT` if it cannot be read).
 pub(crate) fn read_user_array<T: FromBytes + Default + Copy>(arg: usize, n: usize) -> Result<kernel::alloc::KVec<T>> {

@@ -75,6 +75,8 @@ pub const ISR: u32 = 0x100;
 pub const TMR: u32 = 0x180;
 pub const IRR: u32 = 0x200;
 pub const ESR: u32 = 0x280;
+/// The corrected machine-check interrupt's LVT entry (present with `MCG_CMCI_P`).
+pub const LVTCMCI: u32 = 0x2f0;
 pub const ICR: u32 = 0x300;
 pub const ICR2: u32 = 0x310;
 pub const LVTT: u32 = 0x320;
@@ -135,12 +137,14 @@ pub const ESR_RECV_ILLEGAL_VECTOR: u32 = 1 << 6;
 
 /// The version: an integrated APIC (`APIC_VERSION`).
 pub const VERSION: u32 = 0x14;
-/// LVT entries: timer, thermal, performance counter, LINT0, LINT1, error (no CMCI, as upstream
-/// without `MCG_CMCI_P`).
+/// LVT entries: timer, thermal, performance counter, LINT0, LINT1, error; a seventh, CMCI, once
+/// the vCPU has `MCG_CMCI_P` ([`Lapic::set_cmci`]; upstream `kvm_apic_calc_nr_lvt_entries`).
 pub const NR_LVT: u32 = 6;
-/// The LVR value: version, and the index of the last LVT entry in bits 23:16
+/// The LVR value without CMCI: version, and the index of the last LVT entry in bits 23:16
 /// (`kvm_apic_set_version`).
 pub const LVR_VALUE: u32 = VERSION | ((NR_LVT - 1) << 16);
+/// The LVR value with the CMCI entry.
+pub const LVR_VALUE_CMCI: u32 = VERSION | (NR_LVT << 16);
 
 /// Nanoseconds per APIC bus cycle unless the VM sets another (`APIC_BUS_CYCLE_NS_DEFAULT`).
 pub const BUS_CYCLE_NS: u64 = 1;
@@ -366,13 +370,14 @@ impl Dest {
 }
 
 /// Whether `reg` (16-byte aligned, below 0x400) may be read (`kvm_lapic_readable_reg_mask`):
-/// APR, DFR and ICR2 only in xAPIC mode.
-fn readable(reg: u32, x2apic: bool) -> bool {
+/// APR, DFR and ICR2 only in xAPIC mode, LVTCMCI only with the CMCI entry.
+fn readable(reg: u32, x2apic: bool, cmci: bool) -> bool {
     matches!(reg, ID | LVR | TPR | PPR | LDR | SPIV | ESR | ICR | TMICT | TMCCT | TDCR)
         || (ISR..ISR + 0x80).contains(&reg)
         || (TMR..TMR + 0x80).contains(&reg)
         || (IRR..IRR + 0x80).contains(&reg)
         || (LVTT..=LVTERR).contains(&reg)
+        || (cmci && reg == LVTCMCI)
         || (!x2apic && matches!(reg, APR | DFR | ICR2))
 }
 
@@ -407,6 +412,8 @@ pub struct Lapic {
     target: Option<u64>,
     /// Errors detected since the last ESR write (SDM 11.5.3).
     esr_pending: u32,
+    /// The LVT has the CMCI entry (the vCPU has `MCG_CMCI_P`; upstream `nr_lvt_entries` 7).
+    cmci: bool,
 }
 
 impl Lapic {
@@ -423,6 +430,7 @@ impl Lapic {
             period: 0,
             target: None,
             esr_pending: 0,
+            cmci: false,
         };
         apic.reset(false);
         apic
@@ -452,8 +460,8 @@ impl Lapic {
         }
         // Stop the timer.
         self.target = None;
-        self.set_reg(LVR, LVR_VALUE);
-        for lvt in LVTS {
+        self.set_reg(LVR, self.lvr_value());
+        for lvt in self.lvts() {
             self.set_reg(lvt, LVT_MASKED);
         }
         self.update_lvtt();
@@ -637,7 +645,7 @@ impl Lapic {
         if !matches!(len, 1 | 2 | 4) || alignment + len > 4 {
             return 0;
         }
-        if offset > 0x3f0 || !readable(offset & !0xf, self.x2apic_mode()) {
+        if offset > 0x3f0 || !readable(offset & !0xf, self.x2apic_mode(), self.cmci) {
             return 0;
         }
         let value = self.reg_read(offset & !0xf, now_ns) >> (8 * alignment);
@@ -682,7 +690,7 @@ impl Lapic {
         if reg == ICR {
             return Some(self.reg64(ICR));
         }
-        if reg > 0x3f0 || !readable(reg, true) {
+        if reg > 0x3f0 || !readable(reg, true, self.cmci) {
             return None;
         }
         Some(u64::from(self.reg_read(reg, now_ns)))
@@ -742,7 +750,7 @@ impl Lapic {
                 // No directed EOI (not offered in LVR): bits 9:0 only.
                 self.set_reg(SPIV, value & 0x3ff);
                 if value & SPIV_APIC_ENABLED == 0 {
-                    for lvt in LVTS {
+                    for lvt in self.lvts() {
                         self.set_reg(lvt, self.reg(lvt) | LVT_MASKED);
                     }
                     effect.timer_changed = self.update_lvtt();
@@ -757,15 +765,8 @@ impl Lapic {
                 self.set_reg(ICR, icr);
             }
             ICR2 if !x2apic => self.set_reg(ICR2, value & 0xff00_0000),
-            LVTTHMR | LVTPC | LVT0 | LVT1 | LVTERR => {
-                let mask = match reg {
-                    LVT0 | LVT1 => LINT_MASK,
-                    LVTERR => LVT_MASK,
-                    _ => LVT_MASK | MODE_MASK,
-                };
-                let value = if self.sw_enabled() { value } else { value | LVT_MASKED };
-                self.set_reg(reg, value & mask);
-            }
+            LVTTHMR | LVTPC | LVT0 | LVT1 | LVTERR => self.lvt_write(reg, value),
+            LVTCMCI if self.cmci => self.lvt_write(reg, value),
             LVTT => {
                 let value = if self.sw_enabled() { value } else { value | LVT_MASKED };
                 self.set_reg(LVTT, value & (LVT_MASK | TIMER_MODE_MASK));
@@ -902,6 +903,57 @@ impl Lapic {
             }
             _ => false,
         }
+    }
+
+    /// A write of an LVT entry other than the timer's (the `APIC_LVT0` ... `APIC_LVTCMCI` cases
+    /// of `kvm_lapic_reg_write`): the entry's writable bits (`apic_lvt_mask`), masked while the
+    /// APIC is software-disabled.
+    fn lvt_write(&mut self, reg: u32, value: u32) {
+        let mask = match reg {
+            LVT0 | LVT1 => LINT_MASK,
+            LVTERR => LVT_MASK,
+            _ => LVT_MASK | MODE_MASK,
+        };
+        let value = if self.sw_enabled() { value } else { value | LVT_MASKED };
+        self.set_reg(reg, value & mask);
+    }
+
+    /// The LVT registers this APIC has, in index order (`APIC_LVTx(i)` for `i <
+    /// nr_lvt_entries`).
+    fn lvts(&self) -> impl Iterator<Item = u32> {
+        LVTS.into_iter().chain(self.cmci.then_some(LVTCMCI))
+    }
+
+    /// LVR as `kvm_apic_set_version` computes it (no directed EOI is offered).
+    fn lvr_value(&self) -> u32 {
+        if self.cmci {
+            LVR_VALUE_CMCI
+        } else {
+            LVR_VALUE
+        }
+    }
+
+    /// The vCPU's machine-check capabilities changed (upstream `kvm_apic_after_set_mcg_cap`):
+    /// with `MCG_CMCI_P` the LVT has a seventh entry, CMCI, which starts masked; LVR tells the
+    /// guest how many entries there are. Taking the entry away leaves its register value in
+    /// the page, unreachable, as upstream.
+    pub fn set_cmci(&mut self, cmci: bool) {
+        if cmci == self.cmci {
+            return;
+        }
+        if cmci {
+            self.set_reg(LVTCMCI, LVT_MASKED);
+        }
+        self.cmci = cmci;
+        self.set_reg(LVR, self.lvr_value());
+    }
+
+    /// Signals a corrected machine-check error through the CMCI entry (upstream
+    /// `kvm_apic_local_deliver(apic, APIC_LVTCMCI)`): latched in IRR unless the APIC is
+    /// disabled or the entry masked. Only the fixed delivery mode is modelled (an entry in
+    /// another mode delivers nothing). Returns whether the interrupt was accepted.
+    pub fn deliver_cmci(&mut self) -> bool {
+        self.cmci && self.local_deliver(LVTCMCI)
     }
 
     // ---- Destination matching state ----
@@ -1088,7 +1140,7 @@ impl Lapic {
             set_image_reg(&mut regs, ICR + 4, icr2);
         }
         self.regs = regs;
-        self.set_reg(LVR, LVR_VALUE);
+        self.set_reg(LVR, self.lvr_value());
         self.update_ppr();
         self.target = None;
         self.update_lvtt();

@@ -27,20 +27,25 @@ use crate::ffi::bindings as b;
 use crate::vm::Fault;
 use crate::x86::cr;
 use crate::x86::decode::{self, Access};
-use crate::x86::msr;
+use crate::x86::mce::{self, Mce};
+use crate::x86::msr::{self, MsrFault};
+use crate::x86::msr_filter;
 use crate::x86::segment::{self, Which};
 use crate::x86::tsc::TscAdjust;
 use crate::x86::walk::{self, GuestMem};
 use crate::x86::xsave;
 use core::sync::atomic::Ordering;
+use kernel::page::Page;
 use kernel::prelude::*;
+use kernel::sync::Arc;
 
 /// The guest's x87/SSE/AVX state: a standard-format XSAVE area (`x86/xsave.rs`).
 #[repr(C, align(64))]
 struct FpuArea([u8; xsave::AREA]);
 
 /// An exit to userspace whose instruction completes on the next `KVM_RUN` (upstream:
-/// `complete_fast_pio_in` / `complete_fast_pio_out` / `complete_emulated_mmio`).
+/// `complete_fast_pio_in` / `complete_fast_pio_out` / `complete_emulated_mmio` /
+/// `complete_fast_rdmsr` / `complete_fast_msr_access`).
 #[derive(Clone, Copy)]
 enum PendingIo {
     /// OUT: only RIP advances.
@@ -53,6 +58,10 @@ enum PendingIo {
     /// INS/OUTS: for INS the data in the PIO page goes to guest memory; rSI/rDI (and rCX with
     /// REP) move past the elements done; RIP advances once no repetitions are left.
     Str(StringIo),
+    /// RDMSR/WRMSR of `len` bytes handled by userspace (`KVM_EXIT_X86_RDMSR`/`_WRMSR`):
+    /// `kvm_run->msr.error` set raises #GP; else a read's `data` goes to EDX:EAX and RIP
+    /// advances.
+    Msr { read: bool, len: u8 },
 }
 
 /// One batch of an INS/OUTS (upstream: the emulator's string I/O through `pio_in_emulated` /
@@ -146,6 +155,8 @@ struct GuestMsrs {
     ucode_rev: u64,
     platform_info: u64,
     misc_features: u64,
+    /// MSR_IA32_POWER_CTL (upstream `vcpu->arch.msr_ia32_power_ctl`: any value, no effect).
+    power_ctl: u64,
 }
 
 /// A VMX vCPU.
@@ -203,6 +214,20 @@ pub(crate) struct VmxVcpu {
     /// moved to another CPU (which may hold stale ones from an earlier visit), or rkvm changed
     /// guest paging state on the guest's behalf (emulated CR0/CR4 writes, KVM_SET_SREGS).
     tlb_flush: bool,
+    /// Machine-check state (`x86/mce.rs`), allocated (1.3 KiB) the first time anything changes
+    /// it (`KVM_X86_SETUP_MCE`, `KVM_X86_SET_MCE`, a write of a machine-check MSR); until then
+    /// it is `mce::RESET`.
+    mce: Option<KBox<Mce>>,
+    /// `KVM_X86_SET_MCE` found the guest unable to take #MC: the next `KVM_RUN` returns
+    /// `KVM_EXIT_SHUTDOWN` (upstream `KVM_REQ_TRIPLE_FAULT`).
+    shutdown_pending: bool,
+    /// The VM's MSR filter as this vCPU last took it, and its generation
+    /// ([`VmxVcpu::refresh_msr_filter`]).
+    msr_filter: Option<Arc<crate::vm::MsrFilter>>,
+    msr_filter_gen: u32,
+    /// This vCPU's own MSR bitmap, allocated the first time a filter denies an access the
+    /// shared bitmap passes through (upstream has one per vCPU always).
+    msr_bitmap: Option<Page>,
 }
 
 /// Segment registers in `struct kvm_sregs` order with their VMCS fields
@@ -272,6 +297,7 @@ const WATCHDOG: u64 = 1 << 16;
 const GP: u32 = 13;
 const PF: u32 = 14;
 const UD: u32 = 6;
+const MC: u32 = 18;
 
 impl VmxVcpu {
     /// Creates vCPU `id` with a VMCS set up for `config` and the VM's EPT, in RESET state.
@@ -318,6 +344,11 @@ impl VmxVcpu {
             entry_info_valid: false,
             proc_ctls: config.proc,
             sipi_vector: 0,
+            mce: None,
+            shutdown_pending: false,
+            msr_filter: None,
+            msr_filter_gen: 0,
+            msr_bitmap: None,
         };
         // From here on `Drop` returns the VPID.
         v.vpid = g.alloc_vpid();
@@ -669,6 +700,24 @@ impl VmxVcpu {
             self.finish_mmio(access, len, data);
             return;
         }
+        if let PendingIo::Msr { read, len } = p {
+            // SAFETY: `run` is the vCPU's kvm_run page; the msr view of the union is plain
+            // integers userspace filled in, each read once.
+            let (error, data) = unsafe {
+                let m = core::ptr::addr_of!((*run).__bindgen_anon_1.msr);
+                (core::ptr::addr_of!((*m).error).read_volatile(), core::ptr::addr_of!((*m).data).read_volatile())
+            };
+            if error != 0 {
+                self.inject_exception(GP);
+                return;
+            }
+            if read {
+                self.regs.gpr[RAX] = data & 0xffff_ffff;
+                self.regs.gpr[RDX] = data >> 32;
+            }
+            self.skip_instruction(len.into());
+            return;
+        }
         if let PendingIo::In { size } = p {
             let mut data = [0u8; 8];
             // SAFETY: `pio` is the vCPU's PIO page; `size` ≤ 4 bytes at offset 0.
@@ -985,34 +1034,8 @@ impl VmxVcpu {
                 self.with_vmcs(|v| v.skip_instruction(e.instr_len))?;
                 Ok(Next::Resume)
             }
-            reason::MSR_READ => {
-                let mctx = MsrCtx { host: false, vm: ctx.vm, cpuid: ctx.cpuid };
-                self.with_vmcs(|v| {
-                    let index = v.regs.gpr[RCX] as u32;
-                    match v.read_msr(&mctx, index) {
-                        Some(val) => {
-                            v.regs.gpr[RAX] = val & 0xffff_ffff;
-                            v.regs.gpr[RDX] = val >> 32;
-                            v.skip_instruction(e.instr_len);
-                        }
-                        None => v.inject_exception(GP),
-                    }
-                })?;
-                Ok(Next::Resume)
-            }
-            reason::MSR_WRITE => {
-                let mctx = MsrCtx { host: false, vm: ctx.vm, cpuid: ctx.cpuid };
-                self.with_vmcs(|v| {
-                    let index = v.regs.gpr[RCX] as u32;
-                    let val = (v.regs.gpr[RDX] << 32) | (v.regs.gpr[RAX] & 0xffff_ffff);
-                    if v.write_msr(&mctx, index, val) {
-                        v.skip_instruction(e.instr_len);
-                    } else {
-                        v.inject_exception(GP);
-                    }
-                })?;
-                Ok(Next::Resume)
-            }
+            reason::MSR_READ => self.handle_msr(ctx, e, false),
+            reason::MSR_WRITE => self.handle_msr(ctx, e, true),
             reason::XSETBV => {
                 self.with_vmcs(|v| {
                     let val = (v.regs.gpr[RDX] << 32) | (v.regs.gpr[RAX] & 0xffff_ffff);
@@ -1048,6 +1071,124 @@ impl VmxVcpu {
                 Ok(Next::User)
             }
         }
+    }
+
+    /// A guest RDMSR or WRMSR (upstream `kvm_emulate_rdmsr` / `kvm_emulate_wrmsr`): the VM's
+    /// MSR filter first (`kvm_msr_allowed`), then the MSR itself ([`Self::read_msr`] /
+    /// [`Self::write_msr`]); RIP moves past it. A refusal whose reason the VM enabled with
+    /// `KVM_CAP_X86_USER_SPACE_MSR` exits to userspace with `KVM_EXIT_X86_RDMSR`/`_WRMSR`,
+    /// completed by the next `KVM_RUN` (`kvm_msr_user_space`, [`PendingIo::Msr`]); any other
+    /// raises #GP.
+    fn handle_msr(&mut self, ctx: &mut RunContext<'_>, e: &ExitInfo, write: bool) -> Result<Next> {
+        let index = self.regs.gpr[RCX] as u32;
+        let data = (self.regs.gpr[RDX] << 32) | (self.regs.gpr[RAX] & 0xffff_ffff);
+        self.refresh_msr_filter(ctx.vm)?;
+        let allowed = msr_filter::allowed(self.msr_filter.as_deref(), index, write);
+        if write && allowed {
+            self.prepare_msr_write(index)?;
+        }
+        let mctx = MsrCtx { host: false, vm: ctx.vm, cpuid: ctx.cpuid };
+        let r = self.with_vmcs(|v| {
+            if !allowed {
+                return Err(MsrFault::Filtered);
+            }
+            if write {
+                v.write_msr(&mctx, index, data)?;
+            } else {
+                let val = v.read_msr(&mctx, index)?;
+                v.regs.gpr[RAX] = val & 0xffff_ffff;
+                v.regs.gpr[RDX] = val >> 32;
+            }
+            v.skip_instruction(e.instr_len);
+            Ok(())
+        })?;
+        let Err(fault) = r else { return Ok(Next::Resume) };
+        let reason = fault.exit_reason();
+        if ctx.vm.user_space_msr_mask.load(Ordering::Relaxed) & reason == 0 {
+            self.inject_exception(GP);
+            return Ok(Next::Resume);
+        }
+        // SAFETY: `run` is the vCPU's kvm_run page; the msr view of the union is plain integers.
+        unsafe {
+            let run = ctx.run;
+            (*run).exit_reason = if write { b::KVM_EXIT_X86_WRMSR } else { b::KVM_EXIT_X86_RDMSR };
+            let m = &mut (*run).__bindgen_anon_1.msr;
+            m.error = 0;
+            m.pad = [0; 7];
+            m.reason = reason;
+            m.index = index;
+            m.data = if write { data } else { 0 };
+        }
+        self.pending = Some(PendingIo::Msr { read: !write, len: e.instr_len as u8 });
+        Ok(Next::User)
+    }
+
+    /// Takes up the VM's MSR filter if it changed since this vCPU last looked (upstream
+    /// `KVM_REQ_MSR_FILTER_CHANGED` → `vmx_msr_filter_changed`), before every entry and every
+    /// MSR exit: one load and compare unless it did ([`Self::take_msr_filter`]).
+    #[inline(always)]
+    fn refresh_msr_filter(&mut self, vm: &crate::vm::Vm) -> Result {
+        if vm.msr_filter_gen() == self.msr_filter_gen {
+            return Ok(());
+        }
+        self.take_msr_filter(vm)
+    }
+
+    /// The VM's new MSR filter: the accesses of `msr::PASS_THROUGH` it denies are intercepted
+    /// from now on, through an MSR bitmap of this vCPU's own (allocated the first time one is
+    /// denied); with none denied the shared bitmap applies again.
+    #[cold]
+    #[inline(never)]
+    fn take_msr_filter(&mut self, vm: &crate::vm::Vm) -> Result {
+        let (gen, filter) = vm.msr_filter();
+        let allowed = |m, w| msr_filter::allowed(filter.as_deref(), m, w);
+        let pa = if msr::passthrough_denied(allowed) == 0 {
+            super::global().msr_bitmap_pa()
+        } else {
+            let page = match &self.msr_bitmap {
+                Some(p) => p,
+                None => self.msr_bitmap.insert(Page::alloc_page(GFP_KERNEL_ACCOUNT)?),
+            };
+            // SAFETY: the page is this vCPU's, 4 KiB in the direct map; the CPU reads it only
+            // while this vCPU's guest runs, and it does not: this is the thread that runs it,
+            // outside guest mode, with the vCPU mutex held.
+            msr::fill_bitmap_filtered(unsafe { &mut *(b::rkvm_page_address(page.as_ptr().cast()) as *mut [u8; 4096]) }, allowed);
+            super::page_pa(page)
+        };
+        self.with_vmcs(|_| vmcs::write(f::MSR_BITMAP, pa))?;
+        self.msr_filter = filter;
+        self.msr_filter_gen = gen;
+        Ok(())
+    }
+
+    /// The vCPU's machine-check state ([`mce::RESET`] until something changed it).
+    fn mce_state(&self) -> &Mce {
+        self.mce.as_deref().unwrap_or(&mce::RESET)
+    }
+
+    /// The vCPU's own machine-check state, allocated on first use (`ENOMEM`).
+    fn mce_mut(&mut self) -> Result<&mut Mce> {
+        if self.mce.is_none() {
+            self.mce = Some(KBox::new(Mce::new(), GFP_KERNEL_ACCOUNT)?);
+        }
+        self.mce.as_deref_mut().ok_or(ENOMEM)
+    }
+
+    /// Before a WRMSR or `KVM_SET_MSRS` of `index` (outside [`Self::with_vmcs`], where it may
+    /// sleep): a machine-check MSR write needs the vCPU's own machine-check state.
+    fn prepare_msr_write(&mut self, index: u32) -> Result {
+        if mce::is_mce_msr(index) {
+            self.mce_mut()?;
+        }
+        Ok(())
+    }
+
+    /// Whether the guest's CPUID names an AMD-compatible vendor (upstream
+    /// `guest_cpuid_is_amd_compatible`): AuthenticAMD or HygonGenuine in leaf 0.
+    fn guest_is_amd(&self, ctx: &MsrCtx<'_>) -> bool {
+        let r = if ctx.cpuid.is_empty() { self.default_cpuid(0, 0) } else { crate::x86::cpuid::lookup(ctx.cpuid, 0, 0) };
+        // EBX, EDX, ECX of "AuthenticAMD" and "HygonGenuine".
+        matches!((r[1], r[3], r[2]), (0x6874_7541, 0x6974_6e65, 0x444d_4163) | (0x6f67_7948, 0x6e65_476e, 0x656e_6975))
     }
 
     fn internal_error(&self, run: *mut b::kvm_run, suberror: u32, e: &ExitInfo) {
@@ -1269,19 +1410,26 @@ impl VmxVcpu {
         }
     }
 
-    /// An RDMSR by the guest or `KVM_GET_MSRS` (VMCS current): the value, or `None` for #GP /
-    /// a failed entry (upstream: `vmx_get_msr` → `kvm_get_msr_common`).
-    fn read_msr(&self, ctx: &MsrCtx<'_>, index: u32) -> Option<u64> {
+    /// An RDMSR by the guest or `KVM_GET_MSRS` (VMCS current): the value, or why it is refused
+    /// (#GP, a userspace exit, a failed entry) (upstream: `vmx_get_msr` → `kvm_get_msr_common`).
+    fn read_msr(&self, ctx: &MsrCtx<'_>, index: u32) -> core::result::Result<u64, MsrFault> {
         let g = super::global();
         let pat_in_vmcs = self.config.entry & b::VM_ENTRY_LOAD_IA32_PAT != 0;
-        Some(match index {
+        let lmce = self.msrs.feature_control & mce::FEATURE_CONTROL_LMCE != 0;
+        if let Some(r) = self.mce_state().read(index, ctx.host, lmce) {
+            return r.map_err(|()| MsrFault::Invalid);
+        }
+        let refused = msr::refusal(index, false);
+        Ok(match index {
             // No nested guest: L1's offset is the only one, for userspace and guest alike.
             msr::TSC => insn::rdtsc().wrapping_add(vmcs::read(f::TSC_OFFSET)),
             msr::TSC_ADJUST => self.msrs.tsc_adjust.0,
             msr::APIC_BASE => self.get_apic_base(),
             // Upstream `kvm_x2apic_msr_read`: #GP without an in-kernel LAPIC in x2APIC mode
             // (guest and userspace alike).
-            lapic::X2APIC_MSR_FIRST..=lapic::X2APIC_MSR_LAST => return self.apic.as_ref()?.x2apic_msr_read(index),
+            lapic::X2APIC_MSR_FIRST..=lapic::X2APIC_MSR_LAST => {
+                return self.apic.as_ref().and_then(|a| a.x2apic_msr_read(index)).ok_or(refused)
+            }
             msr::FEATURE_CONTROL => self.msrs.feature_control,
             msr::K7_HWCR => self.msrs.hwcr,
             msr::UCODE_REV => self.msrs.ucode_rev,
@@ -1291,6 +1439,7 @@ impl VmxVcpu {
                 self.msrs.platform_info
             }
             msr::MISC_FEATURES_ENABLES => self.msrs.misc_features,
+            msr::POWER_CTL => self.msrs.power_ctl,
             msr::SPEC_CTRL if g.host.spec_ctrl_bits != 0 => self.msrs.spec_ctrl,
             // No variable-range or fixed-range MTRRs, no write-combining type.
             msr::MTRRCAP => 0,
@@ -1307,21 +1456,37 @@ impl VmxVcpu {
             msr::GS_BASE => vmcs::read(f::GUEST_GS_BASE),
             msr::KERNEL_GS_BASE => self.msrs.kernel_gs_base,
             _ => {
-                let i = msr::URET.iter().position(|&m| m == index)?;
+                let i = msr::URET.iter().position(|&m| m == index).ok_or(refused)?;
                 if g.host.uret_present & (1 << i) == 0 {
-                    return None;
+                    return Err(refused);
                 }
                 self.msrs.uret[i]
             }
         })
     }
 
-    /// A WRMSR by the guest or `KVM_SET_MSRS` (VMCS current): false for #GP / a failed entry
-    /// (upstream: `vmx_set_msr` → `kvm_set_msr_common`; `ctx.host` is `host_initiated`).
-    fn write_msr(&mut self, ctx: &MsrCtx<'_>, index: u32, v: u64) -> bool {
+    /// A WRMSR by the guest or `KVM_SET_MSRS` (VMCS current): why it is refused (#GP, a
+    /// userspace exit, a failed entry) (upstream: `vmx_set_msr` → `kvm_set_msr_common`;
+    /// `ctx.host` is `host_initiated`).
+    fn write_msr(&mut self, ctx: &MsrCtx<'_>, index: u32, v: u64) -> core::result::Result<(), MsrFault> {
         let g = super::global();
+        let refused = msr::refusal(index, true);
         if !msr::value_valid(index, v) {
-            return false;
+            return Err(refused);
+        }
+        let lmce = self.msrs.feature_control & mce::FEATURE_CONTROL_LMCE != 0;
+        if mce::is_mce_msr(index) {
+            // McStatusWrEn (HWCR bit 18) lets an AMD guest write non-zero MCi_STATUS values.
+            let status_writable = self.msrs.hwcr & (1 << 18) != 0 && self.guest_is_amd(ctx);
+            // The callers allocated the state (`prepare_msr_write`); without it the write is
+            // refused rather than lost.
+            let r = match self.mce.as_deref_mut() {
+                Some(m) => m.write(index, v, ctx.host, lmce, status_writable),
+                None => Some(Err(())),
+            };
+            if let Some(r) = r {
+                return r.map_err(|()| MsrFault::Invalid);
+            }
         }
         let pat_in_vmcs = self.config.entry & b::VM_ENTRY_LOAD_IA32_PAT != 0;
         match index {
@@ -1339,12 +1504,14 @@ impl VmxVcpu {
                     vmcs::write(f::TSC_OFFSET, off);
                 }
             }
-            msr::FEATURE_CONTROL if msr::feature_control_valid(self.msrs.feature_control, v, ctx.host) => {
+            msr::FEATURE_CONTROL
+                if msr::feature_control_valid(self.msrs.feature_control, v, ctx.host, self.mce_state().guest_feature_control_bits()) =>
+            {
                 self.msrs.feature_control = v
             }
             msr::K7_HWCR => match msr::hwcr_write(v) {
                 Some(v) => self.msrs.hwcr = v,
-                None => return false,
+                None => return Err(refused),
             },
             // Only userspace sets the revision; the guest's writes are ignored (upstream).
             msr::UCODE_REV => {
@@ -1358,6 +1525,7 @@ impl VmxVcpu {
             msr::MISC_FEATURES_ENABLES if msr::misc_features_valid(v, self.msrs.platform_info) => {
                 self.msrs.misc_features = v
             }
+            msr::POWER_CTL => self.msrs.power_ctl = v,
             // Userspace may make any mode change a guest may not (upstream `kvm_apic_set_base`
             // with `host_initiated`), e.g. x2APIC back to xAPIC.
             msr::APIC_BASE
@@ -1368,7 +1536,7 @@ impl VmxVcpu {
             }
             // Upstream `kvm_x2apic_msr_write` (guest and userspace alike).
             lapic::X2APIC_MSR_FIRST..=lapic::X2APIC_MSR_LAST => {
-                return self.apic.as_mut().is_some_and(|a| a.x2apic_msr_write(index, v))
+                return if self.apic.as_mut().is_some_and(|a| a.x2apic_msr_write(index, v)) { Ok(()) } else { Err(refused) }
             }
             msr::SPEC_CTRL if v & !g.host.spec_ctrl_bits == 0 && g.host.spec_ctrl_bits != 0 => {
                 self.msrs.spec_ctrl = v
@@ -1394,21 +1562,21 @@ impl VmxVcpu {
                 let paging = vmcs::read(f::CR0_READ_SHADOW) & cr::CR0_PG != 0;
                 match msr::efer_write(self.efer, v, paging) {
                     Some(efer) => self.set_efer(efer),
-                    None => return false,
+                    None => return Err(refused),
                 }
             }
             msr::FS_BASE => vmcs::write(f::GUEST_FS_BASE, v),
             msr::GS_BASE => vmcs::write(f::GUEST_GS_BASE, v),
             msr::KERNEL_GS_BASE => self.msrs.kernel_gs_base = v,
             _ => {
-                let Some(i) = msr::URET.iter().position(|&m| m == index) else { return false };
+                let i = msr::URET.iter().position(|&m| m == index).ok_or(refused)?;
                 if g.host.uret_present & (1 << i) == 0 {
-                    return false;
+                    return Err(refused);
                 }
                 self.msrs.uret[i] = v;
             }
         }
-        true
+        Ok(())
     }
 
     fn gpr(&self, reg: usize) -> u64 {
@@ -1860,11 +2028,26 @@ impl BackendVcpu for VmxVcpu {
     }
 
     fn get_msr(&mut self, ctx: &MsrCtx<'_>, index: u32) -> Result<Option<u64>> {
-        self.with_vmcs(|v| v.read_msr(ctx, index))
+        self.with_vmcs(|v| v.read_msr(ctx, index).ok())
     }
 
     fn set_msr(&mut self, ctx: &MsrCtx<'_>, index: u32, data: u64) -> Result<bool> {
-        self.with_vmcs(|v| v.write_msr(ctx, index, data))
+        self.prepare_msr_write(index)?;
+        self.with_vmcs(|v| v.write_msr(ctx, index, data).is_ok())
+    }
+
+    fn mce(&mut self) -> Result<&mut Mce> {
+        self.mce_mut()
+    }
+
+    fn queue_machine_check(&mut self) -> Result {
+        self.inject_exception_code(MC, None);
+        Ok(())
+    }
+
+    fn request_shutdown(&mut self) -> Result {
+        self.shutdown_pending = true;
+        Ok(())
     }
 
     fn write_tsc_offset(&mut self, offset: u64) -> Result {
@@ -2172,6 +2355,11 @@ impl VmxVcpu {
         if ctx.immediate_exit {
             return Err(EINTR);
         }
+        if core::mem::take(&mut self.shutdown_pending) {
+            // SAFETY: `run` is the vCPU's kvm_run page.
+            unsafe { (*run).exit_reason = b::KVM_EXIT_SHUTDOWN };
+            return Ok(());
+        }
         loop {
             // SAFETY: querying the current task's state.
             if unsafe { b::rkvm_signal_pending() } {
@@ -2202,6 +2390,8 @@ impl VmxVcpu {
                     continue;
                 }
             };
+            // A new MSR filter may change which MSRs pass through (one load when it did not).
+            self.refresh_msr_filter(vm)?;
             match self.enter_once(user_window || apic_window, kick_seq)? {
                 Entered::Cancelled => continue,
                 Entered::Exit(info) => {

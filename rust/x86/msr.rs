@@ -80,6 +80,8 @@ pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
 pub const TSC_AUX: u32 = 0xc000_0103;
 /// `MSR_K7_HWCR` (AMD's hardware configuration register; KVM emulates it on Intel too).
 pub const K7_HWCR: u32 = 0xc001_0015;
+/// `MSR_IA32_POWER_CTL` (model-specific; upstream keeps whatever is written).
+pub const POWER_CTL: u32 = 0x1fc;
 
 /// The RESET value of IA32_PAT (SDM 11.12.4).
 pub const PAT_RESET: u64 = 0x0007_0406_0007_0406;
@@ -90,7 +92,7 @@ pub const MISC_ENABLE_RESET: u64 = 1 | 1 << 11 | 1 << 12;
 pub const FEATURE_CONTROL_LOCKED: u64 = 1;
 /// What userspace may write to IA32_FEATURE_CONTROL (upstream `KVM_SUPPORTED_FEATURE_CONTROL`):
 /// lock, VMX inside and outside SMX, SGX launch control, SGX, LMCE. The guest itself may only
-/// set the lock bit (no nested VMX, SGX or LMCE: upstream's
+/// set the lock bit, and LMCE with `MCG_LMCE_P` (no nested VMX or SGX: upstream's
 /// `msr_ia32_feature_control_valid_bits` for such a vCPU).
 pub const FEATURE_CONTROL_HOST_VALID: u64 = 1 | 1 << 1 | 1 << 2 | 1 << 17 | 1 << 18 | 1 << 20;
 /// `MSR_PLATFORM_INFO_CPUID_FAULT` / `MSR_MISC_FEATURES_ENABLES_CPUID_FAULT`.
@@ -104,12 +106,63 @@ pub const EFER_WRITABLE: u64 = 1 | 1 << 8 | 1 << 10 | 1 << 11;
 /// The MSRs rkvm's vCPUs have (`KVM_GET_MSR_INDEX_LIST`: what userspace saves and restores),
 /// before dropping those the host CPU lacks (SPEC_CTRL, TSC_AUX): the hardware ones, then those
 /// emulated in software in upstream's `emulated_msrs_all` order. The read-only MTRRCAP is not
-/// listed (nor is it upstream): restoring it would fail.
-pub const KNOWN: [u32; 25] = [
+/// listed (nor is it upstream): restoring it would fail. Of the machine-check MSRs
+/// (`x86::mce`) only the global ones are listed, as upstream: userspace saves the banks itself.
+pub const KNOWN: [u32; 29] = [
     TSC, APIC_BASE, FEATURE_CONTROL, SPEC_CTRL, SYSENTER_CS, SYSENTER_ESP, SYSENTER_EIP,
     MISC_ENABLE, DEBUGCTL, PAT, MTRR_DEF_TYPE, EFER, STAR, LSTAR, CSTAR, SFMASK, FS_BASE, GS_BASE,
-    KERNEL_GS_BASE, TSC_AUX, TSC_ADJUST, PLATFORM_INFO, MISC_FEATURES_ENABLES, UCODE_REV, K7_HWCR,
+    KERNEL_GS_BASE, TSC_AUX, TSC_ADJUST, super::mce::MCG_STATUS, super::mce::MCG_CTL,
+    super::mce::MCG_EXT_CTL, PLATFORM_INFO, MISC_FEATURES_ENABLES, POWER_CTL, UCODE_REV, K7_HWCR,
 ];
+
+/// Why a guest's RDMSR or WRMSR is refused (upstream: the non-zero returns of
+/// `kvm_get_msr_with_filter` / `kvm_set_msr_with_filter`). With `KVM_CAP_X86_USER_SPACE_MSR`
+/// enabled for that reason the access exits to userspace instead of raising #GP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MsrFault {
+    /// rkvm has the MSR but refuses this access: a bad value, a feature the guest lacks, a
+    /// read-only MSR (upstream returns 1).
+    Invalid,
+    /// rkvm does not know the MSR (upstream `KVM_MSR_RET_UNSUPPORTED`).
+    Unsupported,
+    /// The VM's MSR filter denies the access (upstream `KVM_MSR_RET_FILTERED`).
+    Filtered,
+}
+
+/// `kvm_run->msr.reason` values and `KVM_CAP_X86_USER_SPACE_MSR` bits
+/// (`KVM_MSR_EXIT_REASON_INVAL`, `_UNKNOWN`, `_FILTER`).
+pub const EXIT_REASON_INVAL: u32 = 1;
+pub const EXIT_REASON_UNKNOWN: u32 = 2;
+pub const EXIT_REASON_FILTER: u32 = 4;
+/// `KVM_MSR_EXIT_REASON_VALID_MASK`: what `KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR)` accepts.
+pub const EXIT_REASON_VALID_MASK: u32 = EXIT_REASON_INVAL | EXIT_REASON_UNKNOWN | EXIT_REASON_FILTER;
+
+impl MsrFault {
+    /// The exit reason this refusal has (upstream `kvm_msr_reason`).
+    pub fn exit_reason(self) -> u32 {
+        match self {
+            MsrFault::Invalid => EXIT_REASON_INVAL,
+            MsrFault::Unsupported => EXIT_REASON_UNKNOWN,
+            MsrFault::Filtered => EXIT_REASON_FILTER,
+        }
+    }
+}
+
+/// Whether a refused guest access to `msr` (a read, or a `write`) is [`MsrFault::Invalid`]
+/// rather than [`MsrFault::Unsupported`]: the MSR is one rkvm answers, so the refusal is
+/// about this access. The listed MSRs, MTRRCAP, DEBUGCTL, the x2APIC registers, and the
+/// write-only PRED_CMD for writes (a read of it is unknown to upstream too). The
+/// machine-check MSRs are decided by `mce::Mce::read`/`write` before this is asked.
+pub fn refusal(msr: u32, write: bool) -> MsrFault {
+    let known = KNOWN.contains(&msr)
+        || matches!(msr, MTRRCAP | DEBUGCTL | 0x800..=0x8ff)
+        || (write && msr == PRED_CMD);
+    if known {
+        MsrFault::Invalid
+    } else {
+        MsrFault::Unsupported
+    }
+}
 
 /// MSRs a guest reads and writes without exiting: their guest values live in the VMCS
 /// (FS/GS base, SYSENTER_*) or are switched around every entry (KERNEL_GS_BASE).
@@ -130,14 +183,39 @@ pub fn bitmap_bit(msr: u32, write: bool) -> Option<(usize, u8)> {
 
 /// Fills an MSR bitmap: every access exits except reads and writes of [`PASS_THROUGH`].
 pub fn fill_bitmap(page: &mut [u8; 4096]) {
+    fill_bitmap_filtered(page, |_, _| true);
+}
+
+/// Fills an MSR bitmap under an MSR filter: every access exits except those of
+/// [`PASS_THROUGH`] that `allowed(msr, write)` (the VM's filter) lets through, so that a denied
+/// one exits and is refused (upstream `vmx_msr_filter_changed` →
+/// `vmx_disable_intercept_for_msr`, which passes an MSR through only if `kvm_msr_allowed`).
+pub fn fill_bitmap_filtered(page: &mut [u8; 4096], allowed: impl Fn(u32, bool) -> bool) {
     page.fill(0xff);
     for msr in PASS_THROUGH {
         for write in [false, true] {
+            if !allowed(msr, write) {
+                continue;
+            }
             if let Some((byte, bit)) = bitmap_bit(msr, write) {
                 page[byte] &= !(1 << bit);
             }
         }
     }
+}
+
+/// Which accesses of [`PASS_THROUGH`] `allowed` denies: bit `2 * i` for reads of
+/// `PASS_THROUGH[i]`, `2 * i + 1` for writes. 0: the shared bitmap of [`fill_bitmap`] applies.
+pub fn passthrough_denied(allowed: impl Fn(u32, bool) -> bool) -> u32 {
+    let mut denied = 0;
+    for (i, msr) in PASS_THROUGH.iter().enumerate() {
+        for (j, write) in [false, true].into_iter().enumerate() {
+            if !allowed(*msr, write) {
+                denied |= 1 << (2 * i + j);
+            }
+        }
+    }
+    denied
 }
 
 /// Whether `v` is a canonical address for 48-bit linear addresses (bits 63:47 all equal).
@@ -184,13 +262,15 @@ pub fn hwcr_write(v: u64) -> Option<u64> {
 }
 
 /// A write of IA32_FEATURE_CONTROL (upstream `is_vmx_feature_control_msr_valid`): the guest
-/// may only set the lock bit, and only while the MSR is unlocked; userspace may write any bit
-/// of [`FEATURE_CONTROL_HOST_VALID`] at any time (to restore a saved value).
-pub fn feature_control_valid(old: u64, new: u64, host: bool) -> bool {
+/// may only set the bits of `guest_valid` (the lock bit, and LMCE when the vCPU has local
+/// machine checks: `mce::Mce::guest_feature_control_bits`), and only while the MSR is
+/// unlocked; userspace may write any bit of [`FEATURE_CONTROL_HOST_VALID`] at any time (to
+/// restore a saved value).
+pub fn feature_control_valid(old: u64, new: u64, host: bool, guest_valid: u64) -> bool {
     if host {
         new & !FEATURE_CONTROL_HOST_VALID == 0
     } else {
-        old & FEATURE_CONTROL_LOCKED == 0 && new & !FEATURE_CONTROL_LOCKED == 0
+        old & FEATURE_CONTROL_LOCKED == 0 && new & !guest_valid == 0
     }
 }
 

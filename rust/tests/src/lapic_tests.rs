@@ -910,3 +910,39 @@ fn bus_cycle_of_the_vm_scales_the_timer() {
     apic.write(TDCR, 4, 0xb, 1);
     assert!(apic.deadline().is_some());
 }
+
+#[test]
+fn cmci_entry_exists_only_with_mcg_cmci_p() {
+    let mut apic = enabled(2);
+    // Without MCG_CMCI_P: 6 LVT entries, 0x2f0 reads 0 and ignores writes, nothing delivered.
+    w(&mut apic, LVTCMCI, 0xa9);
+    assert_eq!(r(&apic, LVTCMCI), 0);
+    assert!(!apic.deliver_cmci());
+    assert_eq!(apic.x2apic_msr_read(0x82f, 0), None);
+    // KVM_X86_SETUP_MCE with MCG_CMCI_P: a seventh entry, masked, counted in LVR.
+    apic.set_cmci(true);
+    assert_eq!(r(&apic, LVR), 0x60014);
+    assert_eq!(r(&apic, LVTCMCI), LVT_MASKED);
+    assert!(!apic.deliver_cmci(), "masked");
+    // Fixed mode, vector 0xa9 (upstream's ucna_injection_test): delivered to IRR.
+    w(&mut apic, LVTCMCI, 0xa9 | 0xff << 24);
+    assert_eq!(r(&apic, LVTCMCI), 0xa9, "only mask, delivery status, mode and vector bits");
+    assert!(apic.deliver_cmci());
+    assert!(bit(&apic, IRR, 0xa9));
+    assert_eq!(apic.pending(), Some(0xa9));
+    // Software disable masks it with the others; RESET keeps the entry, masked.
+    w(&mut apic, SPIV, 0xff);
+    assert_eq!(r(&apic, LVTCMCI), 0xa9 | LVT_MASKED);
+    apic.reset(false);
+    assert_eq!(r(&apic, LVTCMCI), LVT_MASKED);
+    assert_eq!(r(&apic, LVR), 0x60014);
+    // A saved image keeps KVM's LVR; taking CMCI away again hides the entry.
+    let mut img = [0u8; REG_SIZE];
+    apic.get_state(0, &mut img, false);
+    img[0x30] = 0;
+    apic.set_state(&img, 0, false).unwrap();
+    assert_eq!(r(&apic, LVR), 0x60014);
+    apic.set_cmci(false);
+    assert_eq!(r(&apic, LVR), 0x50014);
+    assert_eq!(r(&apic, LVTCMCI), 0);
+}

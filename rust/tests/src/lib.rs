@@ -53,7 +53,11 @@ mod ioapic_tests;
 #[cfg(test)]
 mod lapic_tests;
 #[cfg(test)]
+mod mce_tests;
+#[cfg(test)]
 mod memslot_tests;
+#[cfg(test)]
+mod msr_filter_tests;
 #[cfg(test)]
 mod msr_tests;
 #[cfg(test)]

@@ -187,15 +187,62 @@ fn hwcr_keeps_two_bits_ignores_three_refuses_the_rest() {
 #[test]
 fn feature_control_guest_locks_once_userspace_restores_anything_supported() {
     // The guest may set the lock bit while unlocked, nothing else, and nothing once locked.
-    assert!(feature_control_valid(0, FEATURE_CONTROL_LOCKED, false));
-    assert!(feature_control_valid(0, 0, false));
-    assert!(!feature_control_valid(0, 1 << 2 | 1, false), "no nested VMX to enable");
-    assert!(!feature_control_valid(FEATURE_CONTROL_LOCKED, FEATURE_CONTROL_LOCKED, false));
+    let lock = FEATURE_CONTROL_LOCKED;
+    assert!(feature_control_valid(0, FEATURE_CONTROL_LOCKED, false, lock));
+    assert!(feature_control_valid(0, 0, false, lock));
+    assert!(!feature_control_valid(0, 1 << 2 | 1, false, lock), "no nested VMX to enable");
+    assert!(!feature_control_valid(FEATURE_CONTROL_LOCKED, FEATURE_CONTROL_LOCKED, false, lock));
+    // LMCE only when the vCPU has local machine checks (MCG_LMCE_P).
+    assert!(!feature_control_valid(0, 1 << 20 | 1, false, lock));
+    assert!(feature_control_valid(0, 1 << 20 | 1, false, lock | 1 << 20));
     // Userspace: any supported bit, locked or not (KVM_SET_MSRS of a saved value).
-    assert!(feature_control_valid(FEATURE_CONTROL_LOCKED, 0, true));
-    assert!(feature_control_valid(FEATURE_CONTROL_LOCKED, FEATURE_CONTROL_HOST_VALID, true));
-    assert!(!feature_control_valid(0, 1 << 3, true));
-    assert!(!feature_control_valid(0, 1 << 63, true));
+    assert!(feature_control_valid(FEATURE_CONTROL_LOCKED, 0, true, lock));
+    assert!(feature_control_valid(FEATURE_CONTROL_LOCKED, FEATURE_CONTROL_HOST_VALID, true, lock));
+    assert!(!feature_control_valid(0, 1 << 3, true, lock));
+    assert!(!feature_control_valid(0, 1 << 63, true, lock));
+}
+
+#[test]
+fn refusals_of_known_msrs_are_invalid_of_others_unknown() {
+    assert_eq!(refusal(LSTAR, true), MsrFault::Invalid);
+    assert_eq!(refusal(MTRRCAP, true), MsrFault::Invalid, "read-only");
+    assert_eq!(refusal(0x808, false), MsrFault::Invalid, "x2APIC TPR outside x2APIC mode");
+    assert_eq!(refusal(PRED_CMD, true), MsrFault::Invalid);
+    assert_eq!(refusal(PRED_CMD, false), MsrFault::Unsupported, "write-only: upstream has no read");
+    assert_eq!(refusal(0xdead_beef, false), MsrFault::Unsupported);
+    assert_eq!(refusal(0x10b, true), MsrFault::Unsupported, "FLUSH_CMD: not emulated");
+    assert_eq!(MsrFault::Invalid.exit_reason(), EXIT_REASON_INVAL);
+    assert_eq!(MsrFault::Unsupported.exit_reason(), EXIT_REASON_UNKNOWN);
+    assert_eq!(MsrFault::Filtered.exit_reason(), EXIT_REASON_FILTER);
+    assert_eq!(EXIT_REASON_VALID_MASK, 7);
+}
+
+#[test]
+fn filtered_bitmap_intercepts_only_the_denied_passthrough_accesses() {
+    let mut plain = [0u8; 4096];
+    fill_bitmap(&mut plain);
+    let mut same = [0u8; 4096];
+    fill_bitmap_filtered(&mut same, |_, _| true);
+    assert!(plain == same);
+    assert_eq!(passthrough_denied(|_, _| true), 0);
+    // Deny reads of FS_BASE and writes of SYSENTER_EIP.
+    let allowed = |m: u32, w: bool| !((m == FS_BASE && !w) || (m == SYSENTER_EIP && w));
+    let mut page = [0u8; 4096];
+    fill_bitmap_filtered(&mut page, allowed);
+    let intercepted = |page: &[u8; 4096], m: u32, w: bool| {
+        let (byte, bit) = bitmap_bit(m, w).unwrap();
+        page[byte] & (1 << bit) != 0
+    };
+    assert!(intercepted(&page, FS_BASE, false));
+    assert!(!intercepted(&page, FS_BASE, true));
+    assert!(intercepted(&page, SYSENTER_EIP, true));
+    assert!(!intercepted(&page, SYSENTER_EIP, false));
+    assert!(!intercepted(&page, GS_BASE, false));
+    assert!(intercepted(&page, LSTAR, false), "never passed through");
+    let denied = passthrough_denied(allowed);
+    assert_eq!(denied.count_ones(), 2);
+    let fs = PASS_THROUGH.iter().position(|&m| m == FS_BASE).unwrap();
+    assert!(denied & (1 << (2 * fs)) != 0);
 }
 
 #[test]
