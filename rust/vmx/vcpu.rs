@@ -211,6 +211,11 @@ pub(crate) struct VmxVcpu {
     /// enables a breakpoint (upstream `KVM_DEBUGREG_BP_ENABLED`).
     eff_db: [u64; 4],
     load_dr: bool,
+    /// The host's DR0–DR3 while the guest's are loaded.
+    host_db: [u64; 4],
+    /// `load_dr` or `KVM_SET_GUEST_DEBUG` in force: entries take the debug path (kept by
+    /// [`Self::update_dr7`]).
+    debugging: bool,
     /// The linear RIP where `KVM_GUESTDBG_SINGLESTEP` was set: `KVM_SET_REGS` puts RFLAGS.TF
     /// back only while the guest is still there (upstream `singlestep_rip`).
     singlestep_rip: u64,
@@ -358,6 +363,8 @@ impl VmxVcpu {
             debug: GuestDebug::default(),
             eff_db: [0; 4],
             load_dr: false,
+            host_db: [0; 4],
+            debugging: false,
             singlestep_rip: 0,
             bp_len: 1,
             step_exit: false,
@@ -599,6 +606,7 @@ impl VmxVcpu {
     /// Advances RIP past the instruction that exited, which rkvm has completed for the guest
     /// (upstream `kvm_skip_emulated_instruction`): with RFLAGS.TF set, the single-step trap the
     /// CPU could not raise is made here.
+    #[inline]
     fn skip_instruction(&mut self, len: u64) {
         // "The processor will not generate this exception after the instruction that sets the
         // TF flag": the RFLAGS of before the instruction decides (upstream reads it first too).
@@ -614,6 +622,7 @@ impl VmxVcpu {
     /// TF. No BS may stay pending from the exit: the CPU never executed the instruction, yet a
     /// MOV-SS-blocked exit holds the previous instruction's trap, and Bochs 2.7 saves BS on every
     /// exit taken with TF = 1 (README); either would raise a second trap right after the entry.
+    #[cold]
     fn single_step_trap(&mut self) {
         let pend = vmcs::read(f::GUEST_PENDING_DBG_EXCEPTIONS);
         if pend & debug::DR6_BS != 0 {
@@ -628,6 +637,7 @@ impl VmxVcpu {
 
     /// Advances RIP past an instruction without single-step trap (upstream vmx's inner
     /// `skip_emulated_instruction`; for ICEBP, whose #DB outranks the single step).
+    #[inline]
     fn skip_instruction_raw(&mut self, len: u64) {
         let rip = vmcs::read(f::GUEST_RIP);
         // Outside 64-bit mode RIP wraps at 32 bits.
@@ -727,6 +737,7 @@ impl VmxVcpu {
         vmcs::write(f::GUEST_DR7, dr7);
         self.eff_db = db;
         self.load_dr = debug::armed(dr7);
+        self.debugging = self.load_dr || self.debug.control != 0;
     }
 
     /// Queues a #DB for the guest (upstream `kvm_queue_exception_p(DB_VECTOR, payload)`), with
@@ -892,12 +903,9 @@ impl VmxVcpu {
         if ev.info != 0 {
             vmcs::write(f::VM_ENTRY_EXCEPTION_ERROR_CODE, ev.error_code.into());
             vmcs::write(f::VM_ENTRY_INSTRUCTION_LEN, ev.instr_len.into());
-        }
-        if self.debug.singlestep() {
-            self.singlestep_entry();
-        }
-        if ev.info & 0x7ff == (events::TYPE_HW_EXCEPTION << 8) | DB {
-            self.db_injection_entry();
+            if ev.info & 0x7ff == (events::TYPE_HW_EXCEPTION << 8) | DB {
+                self.db_injection_entry();
+            }
         }
         let mut proc = self.config.proc;
         if ev.irq_window {
@@ -977,23 +985,12 @@ impl VmxVcpu {
         // unrelated exit; a kick that comes after this check finds interrupts off and causes
         // an exit right after the entry.
         let cancelled = self.apic.as_ref().is_some_and(|a| a.posted.kick.seq() != kick_seq);
-        // The guest's breakpoints (upstream: `switch_db_regs` in `vcpu_enter_guest`): the host's
-        // DR7 is disabled first, so no host breakpoint matches while DR0–DR3 hold guest
-        // addresses; the VM entry loads the guest's DR7 from the VMCS.
-        let host_db = if self.load_dr && !cancelled {
-            let saved = insn::read_dr0123();
-            // SAFETY: interrupts are off; DR7 is 0x400 (no breakpoint) from before DR0–DR3 are
-            // the guest's until after the host's are back (below); the VM exit leaves 0x400.
-            unsafe {
-                if debug::armed(host_dr7) {
-                    insn::write_dr7(DR7_RESET);
-                }
-                insn::write_dr0123(&self.eff_db);
-            }
-            Some(saved)
-        } else {
-            None
-        };
+        // Guest debugging or the guest's own breakpoints: one test on the common path.
+        let debugging = self.debugging;
+        if debugging {
+            // SAFETY: interrupts are off; `debug_exit` runs before they are on again.
+            unsafe { self.debug_entry(host_dr7) };
+        }
         let pt_caps = if cancelled { None } else { super::global().pt };
         if let Some(caps) = pt_caps {
             pt::guest_enter(&mut KernelMsrs, caps, &mut self.pt_host, &self.pt_guest);
@@ -1064,15 +1061,8 @@ impl VmxVcpu {
                     entry::deliver_host_interrupt(e.intr_info as u8);
                 }
             }
-            // DR0–DR3 and DR6 as the host keeps them (upstream `hw_breakpoint_restore`): its
-            // addresses back, and DR6 at its RESET value after a #DB exit, before its DR7.
-            if let Some(db) = &host_db {
-                insn::write_dr0123(db);
-            }
-            let db_exit = matches!(&info, Entered::Exit(e)
-                if e.reason == reason::EXCEPTION_NMI && e.intr_info & 0xff == DB);
-            if host_db.is_some() || db_exit {
-                insn::write_dr6(debug::DR6_ACTIVE_LOW);
+            if debugging {
+                self.debug_exit();
             }
             if host_dr7 != 0x400 {
                 insn::write_dr7(host_dr7);
@@ -1460,6 +1450,49 @@ impl VmxVcpu {
         // Nothing else is intercepted.
         self.internal_error(run, b::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON, e);
         Next::User
+    }
+
+    /// Right before an entry (interrupts off, VMCS current) while [`Self::debugging`]: the
+    /// single-step preparations, and the guest's DR0–DR3 loaded if its effective DR7 arms a
+    /// breakpoint, the host's kept (upstream: `switch_db_regs` in `vcpu_enter_guest`). The
+    /// host's DR7 is disabled first, so no host breakpoint matches while DR0–DR3 hold guest
+    /// addresses; the VM entry then loads the guest's DR7 from the VMCS, and the VM exit sets
+    /// DR7 to 0x400.
+    ///
+    /// # Safety
+    ///
+    /// Interrupts off until [`Self::debug_exit`] has run.
+    #[cold]
+    unsafe fn debug_entry(&mut self, host_dr7: u64) {
+        if self.debug.singlestep() {
+            self.singlestep_entry();
+        }
+        if self.load_dr {
+            self.host_db = insn::read_dr0123();
+            // SAFETY: interrupts are off (our contract); with DR7 at 0x400 no breakpoint is
+            // armed while DR0–DR3 are the guest's.
+            unsafe {
+                if debug::armed(host_dr7) {
+                    insn::write_dr7(DR7_RESET);
+                }
+                insn::write_dr0123(&self.eff_db);
+            }
+        }
+    }
+
+    /// Right after the exit (interrupts still off), before the caller restores the host's DR7:
+    /// its DR0–DR3 back and DR6 at its RESET value if the guest's were loaded (upstream
+    /// `hw_breakpoint_restore`).
+    #[cold]
+    fn debug_exit(&mut self) {
+        if self.load_dr {
+            // SAFETY: the host's own values (saved by `debug_entry`, interrupts off since); DR7
+            // is still 0x400 from the exit; DR6's RESET value is what the kernel keeps there.
+            unsafe {
+                insn::write_dr0123(&self.host_db);
+                insn::write_dr6(debug::DR6_ACTIVE_LOW);
+            }
+        }
     }
 
     /// Before an entry while userspace single-steps (upstream `vmx_vcpu_run`): no STI/MOV SS
@@ -2462,15 +2495,14 @@ impl VmxVcpu {
         Err(EAGAIN)
     }
 
-    /// Reports the single step of an instruction rkvm completed, if one is due (upstream
+    /// Reports the single step of an instruction rkvm completed (upstream
     /// `kvm_vcpu_do_singlestep`): `KVM_EXIT_DEBUG` at the next instruction with DR6.BS.
-    fn report_step(&mut self, run: *mut b::kvm_run) -> Result<bool> {
-        if !core::mem::take(&mut self.step_exit) {
-            return Ok(false);
-        }
+    #[cold]
+    fn report_step(&mut self, run: *mut b::kvm_run) -> Result {
+        self.step_exit = false;
         let (pc, dr7) = self.with_vmcs(|v| (v.debug_pc(), vmcs::read(f::GUEST_DR7)))?;
         debug_exit(run, debug::DB_VECTOR, pc, Some((debug::exit_dr6(debug::DR6_BS), dr7)));
-        Ok(true)
+        Ok(())
     }
 
     /// `run` without the `kvm_run` fields every exit fills (`post_run_save`).
@@ -2480,8 +2512,8 @@ impl VmxVcpu {
         self.with_vmcs(|v| v.complete_pending(vm, pio, run))?;
         // The completed instruction was single-stepped (upstream: `complete_userspace_io`
         // returning 0 from `kvm_skip_emulated_instruction`).
-        if self.report_step(run)? {
-            return Ok(());
+        if self.step_exit {
+            return self.report_step(run);
         }
         if ctx.immediate_exit {
             return Err(EINTR);
@@ -2532,8 +2564,8 @@ impl VmxVcpu {
                         }
                         return Ok(());
                     }
-                    if self.report_step(run)? {
-                        return Ok(());
+                    if self.step_exit {
+                        return self.report_step(run);
                     }
                     // Userspace asked to be told when it may inject (upstream: vcpu_run's
                     // dm_request_for_irq_injection check after each exit).
