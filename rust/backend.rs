@@ -147,6 +147,11 @@ pub(crate) trait BackendVcpu: Send {
     fn set_debugregs(&mut self, _d: &bindings::kvm_debugregs) -> Result {
         Err(EINVAL)
     }
+    /// `KVM_SET_GUEST_DEBUG` (with `KVM_CAP_SET_GUEST_DEBUG`), control flags already known
+    /// valid (upstream `kvm_arch_vcpu_ioctl_set_guest_debug`).
+    fn set_guest_debug(&mut self, _dbg: &bindings::kvm_guest_debug) -> Result {
+        Err(EINVAL)
+    }
     /// `KVM_GET_XCRS` (with `KVM_CAP_XCRS`).
     fn get_xcrs(&mut self, _x: &mut bindings::kvm_xcrs) -> Result {
         Err(EINVAL)

@@ -102,6 +102,13 @@ const _: () = {
     assert!(msr_filter::DEFAULT_DENY == b::KVM_MSR_FILTER_DEFAULT_DENY);
     assert!(msr_filter::VALID_MASK == b::KVM_MSR_FILTER_VALID_MASK);
     assert!(b::KVM_PIO_PAGE_OFFSET == 1);
+    {
+        use crate::x86::debug as d;
+        assert!(d::ENABLE == b::KVM_GUESTDBG_ENABLE && d::SINGLESTEP == b::KVM_GUESTDBG_SINGLESTEP);
+        assert!(d::USE_SW_BP == b::KVM_GUESTDBG_USE_SW_BP && d::USE_HW_BP == b::KVM_GUESTDBG_USE_HW_BP);
+        assert!(d::INJECT_DB == b::KVM_GUESTDBG_INJECT_DB && d::INJECT_BP == b::KVM_GUESTDBG_INJECT_BP);
+        assert!(d::BLOCKIRQ == b::KVM_GUESTDBG_BLOCKIRQ);
+    }
     assert!(b::KVM_COALESCED_MMIO_PAGE_OFFSET == 2);
     // The ring's entries fill the rest of its page.
     assert!(
@@ -300,6 +307,16 @@ impl FileKind for VcpuKind {
                     return Err(EINVAL);
                 }
                 arch.set_debugregs(&d).map(|()| 0)
+            }
+            // Upstream `kvm_arch_vcpu_ioctl_set_guest_debug`; rkvm refuses unknown flags and a
+            // debugger DR7 with bits 63:32 set (EINVAL) instead of ignoring them or failing the
+            // next VM entry (x86/debug.rs).
+            b::KVM_SET_GUEST_DEBUG => {
+                let dbg: b::kvm_guest_debug = read_user(arg)?;
+                if dbg.control & !crate::x86::debug::VALID_MASK != 0 {
+                    return Err(EINVAL);
+                }
+                arch.set_guest_debug(&dbg).map(|()| 0)
             }
             b::KVM_GET_XCRS => {
                 let mut x = b::kvm_xcrs::default();

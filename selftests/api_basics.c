@@ -101,7 +101,7 @@ static const struct { int cap; long want; } caps[] = {
 static const int vmx_caps[] = {
 	KVM_CAP_DEBUGREGS, KVM_CAP_XCRS, KVM_CAP_USER_NMI, KVM_CAP_VCPU_EVENTS, KVM_CAP_INTR_SHADOW,
 	KVM_CAP_XSAVE, KVM_CAP_PRE_FAULT_MEMORY, KVM_CAP_GET_MSR_FEATURES, KVM_CAP_MSR_PLATFORM_INFO,
-	KVM_CAP_EXIT_ON_EMULATION_FAILURE,
+	KVM_CAP_EXIT_ON_EMULATION_FAILURE, KVM_CAP_SET_GUEST_DEBUG,
 };
 
 static long want_for(int cap)
@@ -114,6 +114,12 @@ static long want_for(int cap)
 			return !no_guests();
 	if (cap == KVM_CAP_XSAVE2)
 		return no_guests() ? 0 : 4096;
+	/* The KVM_GUESTDBG_* flags KVM_SET_GUEST_DEBUG takes (upstream KVM_GUESTDBG_VALID_MASK). */
+	if (cap == KVM_CAP_SET_GUEST_DEBUG2)
+		return no_guests() ? 0 :
+		       KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP | KVM_GUESTDBG_USE_SW_BP |
+		       KVM_GUESTDBG_USE_HW_BP | KVM_GUESTDBG_INJECT_DB | KVM_GUESTDBG_INJECT_BP |
+		       KVM_GUESTDBG_BLOCKIRQ;
 	return 0;
 }
 

@@ -12,6 +12,8 @@
  * DR7 cannot be read from user mode: host_dr7_restored checks it through its effect instead. A
  * hardware write watchpoint (perf, so the kernel programs DR0/DR7 for this thread) must still
  * fire after 10^3 exits; a VM exit sets DR7 to 0x400, so without rkvm's restore it would not.
+ * Also with a guest whose own breakpoint makes rkvm load guest values into DR0-DR3 around every
+ * entry (upstream: switch_db_regs, hw_breakpoint_restore).
  *
  * Upstream references: vmx_prepare_switch_to_guest / vmx_prepare_switch_to_host (the lazily
  * restored KERNEL_GS_BASE), the host-state area written by vmx_set_constant_host_state.
@@ -206,6 +208,55 @@ TEST(host_dr7_restored)
 	close(fd);
 }
 
+/*
+ * The same with a guest that arms a breakpoint of its own (DR0, which the host's watchpoint
+ * likely uses too): its DR0-DR3 are loaded around every entry, and the host's must come back.
+ */
+TEST(host_watchpoint_survives_guest_breakpoints)
+{
+	/* mov eax, 0x3000; mov dr0, eax; mov eax, 0x10401 (L0, write, 1 byte); mov dr7, eax;
+	 * 1: out 0x80, al; jmp 1b */
+	static const unsigned char code[] = {
+		0x66, 0xb8, 0x00, 0x30, 0x00, 0x00, 0x0f, 0x23, 0xc0,
+		0x66, 0xb8, 0x01, 0x04, 0x01, 0x00, 0x0f, 0x23, 0xf8,
+		0xe6, 0x80, 0xeb, 0xfc,
+	};
+	struct perf_event_attr a = {
+		.type = PERF_TYPE_BREAKPOINT, .size = sizeof(a), .bp_type = HW_BREAKPOINT_W,
+		.bp_addr = (uintptr_t)&watched, .bp_len = HW_BREAKPOINT_LEN_4,
+		.sample_period = 1, .exclude_kernel = 1, .exclude_hv = 1,
+	};
+	struct kvm_debugregs d;
+	struct real_vm v = { 0 };
+	cpu_set_t set;
+	int fd;
+
+	if (no_guests())
+		SKIP("backend=none enters no guest");
+	CPU_ZERO(&set);
+	CPU_SET(0, &set);
+	CHECK(sched_setaffinity(0, sizeof(set), &set) == 0);
+	fd = syscall(SYS_perf_event_open, &a, 0, -1, -1, 0);
+	if (fd < 0)
+		SKIP("no hardware breakpoints (perf_event_open: %s)", strerror(errno));
+	if (poke(fd) != 1) {
+		close(fd);
+		SKIP("the watchpoint does not fire even without a guest (emulator without debug registers)");
+	}
+	CHECK(real_vm_create(&v, code, sizeof(code)) == 0);
+	for (int i = 0; i < 1000; i++) {
+		if (ioctl(v.vcpu, KVM_RUN, 0) || v.run->exit_reason != KVM_EXIT_IO) {
+			CHECK(!"exit to userspace on OUT");
+			break;
+		}
+	}
+	CHECK(ioctl(v.vcpu, KVM_GET_DEBUGREGS, &d) == 0 && d.db[0] == 0x3000 && d.dr7 == 0x10401);
+	CHECK(poke(fd) == 2);
+	real_vm_free(&v);
+	close(fd);
+}
+
 KTAP_MAIN("rkvm host_integrity",
 	CASE(host_msrs_unchanged_by_exits),
-	CASE(host_dr7_restored))
+	CASE(host_dr7_restored),
+	CASE(host_watchpoint_survives_guest_breakpoints))

@@ -65,6 +65,7 @@ RKVM_CONST(unsigned int, KVM_GET_FPU);
 RKVM_CONST(unsigned int, KVM_SET_FPU);
 RKVM_CONST(unsigned int, KVM_GET_DEBUGREGS);
 RKVM_CONST(unsigned int, KVM_SET_DEBUGREGS);
+RKVM_CONST(unsigned int, KVM_SET_GUEST_DEBUG);
 RKVM_CONST(unsigned int, KVM_GET_XCRS);
 RKVM_CONST(unsigned int, KVM_SET_XCRS);
 RKVM_CONST(unsigned int, KVM_GET_MP_STATE);

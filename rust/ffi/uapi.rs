@@ -35,6 +35,7 @@ plain_old_data!(
     kvm_cpuid_entry2,
     kvm_fpu,
     kvm_debugregs,
+    kvm_guest_debug,
     kvm_xcrs,
     kvm_xcr,
     kvm_mp_state,

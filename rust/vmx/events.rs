@@ -44,6 +44,10 @@ pub struct Exception {
     pub error_code: Option<u32>,
     /// Re-delivery of an INT3/INTO/INT1 (types 5/6): needs the instruction length.
     pub soft: Option<(u32, u32)>,
+    /// Queued by rkvm and not yet carried by an entry (upstream `exception.pending`, as opposed
+    /// to `exception.injected`: one whose delivery began, or that userspace set through
+    /// `KVM_SET_VCPU_EVENTS`). `KVM_SET_GUEST_DEBUG` may not inject over a pending one.
+    pub pending: bool,
 }
 
 /// An interrupt to deliver.
@@ -132,9 +136,17 @@ impl Events {
         g.accepts_interrupt() && self.interrupt.is_none() && !self.needs_reinjection()
     }
 
+    /// Whether an exception is queued and not yet carried by an entry (upstream
+    /// `kvm_is_exception_pending`).
+    pub fn exception_pending(&self) -> bool {
+        self.exception.is_some_and(|x| x.pending)
+    }
+
     /// Chooses the event for the next entry. `user_window`: userspace set
-    /// `request_interrupt_window`.
-    pub fn next_entry(&mut self, g: Guest, user_window: bool) -> Entry {
+    /// `request_interrupt_window`. `block_irq` (`KVM_GUESTDBG_BLOCKIRQ`): no new NMI or
+    /// interrupt is injected and no window asked for them; exceptions and the re-delivery of an
+    /// interrupted event still go in (upstream `kvm_check_and_inject_events`).
+    pub fn next_entry(&mut self, g: Guest, user_window: bool, block_irq: bool) -> Entry {
         let mut e = Entry::default();
         self.carried = None;
         if let Some(x) = self.exception {
@@ -157,17 +169,18 @@ impl Events {
         } else if let Some(i) = self.interrupt.filter(|i| i.reinject || i.soft_len.is_some()) {
             e.info = nmi_or_intr(i, &mut e.instr_len);
             self.carried = Some(Carried::Interrupt);
-        } else if self.nmi_pending > 0 && g.accepts_nmi() {
+        } else if self.nmi_pending > 0 && g.accepts_nmi() && !block_irq {
             self.nmi_pending -= 1;
             self.nmi_injected = true;
             e.info = INFO_VALID | (TYPE_NMI << 8) | u32::from(NMI_VECTOR);
             self.carried = Some(Carried::Nmi);
-        } else if let Some(i) = self.interrupt.filter(|_| g.accepts_interrupt()) {
+        } else if let Some(i) = self.interrupt.filter(|_| g.accepts_interrupt() && !block_irq) {
             e.info = nmi_or_intr(i, &mut e.instr_len);
             self.carried = Some(Carried::Interrupt);
         }
-        e.nmi_window = self.nmi_pending > 0;
-        e.irq_window = user_window || (self.interrupt.is_some() && self.carried != Some(Carried::Interrupt));
+        e.nmi_window = self.nmi_pending > 0 && !block_irq;
+        e.irq_window =
+            user_window || (self.interrupt.is_some() && self.carried != Some(Carried::Interrupt) && !block_irq);
         e
     }
 
@@ -188,9 +201,9 @@ impl Events {
         let error_code = (idt_info & INFO_HAS_ERROR != 0).then_some(idt_error);
         match (idt_info >> 8) & 7 {
             TYPE_NMI => self.nmi_injected = true,
-            TYPE_HW_EXCEPTION => self.exception = Some(Exception { vector, error_code, soft: None }),
+            TYPE_HW_EXCEPTION => self.exception = Some(Exception { vector, error_code, soft: None, pending: false }),
             ty @ (TYPE_PRIV_SOFT_EXCEPTION | TYPE_SOFT_EXCEPTION) => {
-                self.exception = Some(Exception { vector, error_code, soft: Some((ty, instr_len)) })
+                self.exception = Some(Exception { vector, error_code, soft: Some((ty, instr_len)), pending: false })
             }
             TYPE_SOFT_INTR => self.interrupt = Some(Interrupt { vector, reinject: true, soft_len: Some(instr_len) }),
             // External interrupt (type 0; 1 and 7 are reserved or other-event).

@@ -145,6 +145,49 @@ pub(crate) unsafe fn write_dr7(v: u64) {
     unsafe { asm!("mov dr7, {}", in(reg) v, options(nomem, nostack, preserves_flags)) };
 }
 
+/// DR0-DR3 of this CPU.
+pub(crate) fn read_dr0123() -> [u64; 4] {
+    let (a, b, c, d): (u64, u64, u64, u64);
+    // SAFETY: reading debug registers in ring 0 has no side effects.
+    unsafe {
+        asm!(
+            "mov {0}, dr0", "mov {1}, dr1", "mov {2}, dr2", "mov {3}, dr3",
+            out(reg) a, out(reg) b, out(reg) c, out(reg) d,
+            options(nomem, nostack, preserves_flags)
+        )
+    };
+    [a, b, c, d]
+}
+
+/// Sets DR0-DR3 of this CPU.
+///
+/// # Safety
+///
+/// Interrupts must be off, and DR7 must enable no breakpoint while values other than the host's
+/// are loaded (they are guest linear addresses, meaningless to the host), until the host's are
+/// written back.
+pub(crate) unsafe fn write_dr0123(v: &[u64; 4]) {
+    // SAFETY: per the function's contract; any 64-bit value may be loaded into DR0-DR3.
+    unsafe {
+        asm!(
+            "mov dr0, {0}", "mov dr1, {1}", "mov dr2, {2}", "mov dr3, {3}",
+            in(reg) v[0], in(reg) v[1], in(reg) v[2], in(reg) v[3],
+            options(nomem, nostack, preserves_flags)
+        )
+    };
+}
+
+/// Sets DR6 of this CPU.
+///
+/// # Safety
+///
+/// `v` must have bits 63:32 clear; the host must expect it (the kernel keeps DR6 at its RESET
+/// value between its own #DB handlers).
+pub(crate) unsafe fn write_dr6(v: u64) {
+    // SAFETY: per the function's contract.
+    unsafe { asm!("mov dr6, {}", in(reg) v, options(nomem, nostack, preserves_flags)) };
+}
+
 /// CR2 of this CPU.
 pub(crate) fn read_cr2() -> u64 {
     let v: u64;

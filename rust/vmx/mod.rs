@@ -286,7 +286,11 @@ fn wants() -> Wants {
         exit: Want {
             // ACK_INTR_ON_EXIT: an external interrupt is taken from the APIC by the exit and
             // handed to the host's handler by rkvm (entry::deliver_host_interrupt), as upstream.
+            // SAVE_DEBUG_CONTROLS / LOAD_DEBUG_CONTROLS: the guest runs with the DR7 of its VMCS
+            // (its own, or the debugger's with KVM_GUESTDBG_USE_HW_BP), never the host's; both
+            // are required upstream too.
             required: b::VM_EXIT_HOST_ADDR_SPACE_SIZE
+                | b::VM_EXIT_SAVE_DEBUG_CONTROLS
                 | b::VM_EXIT_SAVE_IA32_EFER
                 | b::VM_EXIT_LOAD_IA32_EFER
                 | b::VM_EXIT_ACK_INTR_ON_EXIT,
@@ -294,7 +298,7 @@ fn wants() -> Wants {
             forbidden: 0,
         },
         entry: Want {
-            required: b::VM_ENTRY_LOAD_IA32_EFER,
+            required: b::VM_ENTRY_LOAD_IA32_EFER | b::VM_ENTRY_LOAD_DEBUG_CONTROLS,
             optional: b::VM_ENTRY_LOAD_IA32_PAT,
             forbidden: 0,
         },
@@ -515,7 +519,10 @@ impl Backend for VmxBackend {
             // MSR_PLATFORM_INFO (with CPUID faulting) and KVM_ENABLE_CAP of its readability.
             | b::KVM_CAP_MSR_PLATFORM_INFO
             // KVM_ENABLE_CAP: emulation failures exit with the instruction bytes, no #UD.
-            | b::KVM_CAP_EXIT_ON_EMULATION_FAILURE => Some(1),
+            | b::KVM_CAP_EXIT_ON_EMULATION_FAILURE
+            // KVM_SET_GUEST_DEBUG: single-step, software and hardware breakpoints, injection.
+            | b::KVM_CAP_SET_GUEST_DEBUG => Some(1),
+            b::KVM_CAP_SET_GUEST_DEBUG2 => Some(crate::x86::debug::VALID_MASK as isize),
             b::KVM_CAP_XCRS => Some((self.g.host.guest_xcr0 != 0).into()),
             _ => None,
         }

@@ -26,6 +26,7 @@ use crate::stats::vcpu as stats;
 use crate::ffi::bindings as b;
 use crate::vm::Fault;
 use crate::x86::cr;
+use crate::x86::debug::{self, GuestDebug};
 use crate::x86::decode::{self, Access};
 use crate::x86::mce::{self, Mce};
 use crate::x86::msr::{self, MsrFault};
@@ -110,6 +111,23 @@ fn io_exit(run: *mut b::kvm_run, is_in: bool, size: u32, port: u16, count: u32) 
 }
 
 
+/// Fills `kvm_run` for a `KVM_EXIT_DEBUG` (upstream: `handle_exception_nmi`, `handle_dr`,
+/// `kvm_vcpu_do_singlestep`): the vector, the linear RIP, and for a #DB the DR6 and DR7 it
+/// reports (left as they are for #BP, as upstream).
+fn debug_exit(run: *mut b::kvm_run, exception: u8, pc: u64, dr: Option<(u64, u64)>) {
+    // SAFETY: `run` is the vCPU's kvm_run page; the debug struct is plain data.
+    unsafe {
+        (*run).exit_reason = b::KVM_EXIT_DEBUG;
+        let d = &mut (*run).__bindgen_anon_1.debug.arch;
+        d.exception = exception.into();
+        d.pc = pc;
+        if let Some((dr6, dr7)) = dr {
+            d.dr6 = dr6;
+            d.dr7 = dr7;
+        }
+    }
+}
+
 /// What checking one string-I/O element's memory operand found.
 enum Elem {
     /// Accessible RAM.
@@ -190,11 +208,35 @@ pub(crate) struct VmxVcpu {
     msrs: GuestMsrs,
     /// The guest's XCR0 (in force while its CR4.OSXSAVE is set).
     xcr0: u64,
-    /// The guest's debug registers DR0–DR3, DR6, DR7, kept in software: the CPU runs the guest
-    /// with DR7 = 0x400, so a guest's hardware breakpoints do not fire (no KVM_EXIT_DEBUG yet).
+    /// The guest's own debug registers DR0–DR3, DR6, DR7 (upstream `vcpu->arch.db`, `dr6`,
+    /// `dr7`), kept in software: every MOV DR exits, and so does every #DB, so the CPU never
+    /// changes them behind rkvm's back. What the CPU runs the guest with is `eff_db` and the
+    /// VMCS's GUEST_DR7 (see [`Self::update_dr7`]).
     dr: [u64; 4],
     dr6: u64,
     dr7: u64,
+    /// `KVM_SET_GUEST_DEBUG`'s state (upstream `vcpu->guest_debug`, `guest_debug_dr7`).
+    debug: GuestDebug,
+    /// The DR0–DR3 the guest runs with (its own, or the debugger's with `USE_HW_BP`; upstream
+    /// `eff_db`), loaded into the CPU around each entry while `load_dr`: the DR7 in the VMCS
+    /// enables a breakpoint (upstream `KVM_DEBUGREG_BP_ENABLED`).
+    eff_db: [u64; 4],
+    load_dr: bool,
+    /// The host's DR0–DR3 while the guest's are loaded.
+    host_db: [u64; 4],
+    /// `load_dr` or `KVM_SET_GUEST_DEBUG` in force: entries take the debug path (kept by
+    /// [`Self::update_dr7`]).
+    debugging: bool,
+    /// The linear RIP where `KVM_GUESTDBG_SINGLESTEP` was set: `KVM_SET_REGS` puts RFLAGS.TF
+    /// back only while the guest is still there (upstream `singlestep_rip`).
+    singlestep_rip: u64,
+    /// Length of the INT3 of the last #BP exit, for re-injecting it with
+    /// `KVM_GUESTDBG_INJECT_BP` (upstream `event_exit_inst_len`; 1 before any).
+    bp_len: u32,
+    /// rkvm completed an instruction for the guest while userspace single-steps it: the
+    /// `KVM_EXIT_DEBUG` the CPU could not raise is reported before the next entry (upstream
+    /// `kvm_vcpu_do_singlestep`).
+    step_exit: bool,
     /// Whether the guest has been entered (VMLAUNCH attempted) at least once.
     ran: bool,
     /// This vCPU's VPID (0: none, the guest's TLB entries are flushed on every entry and exit).
@@ -293,7 +335,13 @@ const DR7_RESET: u64 = 0x400;
 /// watchdog; it uses the timer only for the LAPIC timer and nested VMX.
 const WATCHDOG: u64 = 1 << 16;
 
+/// RFLAGS.TF and RFLAGS.IF.
+const RFLAGS_TF: u64 = 1 << 8;
+const RFLAGS_IF: u64 = 1 << 9;
+
 /// Vector numbers of the exceptions the backend injects.
+const DB: u32 = debug::DB_VECTOR as u32;
+const BP: u32 = debug::BP_VECTOR as u32;
 const GP: u32 = 13;
 const PF: u32 = 14;
 const UD: u32 = 6;
@@ -338,6 +386,14 @@ impl VmxVcpu {
             dr: [0; 4],
             dr6: DR6_RESET,
             dr7: DR7_RESET,
+            debug: GuestDebug::default(),
+            eff_db: [0; 4],
+            load_dr: false,
+            host_db: [0; 4],
+            debugging: false,
+            singlestep_rip: 0,
+            bp_len: 1,
+            step_exit: false,
             vpid: 0,
             tlb_flush: true,
             events: Events::default(),
@@ -403,7 +459,7 @@ impl VmxVcpu {
         vmcs::write(f::SECONDARY_VM_EXEC_CONTROL, c.proc2.into());
         vmcs::write(f::VM_EXIT_CONTROLS, c.exit.into());
         vmcs::write(f::VM_ENTRY_CONTROLS, c.entry.into());
-        vmcs::write(f::EXCEPTION_BITMAP, 0);
+        vmcs::write(f::EXCEPTION_BITMAP, GuestDebug::default().exception_bitmap().into());
         vmcs::write(f::PAGE_FAULT_ERROR_CODE_MASK, 0);
         vmcs::write(f::PAGE_FAULT_ERROR_CODE_MATCH, 0);
         vmcs::write(f::CR3_TARGET_COUNT, 0);
@@ -578,8 +634,42 @@ impl VmxVcpu {
         s.interrupt_bitmap = self.interrupt_bitmap;
     }
 
-    /// Advances RIP past the instruction that exited.
+    /// Advances RIP past the instruction that exited, which rkvm has completed for the guest
+    /// (upstream `kvm_skip_emulated_instruction`): with RFLAGS.TF set, the single-step trap the
+    /// CPU could not raise is made here.
+    #[inline]
     fn skip_instruction(&mut self, len: u64) {
+        // "The processor will not generate this exception after the instruction that sets the
+        // TF flag": the RFLAGS of before the instruction decides (upstream reads it first too).
+        let rflags = vmcs::read(f::GUEST_RFLAGS);
+        self.skip_instruction_raw(len);
+        if rflags & RFLAGS_TF != 0 {
+            self.single_step_trap();
+        }
+    }
+
+    /// The single-step trap of an instruction rkvm completed (upstream `kvm_vcpu_do_singlestep`):
+    /// `KVM_EXIT_DEBUG` when userspace single-steps, else a #DB with DR6.BS for the guest's own
+    /// TF. No BS may stay pending from the exit: the CPU never executed the instruction, yet a
+    /// MOV-SS-blocked exit holds the previous instruction's trap, and Bochs 2.7 saves BS on every
+    /// exit taken with TF = 1 (README); either would raise a second trap right after the entry.
+    #[cold]
+    fn single_step_trap(&mut self) {
+        let pend = vmcs::read(f::GUEST_PENDING_DBG_EXCEPTIONS);
+        if pend & debug::DR6_BS != 0 {
+            vmcs::write(f::GUEST_PENDING_DBG_EXCEPTIONS, pend & !debug::DR6_BS);
+        }
+        if self.debug.singlestep() {
+            self.step_exit = true;
+        } else {
+            self.queue_db(Some(debug::DR6_BS));
+        }
+    }
+
+    /// Advances RIP past an instruction without single-step trap (upstream vmx's inner
+    /// `skip_emulated_instruction`; for ICEBP, whose #DB outranks the single step).
+    #[inline]
+    fn skip_instruction_raw(&mut self, len: u64) {
         let rip = vmcs::read(f::GUEST_RIP);
         // Outside 64-bit mode RIP wraps at 32 bits.
         let rip = if self.efer & cr::EFER_LMA != 0 { rip.wrapping_add(len) } else { (rip + len) & 0xffff_ffff };
@@ -636,7 +726,7 @@ impl VmxVcpu {
 
     /// Queues a hardware exception with an optional error code for the next entry.
     fn inject_exception_code(&mut self, vector: u32, code: Option<u32>) {
-        self.events.exception = Some(Exception { vector: vector as u8, error_code: code, soft: None });
+        self.events.exception = Some(Exception { vector: vector as u8, error_code: code, soft: None, pending: true });
     }
 
     /// CS base + RIP (VMCS current).
@@ -644,10 +734,62 @@ impl VmxVcpu {
         vmcs::read(f::GUEST_CS_BASE).wrapping_add(vmcs::read(f::GUEST_RIP))
     }
 
+    /// The linear RIP as `kvm_run->debug.arch.pc` reports it (upstream `kvm_get_linear_rip`):
+    /// RIP in 64-bit mode, else CS base + EIP truncated to 32 bits (VMCS current).
+    fn debug_pc(&self) -> u64 {
+        if self.code_mode() == decode::Mode::Bits64 {
+            vmcs::read(f::GUEST_RIP)
+        } else {
+            self.linear_rip() & 0xffff_ffff
+        }
+    }
+
+    /// RFLAGS as the guest's state has it, without the TF rkvm sets for
+    /// `KVM_GUESTDBG_SINGLESTEP` (upstream `kvm_get_rflags`; VMCS current).
+    fn get_rflags(&self) -> u64 {
+        let r = vmcs::read(f::GUEST_RFLAGS);
+        if self.debug.singlestep() { r & !RFLAGS_TF } else { r }
+    }
+
+    /// Sets RFLAGS, adding TF while userspace single-steps and the guest is still where that
+    /// began (upstream `kvm_set_rflags`; VMCS current).
+    fn set_rflags(&mut self, mut r: u64) {
+        if self.debug.singlestep() && self.debug_pc() == self.singlestep_rip {
+            r |= RFLAGS_TF;
+        }
+        vmcs::write(f::GUEST_RFLAGS, r);
+    }
+
+    /// Writes the effective DR7 (the debugger's with `USE_HW_BP`, else the guest's) into the
+    /// VMCS and notes the DR0–DR3 to load with it (upstream `kvm_update_dr7` and
+    /// `kvm_update_dr0123`; VMCS current).
+    fn update_dr7(&mut self) {
+        let (db, dr7) = self.debug.effective(&self.dr, self.dr7);
+        vmcs::write(f::GUEST_DR7, dr7);
+        self.eff_db = db;
+        self.load_dr = debug::armed(dr7);
+        self.debugging = self.load_dr || self.debug.control != 0;
+    }
+
+    /// Queues a #DB for the guest (upstream `kvm_queue_exception_p(DB_VECTOR, payload)`), with
+    /// what its delivery does to the debug registers applied now (upstream does it at
+    /// injection: `kvm_deliver_exception_payload`, and DR7.GD cleared): `payload`'s B0–B3, BD,
+    /// BS into DR6 (none for `KVM_GUESTDBG_INJECT_DB`). VMCS current.
+    fn queue_db(&mut self, payload: Option<u64>) {
+        if let Some(p) = payload {
+            self.dr6 = debug::dr6_after_db(self.dr6, p);
+        }
+        if self.dr7 & debug::DR7_GD != 0 {
+            self.dr7 = debug::dr7_after_db(self.dr7);
+            self.update_dr7();
+        }
+        self.inject_exception(DB);
+    }
+
     /// What the guest accepts now (VMCS current).
     fn event_guest_state(&self) -> events::Guest {
         events::Guest {
-            if_flag: vmcs::read(f::GUEST_RFLAGS) & (1 << 9) != 0,
+            if_flag: vmcs::read(f::GUEST_RFLAGS) & RFLAGS_IF != 0,
             interruptibility: vmcs::read(f::GUEST_INTERRUPTIBILITY_INFO) as u32,
         }
     }
@@ -796,7 +938,7 @@ impl VmxVcpu {
         let mut ev = if self.events.idle() && !window {
             events::Entry::default()
         } else {
-            self.events.next_entry(self.event_guest_state(), window)
+            self.events.next_entry(self.event_guest_state(), window, self.debug.block_irq())
         };
         // Real-mode exceptions push no error code, and an entry delivering one there fails
         // (upstream `kvm_inject_exception`: `has_error_code &= is_protmode(vcpu)`).
@@ -810,6 +952,9 @@ impl VmxVcpu {
         if ev.info != 0 {
             vmcs::write(f::VM_ENTRY_EXCEPTION_ERROR_CODE, ev.error_code.into());
             vmcs::write(f::VM_ENTRY_INSTRUCTION_LEN, ev.instr_len.into());
+            if ev.info & 0x7ff == (events::TYPE_HW_EXCEPTION << 8) | DB {
+                self.db_injection_entry();
+            }
         }
         let mut proc = self.config.proc;
         if ev.irq_window {
@@ -889,6 +1034,12 @@ impl VmxVcpu {
         // unrelated exit; a kick that comes after this check finds interrupts off and causes
         // an exit right after the entry.
         let cancelled = self.apic.as_ref().is_some_and(|a| a.posted.kick.seq() != kick_seq);
+        // Guest debugging or the guest's own breakpoints: one test on the common path.
+        let debugging = self.debugging;
+        if debugging {
+            // SAFETY: interrupts are off; `debug_exit` runs before they are on again.
+            unsafe { self.debug_entry(host_dr7) };
+        }
         let pt_caps = if cancelled { None } else { super::global().pt };
         if let Some(caps) = pt_caps {
             pt::guest_enter(&mut KernelMsrs, caps, &mut self.pt_host, &self.pt_guest);
@@ -959,6 +1110,9 @@ impl VmxVcpu {
                     entry::deliver_host_interrupt(e.intr_info as u8);
                 }
             }
+            if debugging {
+                self.debug_exit();
+            }
             if host_dr7 != 0x400 {
                 insn::write_dr7(host_dr7);
             }
@@ -1006,6 +1160,7 @@ impl VmxVcpu {
             // The watchdog: back to the run loop, which reschedules if needed.
             reason::PREEMPTION_TIMER => Ok(Next::Resume),
             reason::EXCEPTION_NMI if (e.intr_info >> 8) & 7 == 2 => Ok(Next::Resume),
+            reason::EXCEPTION_NMI => self.with_vmcs(|v| v.handle_exception(e, run)),
             reason::TRIPLE_FAULT => {
                 // SAFETY: as above.
                 unsafe { (*run).exit_reason = b::KVM_EXIT_SHUTDOWN };
@@ -1048,10 +1203,7 @@ impl VmxVcpu {
                 })?;
                 Ok(Next::Resume)
             }
-            reason::DR_ACCESS => {
-                self.with_vmcs(|v| v.handle_dr(e))?;
-                Ok(Next::Resume)
-            }
+            reason::DR_ACCESS => self.with_vmcs(|v| v.handle_dr(e, run)),
             reason::CR_ACCESS => self.handle_cr(e),
             reason::IO_INSTRUCTION => self.handle_io(ctx, e),
             reason::EPT_VIOLATION => {
@@ -1355,9 +1507,24 @@ impl VmxVcpu {
         true
     }
 
-    /// A MOV to or from a debug register (VMCS current; upstream `handle_dr`). CPL and the
-    /// CR4.DE check for DR4/DR5 come before the exit, so only the value checks are left here.
-    fn handle_dr(&mut self, e: &ExitInfo) {
+    /// A MOV to or from a debug register (VMCS current; upstream `handle_dr`). The CR4.DE check
+    /// for DR4/DR5 comes before the exit; CPL 0 is checked again (upstream does too: Bochs
+    /// exits first), then DR7.GD, whose #DB the exit took precedence over: userspace's with
+    /// `USE_HW_BP` (`KVM_EXIT_DEBUG`, RIP on the MOV), else the guest's.
+    fn handle_dr(&mut self, e: &ExitInfo, run: *mut b::kvm_run) -> Next {
+        if self.cpl() != 0 {
+            self.inject_exception(GP);
+            return Next::Resume;
+        }
+        let dr7 = vmcs::read(f::GUEST_DR7);
+        if dr7 & debug::DR7_GD != 0 {
+            if self.debug.hw_bp() {
+                debug_exit(run, debug::DB_VECTOR, self.debug_pc(), Some((debug::exit_dr6(debug::DR6_BD), dr7)));
+                return Next::User;
+            }
+            self.queue_db(Some(debug::DR6_BD));
+            return Next::Resume;
+        }
         let q = e.qualification;
         let gpr = ((q >> 8) & 15) as usize;
         // DR4/DR5 alias DR6/DR7 (CR4.DE clear; with DE set the CPU raised #UD instead).
@@ -1378,13 +1545,124 @@ impl VmxVcpu {
             let v = if long { self.gpr(gpr) } else { self.gpr(gpr) & 0xffff_ffff };
             match n {
                 0..=3 => self.dr[n] = v,
-                _ if v >> 32 != 0 => return self.inject_exception(GP),
+                _ if v >> 32 != 0 => {
+                    self.inject_exception(GP);
+                    return Next::Resume;
+                }
                 6 => self.dr6 = (v & 0x0001_e00f) | DR6_RESET,
                 // Bits 12, 14 and 15 read as 0, bit 10 as 1.
                 _ => self.dr7 = (v & !0xd000) | DR7_RESET,
             }
+            // The guest's breakpoints are live unless the debugger's replace them.
+            if n != 6 {
+                self.update_dr7();
+            }
         }
         self.skip_instruction(e.instr_len);
+        Next::Resume
+    }
+
+    /// An exception exit (VMCS current; upstream `handle_exception_nmi`). Only #DB (always) and
+    /// #BP (with `KVM_GUESTDBG_USE_SW_BP`) are in the exception bitmap.
+    fn handle_exception(&mut self, e: &ExitInfo, run: *mut b::kvm_run) -> Next {
+        let vector = e.intr_info & 0xff;
+        if vector == DB {
+            // B0–B3, BD, BS of what hit, in the pending-debug-exceptions format.
+            let payload = e.qualification;
+            if self.debug.db_to_user() {
+                let dr7 = vmcs::read(f::GUEST_DR7);
+                debug_exit(run, debug::DB_VECTOR, self.debug_pc(), Some((debug::exit_dr6(payload), dr7)));
+                return Next::User;
+            }
+            // ICEBP (INT1) exits on the instruction itself: step over it first, as the #DB it
+            // raises is a trap (upstream skips without the single-step check, as here).
+            if (e.intr_info >> 8) & 7 == events::TYPE_PRIV_SOFT_EXCEPTION {
+                self.skip_instruction_raw(e.instr_len);
+            }
+            self.queue_db(Some(payload));
+            return Next::Resume;
+        }
+        if vector == BP && self.debug.sw_bp() {
+            // RIP stays on the INT3; its length is kept for KVM_GUESTDBG_INJECT_BP.
+            self.bp_len = e.instr_len as u32;
+            debug_exit(run, debug::BP_VECTOR, self.debug_pc(), None);
+            return Next::User;
+        }
+        // Nothing else is intercepted.
+        self.internal_error(run, b::KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON, e);
+        Next::User
+    }
+
+    /// Right before an entry (interrupts off, VMCS current) while [`Self::debugging`]: the
+    /// single-step preparations, and the guest's DR0–DR3 loaded if its effective DR7 arms a
+    /// breakpoint, the host's kept (upstream: `switch_db_regs` in `vcpu_enter_guest`). The
+    /// host's DR7 is disabled first, so no host breakpoint matches while DR0–DR3 hold guest
+    /// addresses; the VM entry then loads the guest's DR7 from the VMCS, and the VM exit sets
+    /// DR7 to 0x400.
+    ///
+    /// # Safety
+    ///
+    /// Interrupts off until [`Self::debug_exit`] has run.
+    #[cold]
+    unsafe fn debug_entry(&mut self, host_dr7: u64) {
+        if self.debug.singlestep() {
+            self.singlestep_entry();
+        }
+        if self.load_dr {
+            self.host_db = insn::read_dr0123();
+            // SAFETY: interrupts are off (our contract); with DR7 at 0x400 no breakpoint is
+            // armed while DR0–DR3 are the guest's.
+            unsafe {
+                if debug::armed(host_dr7) {
+                    insn::write_dr7(DR7_RESET);
+                }
+                insn::write_dr0123(&self.eff_db);
+            }
+        }
+    }
+
+    /// Right after the exit (interrupts still off), before the caller restores the host's DR7:
+    /// its DR0–DR3 back and DR6 at its RESET value if the guest's were loaded (upstream
+    /// `hw_breakpoint_restore`).
+    #[cold]
+    fn debug_exit(&mut self) {
+        if self.load_dr {
+            // SAFETY: the host's own values (saved by `debug_entry`, interrupts off since); DR7
+            // is still 0x400 from the exit; DR6's RESET value is what the kernel keeps there.
+            unsafe {
+                insn::write_dr0123(&self.host_db);
+                insn::write_dr6(debug::DR6_ACTIVE_LOW);
+            }
+        }
+    }
+
+    /// Before an entry while userspace single-steps (upstream `vmx_vcpu_run`): no STI/MOV SS
+    /// shadow, which would make the entry want a pending single-step trap (the TF is the
+    /// debugger's), and no pending single-step trap left from the last exit, which could only
+    /// report the same RIP again (Bochs 2.7 leaves one after any exit with TF = 1; README).
+    /// VMCS current.
+    fn singlestep_entry(&mut self) {
+        let st = vmcs::read(f::GUEST_INTERRUPTIBILITY_INFO) as u32;
+        if st & (events::BLOCKING_BY_STI | events::BLOCKING_BY_MOV_SS) != 0 {
+            vmcs::write(f::GUEST_INTERRUPTIBILITY_INFO, (st & !(events::BLOCKING_BY_STI | events::BLOCKING_BY_MOV_SS)).into());
+        }
+        let pend = vmcs::read(f::GUEST_PENDING_DBG_EXCEPTIONS);
+        if pend & debug::DR6_BS != 0 {
+            vmcs::write(f::GUEST_PENDING_DBG_EXCEPTIONS, pend & !debug::DR6_BS);
+        }
+    }
+
+    /// An entry injecting a #DB while RFLAGS.TF is set and an STI/MOV SS shadow is active:
+    /// the entry checks want a single-step trap pending, which the injected #DB stands for
+    /// (upstream `vmx_inject_exception`). VMCS current.
+    fn db_injection_entry(&mut self) {
+        let st = vmcs::read(f::GUEST_INTERRUPTIBILITY_INFO) as u32;
+        if vmcs::read(f::GUEST_RFLAGS) & RFLAGS_TF != 0
+            && st & (events::BLOCKING_BY_STI | events::BLOCKING_BY_MOV_SS) != 0
+        {
+            let pend = vmcs::read(f::GUEST_PENDING_DBG_EXCEPTIONS);
+            vmcs::write(f::GUEST_PENDING_DBG_EXCEPTIONS, pend | debug::DR6_BS);
+        }
     }
 
     /// The guest's current privilege level: SS.DPL (SDM 5.5), 0 in real mode.
@@ -1431,6 +1709,10 @@ impl VmxVcpu {
                 return self.apic.as_ref().and_then(|a| a.x2apic_msr_read(index)).ok_or(refused)
             }
             msr::FEATURE_CONTROL => self.msrs.feature_control,
+            // The LAPIC timer has no TSC-deadline mode (its LVTT mode bit is not writable), so
+            // the MSR reads 0 and ignores writes, as upstream's outside that mode
+            // (`kvm_get/set_lapic_tscdeadline_msr`), with or without an in-kernel LAPIC.
+            b::MSR_IA32_TSC_DEADLINE => 0,
             msr::K7_HWCR => self.msrs.hwcr,
             msr::UCODE_REV => self.msrs.ucode_rev,
             msr::PLATFORM_INFO
@@ -1509,6 +1791,7 @@ impl VmxVcpu {
             {
                 self.msrs.feature_control = v
             }
+            b::MSR_IA32_TSC_DEADLINE => {}
             msr::K7_HWCR => match msr::hwcr_write(v) {
                 Some(v) => self.msrs.hwcr = v,
                 None => return Err(refused),
@@ -1922,12 +2205,20 @@ impl Drop for VmxVcpu {
 }
 
 impl BackendVcpu for VmxVcpu {
+    // RFLAGS without the debugger's TF, which KVM_SET_REGS puts back only at the RIP where
+    // single-stepping began (upstream `__get_regs`/`__set_regs` through `kvm_get/set_rflags`).
     fn get_regs(&mut self, regs: &mut b::kvm_regs) -> Result {
-        self.with_vmcs(|v| v.read_regs(regs))
+        self.with_vmcs(|v| {
+            v.read_regs(regs);
+            regs.rflags = v.get_rflags();
+        })
     }
 
     fn set_regs(&mut self, regs: &b::kvm_regs) -> Result {
-        self.with_vmcs(|v| v.write_regs(regs))
+        self.with_vmcs(|v| {
+            v.write_regs(regs);
+            v.set_rflags(regs.rflags);
+        })
     }
 
     fn get_sregs(&mut self, sregs: &mut b::kvm_sregs) -> Result {
@@ -1996,7 +2287,43 @@ impl BackendVcpu for VmxVcpu {
         self.dr = d.db;
         self.dr6 = d.dr6 | DR6_RESET;
         self.dr7 = (d.dr7 & !0xd000) | DR7_RESET;
-        Ok(())
+        // Live at once unless the debugger's replace them (upstream `kvm_update_dr0123`,
+        // `kvm_update_dr7`).
+        self.with_vmcs(|v| v.update_dr7())
+    }
+
+    /// Upstream `kvm_arch_vcpu_ioctl_set_guest_debug`: `INJECT_DB`/`INJECT_BP` queue the
+    /// exception (`EBUSY` over a pending one), whatever `ENABLE` says; the rest replaces the
+    /// previous setting: the effective DR7 and DR0–DR3, RFLAGS.TF (the guest's RFLAGS read
+    /// without the old setting's TF, written back with the new one's), the exception bitmap.
+    fn set_guest_debug(&mut self, dbg: &b::kvm_guest_debug) -> Result {
+        let d = GuestDebug::new(dbg.control, &dbg.arch.debugreg, self.events.exception_pending()).map_err(|e| match e {
+            debug::SetError::Invalid => EINVAL,
+            debug::SetError::Busy => EBUSY,
+        })?;
+        self.with_vmcs(|v| {
+            if dbg.control & debug::INJECT_DB != 0 {
+                v.queue_db(None);
+            } else if dbg.control & debug::INJECT_BP != 0 {
+                // A software exception: delivered as if an INT3 of the last #BP exit's length
+                // had executed at RIP (upstream `kvm_queue_exception(BP_VECTOR)` →
+                // `vmx_inject_exception` with `event_exit_inst_len`).
+                v.events.exception = Some(Exception {
+                    vector: debug::BP_VECTOR,
+                    error_code: None,
+                    soft: Some((events::TYPE_SOFT_EXCEPTION, v.bp_len)),
+                    pending: true,
+                });
+            }
+            let rflags = v.get_rflags();
+            v.debug = d;
+            v.update_dr7();
+            if d.singlestep() {
+                v.singlestep_rip = v.debug_pc();
+            }
+            v.set_rflags(rflags);
+            vmcs::write(f::EXCEPTION_BITMAP, d.exception_bitmap().into());
+        })
     }
 
     fn get_xcrs(&mut self, x: &mut b::kvm_xcrs) -> Result {
@@ -2145,6 +2472,8 @@ impl BackendVcpu for VmxVcpu {
             vector: e.exception.nr,
             error_code: (e.exception.has_error_code != 0).then_some(e.exception.error_code),
             soft: None,
+            // Upstream without KVM_CAP_EXCEPTION_PAYLOAD: `exception.injected`, not pending.
+            pending: false,
         });
         ev.interrupt = (e.interrupt.injected != 0).then_some(Interrupt {
             vector: e.interrupt.nr,
@@ -2254,7 +2583,8 @@ impl VmxVcpu {
             a.mp = b::KVM_MP_STATE_RUNNABLE;
         }
         let mut window = false;
-        if let (Some(src), true) = (next, can_take) {
+        // KVM_GUESTDBG_BLOCKIRQ: the interrupt stays in the LAPIC (no window either).
+        if let (Some(src), true) = (next, can_take && !self.debug.block_irq()) {
             if g.is_some_and(|g| g.accepts_interrupt()) {
                 let Some(a) = self.apic.as_mut() else { return Ok(ApicStep::Again) };
                 if let Some(vector) = a.ack(src) {
@@ -2311,6 +2641,7 @@ impl VmxVcpu {
         self.dr = [0; 4];
         self.dr6 = DR6_RESET;
         self.dr7 = DR7_RESET;
+        self.step_exit = false;
         self.xcr0 = 1;
         if let Some(a) = self.apic.as_mut() {
             a.init();
@@ -2319,6 +2650,8 @@ impl VmxVcpu {
             v.write_regs(&regs);
             v.write_sregs(&sregs);
             vmcs::write(f::GUEST_INTERRUPTIBILITY_INFO, 0);
+            vmcs::write(f::GUEST_PENDING_DBG_EXCEPTIONS, 0);
+            v.update_dr7();
             v.tlb_flush = true;
         })
     }
@@ -2347,11 +2680,26 @@ impl VmxVcpu {
         Err(EAGAIN)
     }
 
+    /// Reports the single step of an instruction rkvm completed (upstream
+    /// `kvm_vcpu_do_singlestep`): `KVM_EXIT_DEBUG` at the next instruction with DR6.BS.
+    #[cold]
+    fn report_step(&mut self, run: *mut b::kvm_run) -> Result {
+        self.step_exit = false;
+        let (pc, dr7) = self.with_vmcs(|v| (v.debug_pc(), vmcs::read(f::GUEST_DR7)))?;
+        debug_exit(run, debug::DB_VECTOR, pc, Some((debug::exit_dr6(debug::DR6_BS), dr7)));
+        Ok(())
+    }
+
     /// `run` without the `kvm_run` fields every exit fills (`post_run_save`).
     fn run_loop(&mut self, ctx: &mut RunContext<'_>) -> Result {
         let (pio, run) = (ctx.pio, ctx.run);
         let vm = ctx.vm;
         self.with_vmcs(|v| v.complete_pending(vm, pio, run))?;
+        // The completed instruction was single-stepped (upstream: `complete_userspace_io`
+        // returning 0 from `kvm_skip_emulated_instruction`).
+        if self.step_exit {
+            return self.report_step(run);
+        }
         if ctx.immediate_exit {
             return Err(EINTR);
         }
@@ -2397,6 +2745,9 @@ impl VmxVcpu {
                 Entered::Exit(info) => {
                     count_exit(ctx.stats, &info);
                     if let Next::User = self.handle_exit(ctx, &info)? {
+                        // An exit of its own outranks a step rkvm completed on the way (upstream:
+                        // e.g. `kvm_emulate_halt` turns the step's exit into KVM_EXIT_HLT).
+                        self.step_exit = false;
                         // SAFETY: `run` is the vCPU's kvm_run page.
                         match unsafe { (*ctx.run).exit_reason } {
                             b::KVM_EXIT_IO => ctx.stats.inc(stats::IO_EXITS),
@@ -2404,6 +2755,9 @@ impl VmxVcpu {
                             _ => {}
                         }
                         return Ok(());
+                    }
+                    if self.step_exit {
+                        return self.report_step(run);
                     }
                     // Userspace asked to be told when it may inject (upstream: vcpu_run's
                     // dm_request_for_irq_injection check after each exit).

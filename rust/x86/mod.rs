@@ -1,6 +1,7 @@
 //! Pure x86 knowledge: control-register and EFER rules, segment access rights, RESET state,
-//! the MMIO instruction decoder, guest page-table walks, guest MSR, TSC and CPUID rules, the XSAVE
-//! area of a vCPU with x87, SSE and AVX, the MSR filter and the machine-check architecture.
+//! guest debugging (debug registers, `KVM_SET_GUEST_DEBUG`), the MMIO instruction decoder, guest
+//! page-table walks, guest MSR, TSC and CPUID rules, the XSAVE area of a vCPU with x87, SSE and
+//! AVX, the MSR filter and the machine-check architecture.
 //!
 //! No kernel dependency: host `cargo test` runs these files (see `rust/tests/`). The architectural
 //! bit values here are checked against the kernel's own headers at build time (`vcpu.rs` asserts
@@ -8,6 +9,7 @@
 
 pub mod cpuid;
 pub mod cr;
+pub mod debug;
 pub mod decode;
 pub mod mce;
 pub mod msr;

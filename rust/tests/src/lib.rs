@@ -41,6 +41,8 @@ mod coalesced_tests;
 #[cfg(test)]
 mod cpuid_tests;
 #[cfg(test)]
+mod debug_tests;
+#[cfg(test)]
 mod decode_tests;
 #[cfg(test)]
 mod dirty_tests;
