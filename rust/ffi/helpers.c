@@ -514,3 +514,17 @@ void rkvm_synchronize_srcu(struct srcu_struct *s)
 {
 	synchronize_srcu_expedited(s);
 }
+
+/* #AC exits (upstream vmx_guest_inject_ac / handle_exception_nmi) */
+#include <asm/cpu.h>
+#include <asm/cpufeature.h>
+
+bool rkvm_split_lock_detect(void)
+{
+	return boot_cpu_has(X86_FEATURE_SPLIT_LOCK_DETECT);
+}
+
+bool rkvm_handle_guest_split_lock(unsigned long ip)
+{
+	return handle_guest_split_lock(ip);
+}

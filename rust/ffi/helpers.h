@@ -158,4 +158,7 @@ void rkvm_srcu_read_unlock(struct srcu_struct *s, int idx);
 /* Waits until every reader that started before the call has left (synchronize_srcu_expedited). */
 void rkvm_synchronize_srcu(struct srcu_struct *s);
 
+bool rkvm_split_lock_detect(void);
+bool rkvm_handle_guest_split_lock(unsigned long ip);
+
 #endif

@@ -338,6 +338,9 @@ const WATCHDOG: u64 = 1 << 16;
 /// RFLAGS.TF and RFLAGS.IF.
 const RFLAGS_TF: u64 = 1 << 8;
 const RFLAGS_IF: u64 = 1 << 9;
+/// RFLAGS.AC and CR0.AM: the guest's alignment checking.
+const RFLAGS_AC: u64 = 1 << 18;
+const CR0_AM: u64 = 1 << 18;
 
 /// Vector numbers of the exceptions the backend injects.
 const DB: u32 = debug::DB_VECTOR as u32;
@@ -346,6 +349,12 @@ const GP: u32 = 13;
 const PF: u32 = 14;
 const UD: u32 = 6;
 const MC: u32 = 18;
+const AC: u32 = 17;
+
+/// Exceptions intercepted whatever the debugger wants: #AC, so that a guest cannot keep a CPU in
+/// an endless #AC delivery loop (CVE-2015-5307; upstream intercepts it always too). #DB is in
+/// [`GuestDebug::exception_bitmap`] always for the same reason (CVE-2015-8104).
+const EB_ALWAYS: u32 = 1 << AC;
 
 impl VmxVcpu {
     /// Creates vCPU `id` with a VMCS set up for `config` and the VM's EPT, in RESET state.
@@ -459,7 +468,7 @@ impl VmxVcpu {
         vmcs::write(f::SECONDARY_VM_EXEC_CONTROL, c.proc2.into());
         vmcs::write(f::VM_EXIT_CONTROLS, c.exit.into());
         vmcs::write(f::VM_ENTRY_CONTROLS, c.entry.into());
-        vmcs::write(f::EXCEPTION_BITMAP, GuestDebug::default().exception_bitmap().into());
+        vmcs::write(f::EXCEPTION_BITMAP, (GuestDebug::default().exception_bitmap() | EB_ALWAYS).into());
         vmcs::write(f::PAGE_FAULT_ERROR_CODE_MASK, 0);
         vmcs::write(f::PAGE_FAULT_ERROR_CODE_MATCH, 0);
         vmcs::write(f::CR3_TARGET_COUNT, 0);
@@ -1562,10 +1571,37 @@ impl VmxVcpu {
         Next::Resume
     }
 
-    /// An exception exit (VMCS current; upstream `handle_exception_nmi`). Only #DB (always) and
-    /// #BP (with `KVM_GUESTDBG_USE_SW_BP`) are in the exception bitmap.
+    /// An exception exit (VMCS current; upstream `handle_exception_nmi`). Only #DB and #AC
+    /// (always) and #BP (with `KVM_GUESTDBG_USE_SW_BP`) are in the exception bitmap.
     fn handle_exception(&mut self, e: &ExitInfo, run: *mut b::kvm_run) -> Next {
         let vector = e.intr_info & 0xff;
+        if vector == AC {
+            let code = vmcs::read(f::VM_EXIT_INTR_ERROR_CODE) as u32;
+            // The guest's own alignment check (or any #AC on a host without split-lock
+            // detection) goes back to the guest (upstream `vmx_guest_inject_ac`).
+            // SAFETY: reads a boot CPU feature bit.
+            let sld = unsafe { b::rkvm_split_lock_detect() };
+            let guest_ac = self.cpl() == 3
+                && vmcs::read(f::GUEST_CR0) & CR0_AM != 0
+                && self.get_rflags() & RFLAGS_AC != 0;
+            if !sld || guest_ac {
+                self.inject_exception_code(AC, Some(code));
+                return Next::Resume;
+            }
+            // A split lock the host's detection caught: warn and let this task go on without
+            // detection, or SIGBUS it, as the host's policy says (upstream does the same).
+            // SAFETY: called in task context for the current task, as the kernel expects.
+            if unsafe { b::rkvm_handle_guest_split_lock(vmcs::read(f::GUEST_RIP) as _) } {
+                return Next::Resume;
+            }
+            // SAFETY: `run` is the vCPU's kvm_run page; `ex` is plain data.
+            unsafe {
+                (*run).exit_reason = b::KVM_EXIT_EXCEPTION;
+                (*run).__bindgen_anon_1.ex.exception = AC;
+                (*run).__bindgen_anon_1.ex.error_code = code;
+            }
+            return Next::User;
+        }
         if vector == DB {
             // B0–B3, BD, BS of what hit, in the pending-debug-exceptions format.
             let payload = e.qualification;
@@ -2322,7 +2358,7 @@ impl BackendVcpu for VmxVcpu {
                 v.singlestep_rip = v.debug_pc();
             }
             v.set_rflags(rflags);
-            vmcs::write(f::EXCEPTION_BITMAP, d.exception_bitmap().into());
+            vmcs::write(f::EXCEPTION_BITMAP, (d.exception_bitmap() | EB_ALWAYS).into());
         })
     }
 
