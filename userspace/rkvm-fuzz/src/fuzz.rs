@@ -512,8 +512,13 @@ pub fn issue(c: &mut Ctx, d: &'static Def, t: &Target) {
             }
             let (arg, place) = c.place(&bytes);
             let r = c.ioctl(d.name, t.fd(), d.cmd, arg);
-            if r >= 0 && *dir != Dir::In {
-                if let Some(out) = c.read_back(place, *size) {
+            if r >= 0 && matches!(place, Place::Valid(_)) {
+                // What the kernel returned, or what it accepted: the next call of the same key
+                // starts from it (a GET's state for its SET, a registered zone for the
+                // unregister).
+                if *dir == Dir::In {
+                    c.save(key, bytes);
+                } else if let Some(out) = c.read_back(place, *size) {
                     c.save(key, out);
                 }
             }
@@ -523,7 +528,7 @@ pub fn issue(c: &mut Ctx, d: &'static Def, t: &Target) {
 }
 
 /// Issues an integer-argument ioctl and registers the fd it creates.
-fn issue_create(c: &mut Ctx, d: &'static Def, t: &Target, arg: u64) {
+fn issue_create(c: &mut Ctx, d: &'static Def, t: &Target, mut arg: u64) {
     // Room first: close an old object of the kind this creates, deterministically.
     match d.creates {
         Creates::Vm => {
@@ -537,9 +542,9 @@ fn issue_create(c: &mut Ctx, d: &'static Def, t: &Target, arg: u64) {
             }
             if let Some(vm) = t.vm() {
                 if vm.vcpus_made.load(Ordering::Relaxed) >= MAX_VCPUS_PER_VM {
-                    // The VM's vCPUs live as long as it does: try a duplicate id instead.
-                    c.ioctl(d.name, t.fd(), d.cmd, 0);
-                    return;
+                    // The VM's vCPUs live as long as it does: id 0 instead, a duplicate once it
+                    // exists (whatever it gives is registered below).
+                    arg = 0;
                 }
             }
         }
@@ -640,7 +645,22 @@ fn wrong_fd(c: &mut Ctx) {
         let mut junk = vec![0u8; 512];
         c.rng.fill(&mut junk);
         let (arg, _) = c.place(&junk);
-        c.ioctl("random-cmd", fd, cmd, arg);
+        let r = c.ioctl("random-cmd", fd, cmd, arg);
+        adopt_if_new_fd(c, r);
+    }
+}
+
+/// A random command may have been a creating one: an fd the result names that is open, of the
+/// anon-inode kind, and not in the table is new; it joins the table so it gets closed.
+fn adopt_if_new_fd(c: &mut Ctx, r: i64) {
+    if r <= 2 || r > i64::from(i32::MAX) {
+        return;
+    }
+    let fd = r as i32;
+    let mut t = c.sh.table.lock().unwrap();
+    let known = t.devs.contains(&fd) || t.stats.contains(&fd) || t.vms.iter().any(|v| v.fd == fd) || t.vcpus.iter().any(|v| v.fd == fd);
+    if !known && crate::sys::fd_target(fd).is_some_and(|l| l.starts_with("anon_inode:")) {
+        t.stats.push(fd);
     }
 }
 
@@ -758,7 +778,8 @@ fn fork_child(c: &mut Ctx) {
     drop(table);
     c.sh.ioctls.fetch_add(1, Ordering::Relaxed);
     c.hist.record("child ioctl (wants EIO)", 0);
-    if c.syscall("fork", pid as i64) < 0 {
+    // (0 rather than the pid, so that traces of the same seed compare equal.)
+    if c.syscall("fork", if pid < 0 { -1 } else { 0 }) < 0 {
         return;
     }
     if close_parent {

@@ -109,10 +109,6 @@ fn install_signals() {
     }
 }
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
-}
-
 /// Raw ioctl for the set-up and the final check (not counted).
 fn raw(fd: i32, cmd: u64, arg: u64) -> Result<i64, i32> {
     // SAFETY: an ioctl on our own fd with an integer or a pointer to a live local.
@@ -257,7 +253,7 @@ fn print_hist(h: &Hist) {
 fn main() {
     let o = parse();
     install_signals();
-    let fds_before = open_fds();
+    let fds_before = sys::open_fds();
     let path = CString::new(o.device.clone()).unwrap_or_else(|_| usage());
     let can_run = o.can_run.unwrap_or_else(detect_run);
     println!("TAP version 13");
@@ -364,8 +360,19 @@ fn main() {
         Ok(s) => report(true, 3, format!("the module still works: {s}")),
         Err(s) => report(false, 3, format!("the module still works: {s}")),
     }
-    let fds_after = open_fds();
-    report(fds_after == fds_before, 4, format!("every fd closed ({fds_before} open before, {fds_after} after, {} closed at the end)", closed.unwrap_or(0)));
+    let fds_after = sys::open_fds();
+    let extra: Vec<String> = fds_after.iter().filter(|f| !fds_before.contains(f)).map(|(fd, t)| format!("{fd} -> {t}")).collect();
+    report(
+        extra.is_empty(),
+        4,
+        format!(
+            "every fd closed ({} open before, {} after, {} closed at the end){}",
+            fds_before.len(),
+            fds_after.len(),
+            closed.unwrap_or(0),
+            if extra.is_empty() { String::new() } else { format!(": still open: {}", extra.join(", ")) }
+        ),
+    );
     std::process::exit(if ok { 0 } else { 1 });
 }
 

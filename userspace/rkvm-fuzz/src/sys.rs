@@ -139,3 +139,24 @@ pub fn errno_name(e: i32) -> String {
     };
     n.to_string()
 }
+
+/// What an fd of this process is (`/proc/self/fd` link), if open.
+pub fn fd_target(fd: i32) -> Option<String> {
+    std::fs::read_link(format!("/proc/self/fd/{fd}")).ok().map(|p| p.to_string_lossy().into_owned())
+}
+
+/// The open fds of this process with what they are.
+pub fn open_fds() -> Vec<(i32, String)> {
+    let mut v: Vec<(i32, String)> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                .filter_map(|fd| fd_target(fd).map(|t| (fd, t)))
+                // The directory being read.
+                .filter(|(_, t)| !t.starts_with("/proc/"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}

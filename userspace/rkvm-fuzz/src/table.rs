@@ -247,13 +247,22 @@ pub fn gpa(c: &mut Ctx, t: &Target) -> u64 {
         return start.wrapping_add(c.rng.below(len + 0x2000)).wrapping_sub(0x1000) & !c.align_mask();
     }
     match c.rng.below(4) {
-        0 => *c.rng.pick(&[0xfee0_0000u64, 0xfec0_0000, 0xd000_0000, 0x3f8, 0x80, 0xcf8, 0x1000]),
+        0 => *c.rng.pick(&[0xfee0_0000u64, 0xfec0_0000, 0xd000_0000, 0x3f8, 0x80, 0xcf8, 0x1000, 0xffff_ffff_ffff_f000, 0xf_ffff_ffff_f000]),
         1 => c.rng.below(0x20_0000),
         _ => c.rng.interesting(),
     }
 }
 
 fn zone(c: &mut Ctx, t: &Target, b: &mut [u8]) {
+    let last: kb::kvm_coalesced_mmio_zone = from_bytes(b);
+    if last.size != 0 && c.rng.percent(50) {
+        // A range inside the zone registered last (what an unregister usually names).
+        let mut z = last;
+        z.size = *c.rng.pick(&[1u32, 2, 4, 8, (last.size / 2).max(1)]);
+        z.addr = last.addr.wrapping_add(c.rng.below(u64::from(last.size)) & !7);
+        put(b, &z);
+        return;
+    }
     let mut z: kb::kvm_coalesced_mmio_zone = zeroed();
     z.addr = gpa(c, t);
     z.size = if c.rng.percent(70) { *c.rng.pick(&[1u32, 2, 4, 8, 16, 0x1000, 0]) } else { c.rng.interesting() as u32 };
