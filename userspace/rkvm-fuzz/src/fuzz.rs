@@ -153,6 +153,9 @@ pub struct Shared {
     pub dev_path: std::ffi::CString,
     pub mmap_size: usize,
     pub can_run: bool,
+    /// `--no-kvm-run`: never issue KVM_RUN (for devices whose guests cannot be bounded, e.g.
+    /// kvm_intel in Bochs, where a guest spinning with IF=0 stops the machine).
+    pub no_kvm_run: bool,
     pub ioctls: AtomicU64,
     pub syscalls: AtomicU64,
     pub stop: AtomicBool,
@@ -405,7 +408,7 @@ pub fn step(c: &mut Ctx) {
     const W_TABLE: u32 = 70;
     let weights: [u32; 9] = [
         W_TABLE,
-        if c.sh.can_run { 10 } else { 2 }, // guest set-up and runs
+        if c.sh.no_kvm_run { 0 } else if c.sh.can_run { 10 } else { 2 }, // guest set-up and runs
         3,                                 // wrong fd or random command
         3,                                 // close something
         3,                                 // vCPU mmap games
@@ -416,7 +419,7 @@ pub fn step(c: &mut Ctx) {
     ];
     match c.rng.weighted(&weights) {
         0 => {
-            let w: Vec<u32> = DEFS.iter().map(|d| d.weight).collect();
+            let w: Vec<u32> = DEFS.iter().map(|d| if c.sh.no_kvm_run && d.name == "KVM_RUN" { 0 } else { d.weight }).collect();
             let d = &DEFS[c.rng.weighted(&w)];
             if let Some(t) = target_for(c, d.on) {
                 issue(c, d, &t);
@@ -632,6 +635,9 @@ fn wrong_fd(c: &mut Ctx) {
     let fd = *c.rng.pick(&fds);
     if c.rng.percent(50) {
         let d = &DEFS[c.rng.index(DEFS.len())];
+        if c.sh.no_kvm_run && d.name == "KVM_RUN" {
+            return;
+        }
         issue(c, d, &Target::Raw(fd));
     } else {
         // KVMIO commands with any number, direction and size; or anything at all.
@@ -642,6 +648,9 @@ fn wrong_fd(c: &mut Ctx) {
         } else {
             c.rng.next() & 0xffff_ffff
         };
+        if c.sh.no_kvm_run && cmd & 0xffff == u64::from(kb::KVMIO) << 8 | 0x80 {
+            return;
+        }
         let mut junk = vec![0u8; 512];
         c.rng.fill(&mut junk);
         let (arg, _) = c.place(&junk);
@@ -702,8 +711,11 @@ fn vcpu_mmap(c: &mut Ctx) {
                     let p = m.ptr().add(i as usize * PAGE);
                     let _ = std::ptr::read_volatile(p.add(c.rng.index(PAGE)));
                     if prot & libc::PROT_WRITE != 0 && c.rng.percent(30) {
-                        // Bytes after the kvm_run header: exit data the kernel must re-check.
-                        std::ptr::write_volatile(p.add(32 + c.rng.index(PAGE - 32)), c.rng.next() as u8);
+                        // Anything userspace can write the kernel must re-check: kvm_run's
+                        // fields and exit data, the PIO data, the coalesced ring's indices
+                        // (`first`, `last` at the start of its page) and entries.
+                        let at = if c.rng.percent(30) { c.rng.index(16) } else { c.rng.index(PAGE) };
+                        std::ptr::write_volatile(p.add(at), c.rng.next() as u8);
                     }
                 }
             }

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! rkvm-fuzz [--seed N] [--count IOCTLS] [--seconds S] [--threads N] [--device PATH]
-//!           [--run | --no-run] [--trace]
+//!           [--run | --no-run] [--no-kvm-run] [--trace]
 //! ```
 //!
 //! Random but structured sequences over the device, VM and vCPU fds (see `fuzz.rs` and the
@@ -11,7 +11,8 @@
 //! the module still works (a VM, a vCPU, a tiny real-mode guest doing OUT and HLT; with
 //! `backend=none` KVM_RUN must answer ENOEXEC) and that no fd is left open. Output is KTAP; exit
 //! 0 only if every check passed. A call that stays in the kernel for a minute despite the
-//! watchdog's signals is a hang: reported, exit 3.
+//! watchdog's signals is a hang: reported, exit 3. `--run`/`--no-run` say whether guests can be
+//! entered (default: rkvm's `backend` parameter); `--no-kvm-run` never calls KVM_RUN.
 //!
 //! Single-threaded runs (the default) issue exactly the same ioctls with the same arguments for
 //! the same seed; `--trace` prints each one. With `--threads N` each thread's choices are still
@@ -43,11 +44,12 @@ struct Opts {
     threads: usize,
     device: String,
     can_run: Option<bool>,
+    no_kvm_run: bool,
     trace: bool,
 }
 
 fn usage() -> ! {
-    eprintln!("usage: rkvm-fuzz [--seed N] [--count IOCTLS] [--seconds S] [--threads N] [--device PATH] [--run|--no-run] [--trace]");
+    eprintln!("usage: rkvm-fuzz [--seed N] [--count IOCTLS] [--seconds S] [--threads N] [--device PATH] [--run|--no-run] [--no-kvm-run] [--trace]");
     std::process::exit(2)
 }
 
@@ -59,6 +61,7 @@ fn parse() -> Opts {
         threads: 1,
         device: std::env::var("RKVM_DEV").unwrap_or_else(|_| "/dev/rkvm".into()),
         can_run: None,
+        no_kvm_run: false,
         trace: false,
     };
     let mut args = std::env::args().skip(1);
@@ -77,6 +80,7 @@ fn parse() -> Opts {
             "--device" => o.device = args.next().unwrap_or_else(|| usage()),
             "--run" => o.can_run = Some(true),
             "--no-run" => o.can_run = Some(false),
+            "--no-kvm-run" => o.no_kvm_run = true,
             "--trace" => o.trace = true,
             _ => usage(),
         }
@@ -143,7 +147,7 @@ fn detect_run() -> bool {
 }
 
 /// After fuzzing: a fresh VM and vCPU, and a real-mode guest that does `out 0x3f8, '4'; hlt`.
-fn module_works(path: &CString, mmap_size: usize, can_run: bool) -> Result<String, String> {
+fn module_works(path: &CString, mmap_size: usize, can_run: bool, no_kvm_run: bool) -> Result<String, String> {
     let e = |what: &str, e: i32| format!("{what}: {}", errno_name(e));
     let dev = open_dev(path)?;
     let mut fds = vec![dev];
@@ -177,6 +181,9 @@ fn module_works(path: &CString, mmap_size: usize, can_run: bool) -> Result<Strin
         raw(vcpu, cmd("KVM_SET_REGS", On::Vcpu), &regs as *const _ as u64).map_err(|x| e("KVM_SET_REGS", x))?;
         let run = sys::Mem::map(mmap_size, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, vcpu, 0).ok_or("mmap of the vCPU")?;
         let runp = run.ptr().cast::<kvm_bindings::kvm_run>();
+        if no_kvm_run {
+            return Ok("a new VM and vCPU took their registers (--no-kvm-run: no guest entered)".to_string());
+        }
         let r = raw(vcpu, cmd("KVM_RUN", On::Vcpu), 0);
         if !can_run {
             return match r {
@@ -282,6 +289,7 @@ fn main() {
         dev_path: path.clone(),
         mmap_size,
         can_run,
+        no_kvm_run: o.no_kvm_run,
         ioctls: Default::default(),
         syscalls: Default::default(),
         stop: Default::default(),
@@ -356,7 +364,7 @@ fn main() {
         failures.push(e.clone());
     }
     report(failures.is_empty(), 2, format!("no hang, every close succeeded, fuzzer-side checks passed{}", if failures.is_empty() { String::new() } else { format!(": {}", failures.join("; ")) }));
-    match module_works(&path, mmap_size, can_run) {
+    match module_works(&path, mmap_size, can_run, o.no_kvm_run) {
         Ok(s) => report(true, 3, format!("the module still works: {s}")),
         Err(s) => report(false, 3, format!("the module still works: {s}")),
     }
