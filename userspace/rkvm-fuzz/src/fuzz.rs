@@ -40,6 +40,8 @@ pub struct Region {
     pub mem: Option<Arc<Mem>>,
     /// Whether the fuzzer may write the backing (not made read-only, starts at the slot).
     pub writable: bool,
+    /// The slot logs dirty pages.
+    pub logging: bool,
 }
 
 pub struct VmObj {
@@ -67,6 +69,11 @@ impl VmObj {
     /// Slots the fuzzer registered.
     pub fn slots(&self) -> Vec<u32> {
         self.regions.lock().unwrap().iter().map(|r| r.slot).collect()
+    }
+
+    /// Slots registered with KVM_MEM_LOG_DIRTY_PAGES.
+    pub fn dirty_slots(&self) -> Vec<u32> {
+        self.regions.lock().unwrap().iter().filter(|r| r.logging).map(|r| r.slot).collect()
     }
 
     /// Guest-physical ranges the fuzzer registered.
@@ -775,6 +782,16 @@ fn fork_child(c: &mut Ctx) {
     let close_parent = c.rng.percent(30);
     let sh = c.sh.clone();
     let table = sh.table.lock().unwrap();
+    // Another thread may have closed the target (and its number been reused) since it was
+    // picked: fork only while it is still in the table, so the child's fd is that object.
+    let live = match &t {
+        Target::Vm(v) => table.vms.iter().any(|x| Arc::ptr_eq(x, v)),
+        Target::Vcpu(v) => table.vcpus.iter().any(|x| Arc::ptr_eq(x, v)),
+        _ => false,
+    };
+    if !live {
+        return;
+    }
     // SAFETY: fork in a threaded process; the child only makes raw system calls (ioctl, usleep,
     // _exit): no allocation, no locks.
     let pid = unsafe { libc::fork() };
@@ -1024,6 +1041,7 @@ pub fn memory_region(c: &mut Ctx, t: &Target, d: &Def) {
     if r < 0 {
         return;
     }
+    let logging = flags & kb::KVM_MEM_LOG_DIRTY_PAGES != 0;
     let mut regions = vm.regions.lock().unwrap();
     let (old, mut keep): (Vec<Region>, Vec<Region>) = regions.drain(..).partition(|x| x.slot == slot);
     for r in old {
@@ -1034,9 +1052,9 @@ pub fn memory_region(c: &mut Ctx, t: &Target, d: &Def) {
         // inaccessible range.
         if c.rng.percent(10) {
             vm.bury(owned);
-            keep.push(Region { slot, gpa, len: size, mem: None, writable: false });
+            keep.push(Region { slot, gpa, len: size, mem: None, writable: false, logging });
         } else {
-            keep.push(Region { slot, gpa, len: size, mem: owned, writable });
+            keep.push(Region { slot, gpa, len: size, mem: owned, writable, logging });
         }
         if keep.len() > MAX_REGIONS {
             let r = keep.remove(0);
@@ -1119,7 +1137,7 @@ fn guest_session(c: &mut Ctx) {
         for r in old {
             v.vm.bury(r.mem);
         }
-        keep.push(Region { slot, gpa: 0, len: m.len as u64, mem: Some(Arc::new(m)), writable: true });
+        keep.push(Region { slot, gpa: 0, len: m.len as u64, mem: Some(Arc::new(m)), writable: true, logging: flags != 0 });
         *regions = keep;
     }
     let mode = *c.rng.pick(&guest::MODES);

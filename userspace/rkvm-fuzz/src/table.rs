@@ -223,16 +223,26 @@ pub fn slot(c: &mut Ctx, t: &Target) -> u32 {
     }
 }
 
+/// A slot for the dirty-log ioctls: one that logs, mostly.
+fn dirty_slot(c: &mut Ctx, t: &Target) -> u32 {
+    let logging = t.vm().map(|v| v.dirty_slots()).unwrap_or_default();
+    if !logging.is_empty() && c.rng.percent(70) {
+        *c.rng.pick(&logging)
+    } else {
+        slot(c, t)
+    }
+}
+
 fn dirty_log(c: &mut Ctx, t: &Target, b: &mut [u8]) {
     let mut d: kb::kvm_dirty_log = zeroed();
-    d.slot = slot(c, t);
+    d.slot = dirty_slot(c, t);
     d.__bindgen_anon_1.padding2 = c.bitmap_ptr();
     put(b, &d);
 }
 
 fn clear_dirty_log(c: &mut Ctx, t: &Target, b: &mut [u8]) {
     let mut d: kb::kvm_clear_dirty_log = zeroed();
-    d.slot = slot(c, t);
+    d.slot = dirty_slot(c, t);
     d.first_page = if c.rng.percent(70) { c.rng.below(8) * 64 } else { c.rng.interesting() };
     d.num_pages = if c.rng.percent(70) { c.rng.below(600) as u32 } else { c.rng.interesting() as u32 };
     d.__bindgen_anon_1.padding2 = c.bitmap_ptr();
