@@ -169,7 +169,8 @@ pub struct Shared {
     pub count: u64,
     pub deadline: Option<Instant>,
     pub start: Instant,
-    pub trace: bool,
+    /// Trace calls from this ioctl number on (`u64::MAX`: no trace).
+    pub trace_from: u64,
     /// Fuzzer-side checks that failed (e.g. an ioctl from a forked child not refused with EIO).
     pub failures: Mutex<Vec<String>>,
     pub watch: Vec<Watch>,
@@ -355,7 +356,8 @@ impl Ctx {
     /// Issues one ioctl, watched and counted. Returns the result or `-errno`.
     pub fn ioctl(&mut self, name: &'static str, fd: i32, cmd: u64, arg: u64) -> i64 {
         let seq = self.sh.ioctls.fetch_add(1, Ordering::Relaxed);
-        if self.sh.trace {
+        let trace = seq >= self.sh.trace_from;
+        if trace {
             println!("# [{}] #{seq} {name} fd={fd} cmd={cmd:#x} arg={arg:#x}", self.tid);
         }
         let w = &self.sh.watch[self.tid];
@@ -368,7 +370,7 @@ impl Ctx {
         let e = if r < 0 { errno() } else { 0 };
         w.since_ns.store(0, Ordering::SeqCst);
         self.hist.record(name, e);
-        if self.sh.trace {
+        if trace {
             println!("# [{}] #{seq} -> {}", self.tid, if r < 0 { crate::sys::errno_name(e) } else { r.to_string() });
         }
         if r < 0 {
@@ -383,7 +385,7 @@ impl Ctx {
         self.sh.syscalls.fetch_add(1, Ordering::Relaxed);
         let e = if r < 0 { errno() } else { 0 };
         self.hist.record(name, e);
-        if self.sh.trace {
+        if self.sh.ioctls.load(Ordering::Relaxed) >= self.sh.trace_from {
             println!("# [{}] {name} -> {}", self.tid, if r < 0 { crate::sys::errno_name(e) } else { r.to_string() });
         }
         r

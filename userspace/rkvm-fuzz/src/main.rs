@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! rkvm-fuzz [--seed N] [--count IOCTLS] [--seconds S] [--threads N] [--device PATH]
-//!           [--run | --no-run] [--no-kvm-run] [--trace]
+//!           [--run | --no-run] [--no-kvm-run] [--trace | --trace-from IOCTL]
 //! ```
 //!
 //! Random but structured sequences over the device, VM and vCPU fds (see `fuzz.rs` and the
@@ -45,11 +45,11 @@ struct Opts {
     device: String,
     can_run: Option<bool>,
     no_kvm_run: bool,
-    trace: bool,
+    trace_from: u64,
 }
 
 fn usage() -> ! {
-    eprintln!("usage: rkvm-fuzz [--seed N] [--count IOCTLS] [--seconds S] [--threads N] [--device PATH] [--run|--no-run] [--no-kvm-run] [--trace]");
+    eprintln!("usage: rkvm-fuzz [--seed N] [--count IOCTLS] [--seconds S] [--threads N] [--device PATH] [--run|--no-run] [--no-kvm-run] [--trace | --trace-from IOCTL]");
     std::process::exit(2)
 }
 
@@ -62,7 +62,7 @@ fn parse() -> Opts {
         device: std::env::var("RKVM_DEV").unwrap_or_else(|_| "/dev/rkvm".into()),
         can_run: None,
         no_kvm_run: false,
-        trace: false,
+        trace_from: u64::MAX,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -81,7 +81,8 @@ fn parse() -> Opts {
             "--run" => o.can_run = Some(true),
             "--no-run" => o.can_run = Some(false),
             "--no-kvm-run" => o.no_kvm_run = true,
-            "--trace" => o.trace = true,
+            "--trace" => o.trace_from = 0,
+            "--trace-from" => o.trace_from = num(&mut args),
             _ => usage(),
         }
     }
@@ -296,7 +297,7 @@ fn main() {
         count: o.count,
         deadline: (o.seconds > 0).then(|| start + Duration::from_secs(o.seconds)),
         start,
-        trace: o.trace,
+        trace_from: o.trace_from,
         failures: Mutex::new(Vec::new()),
         watch: (0..o.threads).map(|_| Watch::default()).collect(),
         flaky: flaky_addr,
