@@ -145,6 +145,25 @@ pub(crate) unsafe fn write_dr7(v: u64) {
     unsafe { asm!("mov dr7, {}", in(reg) v, options(nomem, nostack, preserves_flags)) };
 }
 
+/// DR6 of this CPU.
+pub(crate) fn read_dr6() -> u64 {
+    let v: u64;
+    // SAFETY: reading DR6 in ring 0 has no side effects.
+    unsafe { asm!("mov {}, dr6", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// Sets DR6 of this CPU.
+///
+/// # Safety
+///
+/// `v` must be DR6's idle value (0xffff0ff0), what the host expects to find there (its #DB
+/// handler reads DR6 and puts that value back, `debug_read_clear_dr6`).
+pub(crate) unsafe fn write_dr6(v: u64) {
+    // SAFETY: per the function's contract.
+    unsafe { asm!("mov dr6, {}", in(reg) v, options(nomem, nostack, preserves_flags)) };
+}
+
 /// CR2 of this CPU.
 pub(crate) fn read_cr2() -> u64 {
     let v: u64;

@@ -257,6 +257,8 @@ enum Next {
 
 /// DR6 and DR7 at RESET (SDM 18.2.3, 18.2.4): their fixed-1 bits.
 const DR6_RESET: u64 = 0xffff_0ff0;
+/// DR6's status bits a #DB sets: B0–B3, BD, BS, BT.
+const DR6_STATUS: u64 = 0xe00f;
 const DR7_RESET: u64 = 0x400;
 
 /// The VMX-preemption timer's start value at every entry: a guest exits at the latest after
@@ -899,7 +901,8 @@ impl VmxVcpu {
             Entered::Failed(vmcs::read(f::VM_INSTRUCTION_ERROR) as u32)
         };
         // SAFETY: restore what the VM exit reset or the guest may have changed: the TR and GDT
-        // limits, DR7 (reset to 0x400 by the exit), KERNEL_GS_BASE (guest SWAPGS or WRMSR),
+        // limits, DR7 (reset to 0x400 by the exit), DR6 (to its idle value, which is what the
+        // host keeps there), KERNEL_GS_BASE (guest SWAPGS or WRMSR),
         // SPEC_CTRL and XCR0, all before interrupts or the FPU are the host's again.
         unsafe {
             b::rkvm_restore_host_descriptors();
@@ -912,6 +915,16 @@ impl VmxVcpu {
             }
             if host_dr7 != 0x400 {
                 insn::write_dr7(host_dr7);
+            }
+            // #DB is not intercepted: a #DB the guest took natively (a single step, ICEBP) set
+            // status bits in the CPU's DR6, which no VM exit restores. They are the guest's
+            // (its MOV from DR6 exits and reads `self.dr6`), and left in place the host's next
+            // #DB would see them: a spurious SIGTRAP in whatever process hit a watchpoint
+            // (upstream intercepts #DB, and `hw_breakpoint_restore` resets DR6).
+            let dr6 = insn::read_dr6();
+            if dr6 != DR6_RESET {
+                self.dr6 |= dr6 & DR6_STATUS;
+                insn::write_dr6(DR6_RESET);
             }
             self.msrs.kernel_gs_base = rdmsr(b::MSR_KERNEL_GS_BASE).unwrap_or(0);
             if self.msrs.kernel_gs_base != host_kgs {
