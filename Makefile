@@ -25,7 +25,7 @@ MODARGS ?=
 TIMEOUT ?=
 
 .PHONY: all deps kernel module userspace selftests hosttest demo check bench vm-run clean \
-	upstream-selftests-build upstream-selftests
+	upstream-selftests-build upstream-selftests fuzz
 
 all: module userspace selftests
 
@@ -67,6 +67,12 @@ check: module userspace selftests upstream-selftests-build
 
 bench: module userspace selftests
 	@$(TOP)/scripts/bench.sh
+
+# The ioctl fuzzer (userspace/rkvm-fuzz) in a VM, then rmmod and a kmemleak scan:
+#   make fuzz [EMULATOR=qemu|vmx] [COUNT=ioctls] [SECONDS=s] [SEED=n] [THREADS=n] [CPUS=n]
+fuzz: module userspace selftests
+	@EMULATOR=$(EMULATOR) COUNT=$(COUNT) FUZZ_SECONDS=$(SECONDS) SEED=$(SEED) THREADS=$(THREADS) \
+	  CPUS=$(CPUS) $(TOP)/scripts/fuzz.sh
 
 # The kernel's KVM selftests, static, cached under ~/.cache/rkvm/kvm-selftests-*; prints nothing when warm.
 upstream-selftests-build: kernel

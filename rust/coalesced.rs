@@ -24,10 +24,11 @@ pub struct Zone {
 
 impl Zone {
     /// Whether an access of `len` bytes at `addr` lies wholly inside the zone (upstream
-    /// `coalesced_mmio_in_range`).
+    /// `coalesced_mmio_in_range`). Registration does not check the zone's end, so it may wrap
+    /// past 2^64; as upstream's `zone.addr + zone.size`, it wraps (nothing is then inside).
     pub fn contains(&self, addr: u64, len: u32) -> bool {
         let Some(end) = addr.checked_add(u64::from(len)) else { return false };
-        addr >= self.addr && end <= self.addr + u64::from(self.size)
+        addr >= self.addr && end <= self.addr.wrapping_add(u64::from(self.size))
     }
 }
 

@@ -6,7 +6,10 @@
 #          drop-in mode); and the refusal to load without VMX unless backend=none
 #   bochs  Bochs (emulated VMX + EPT), backend=vmx, 1 and 2 CPUs: the demo guest (must print 4
 #          and KVM_EXIT_HLT), the rust-vmm kvm-ioctls client (rkvm-kvm-ioctls-test), guests in
-#          all four CPU modes and port I/O (vmx_guests), and the selftests against the VMX backend
+#          all four CPU modes and port I/O (vmx_guests), and the selftests against the VMX backend;
+#          in the 1-CPU boot first a short fuzz run with KVM_RUN (rkvm-fuzz), rmmod and insmod
+#   fuzz   (part of the qemu stage) rkvm-fuzz, 2*10^4 ioctls with backend=none, then rmmod and
+#          a kmemleak scan
 #   upstream  the kernel's own KVM selftests in 1-CPU Bochs, on rkvm and on kvm_intel, side by
 #          side (scripts/upstream-selftests.sh; rkvm's results count)
 #
@@ -67,19 +70,29 @@ if stage qemu; then
   vm_case qemu-selftests 0 --emulator qemu --cpus 2 --modargs backend=none --run \
     'test "$(nproc)" = 2 || echo "not ok - expected 2 CPUs, got $(nproc)"; rkvm-kvm-ioctls-test; /selftests/run_tests; s=$?; /selftests/kmemleak_check && exit $s'
   count_ktap "$logs/qemu-selftests.log" "selftests (QEMU, backend=none, 2 CPUs)"
+  # The ioctl fuzzer (scripts/fuzz.sh runs longer ones): its four checks, rmmod, kmemleak.
+  vm_case qemu-fuzz 0 --emulator qemu --cpus 2 --modargs backend=none --run \
+    'rkvm-fuzz --seed 1 --count 20000; s=$?; if rmmod rkvm; then echo "ok 5 - rmmod rkvm after fuzzing"; else echo "not ok 5 - rmmod rkvm after fuzzing"; s=1; fi; /selftests/kmemleak_check || s=1; exit $s'
+  count_ktap "$logs/qemu-fuzz.log" "fuzz (QEMU, backend=none, 2*10^4 ioctls)"
   # Without VMX, the default backend refuses to load, with one clear line; backend=none loads.
   vm_case qemu-no-vmx-refusal 0 --emulator qemu --no-load --run \
     'insmod /lib/modules/rkvm.ko 2>/dev/null && exit 1; dmesg | grep -q "rkvm: no VMX on this CPU" || exit 2; insmod /lib/modules/rkvm.ko backend=none && test -c /dev/rkvm'
 fi
 
 if stage bochs; then
-  # Per-run limits well above the measured times (1 CPU ~60 s, 2 CPUs ~4 min, warm), so a hang
-  # fails fast instead of eating the CI budget. The kmemleak scan runs in the 1-CPU boot only:
+  # Per-run limits well above the measured times (1 CPU ~60 s plus the fuzz run, 2 CPUs ~4 min,
+  # warm; several times that on a loaded machine), so a hang fails fast instead of eating the CI
+  # budget. The kmemleak scan runs in the 1-CPU boot only:
   # with 2 emulated CPUs one scan did not finish within 5 minutes.
+  # The 1-CPU boot starts with a short fuzz run that enters random guests (about 20 s), then
+  # reloads the module (it must unload cleanly) before the other tests; its kmemleak scan at the
+  # end covers the fuzz run too.
+  fuzz='rkvm-fuzz --seed 1 --count 8000; f=$?; if rmmod rkvm && insmod /lib/modules/rkvm.ko backend=vmx; then echo "ok 5 - rmmod and insmod after fuzzing"; else echo "not ok 5 - rmmod and insmod after fuzzing"; f=1; fi;'
   for n in 1 2; do
-    leak='/selftests/kmemleak_check && exit $s'; [ "$n" = 1 ] || leak='exit $s'
-    vm_case "bochs-vmx-${n}cpu" 0 --emulator vmx --cpus "$n" --modargs backend=vmx --timeout $((n * 300)) --run \
-      "test \"\$(nproc)\" = $n || echo 'not ok - expected $n CPUs'; rkvm-demo > /tmp/demo.out 2>&1; cat /tmp/demo.out; \
+    leak='[ $f = 0 ] || s=1; /selftests/kmemleak_check && exit $s'; [ "$n" = 1 ] || leak='exit $s'
+    pre=$fuzz; [ "$n" = 1 ] || pre=''
+    vm_case "bochs-vmx-${n}cpu" 0 --emulator vmx --cpus "$n" --modargs backend=vmx --timeout $((n * 300 + (n == 1 ? 300 : 0))) --run \
+      "$pre test \"\$(nproc)\" = $n || echo 'not ok - expected $n CPUs'; rkvm-demo > /tmp/demo.out 2>&1; cat /tmp/demo.out; \
        if [ \"\$(cat /tmp/demo.out)\" = \"\$(printf '4\nKVM_EXIT_HLT')\" ]; then echo 'ok 1 - demo guest prints 4 and KVM_EXIT_HLT'; else echo 'not ok 1 - demo guest'; fi; \
        rkvm-kvm-ioctls-test; /selftests/vmx_guests; /selftests/run_tests; s=\$?; $leak"
     count_ktap "$logs/bochs-vmx-${n}cpu.log" "demo + selftests (Bochs, backend=vmx, $n CPU)"

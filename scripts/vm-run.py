@@ -127,7 +127,7 @@ def build_initramfs(work, kdir, args):
         if os.path.exists(p):
             shutil.copy(p, os.path.join(root, "lib/modules"))
     rel = os.path.join(TOP, "userspace/target/release")
-    for b in ["rkvm-run", "rkvm-demo", "rkvm-kvm-ioctls-test"]:
+    for b in ["rkvm-run", "rkvm-demo", "rkvm-kvm-ioctls-test", "rkvm-fuzz"]:
         if os.path.exists(os.path.join(rel, b)):
             shutil.copy(os.path.join(rel, b), os.path.join(root, "bin"))
     st = os.path.join(TOP, "selftests/build")

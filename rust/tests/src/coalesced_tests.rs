@@ -33,3 +33,16 @@ fn ring_keeps_one_entry_free() {
     assert_eq!(insert_slot(2, 3, 4), Some(3));
     assert_eq!(insert_slot(0, 4, 4), None, "last out of range");
 }
+
+/// Found by rkvm-fuzz: a zone whose end wraps past 2^64 is accepted (upstream checks only `pio`);
+/// its end wraps as upstream's `zone.addr + zone.size` does (no overflow panic), so nothing lies
+/// inside it and an unregister of a range within it keeps it.
+#[test]
+fn zone_end_wrapping_past_2_64_contains_nothing() {
+    let z = Zone { addr: 0xffff_ffff_ffff_f000, size: 0x2000, pio: false };
+    assert!(!z.contains(0xffff_ffff_ffff_f800, 8));
+    assert!(!z.contains(0, 8));
+    assert!(keep_after_unregister(&z, &Zone { addr: 0xffff_ffff_ffff_f800, size: 8, pio: false }));
+    let top = Zone { addr: 0xffff_ffff_ffff_f000, size: 0x1000, pio: true };
+    assert!(!top.contains(0xffff_ffff_ffff_fff8, 8), "end is exactly 2^64: wraps to 0");
+}
