@@ -7,10 +7,13 @@
 #   bochs  Bochs (emulated VMX + EPT), backend=vmx, 1 and 2 CPUs: the demo guest (must print 4
 #          and KVM_EXIT_HLT), the rust-vmm kvm-ioctls client (rkvm-kvm-ioctls-test), guests in
 #          all four CPU modes and port I/O (vmx_guests), and the selftests against the VMX backend
+#   debug  the debug kernel (kernel/rkvm-debug.config: KASAN, lockdep, atomic-sleep checks, full
+#          preemption, list/object debugging): first the splat canary (each kind of report fails a
+#          VM run), then the QEMU selftests and the Bochs 1-CPU run again, any report failing them
 #
 # Every KTAP "ok"/"not ok" line and every cargo test counts; each VM run also counts as one test
 # of its own (it must boot, run and exit with the expected status, with no kernel splat).
-# Logs: build/check/. CHECK_ONLY=host|qemu|bochs runs one stage.
+# Logs: build/check/. CHECK_ONLY=host|qemu|bochs|debug runs one stage.
 set -uo pipefail
 . "$(dirname "$0")/env.sh"
 cd "$RKVM_TOP"
@@ -62,11 +65,11 @@ if stage host; then
 fi
 
 if stage qemu; then
-  vm_case qemu-selftests 0 --emulator qemu --cpus 2 --modargs backend=none --run \
+  vm_case qemu-selftests 0 --kernel base --emulator qemu --cpus 2 --modargs backend=none --run \
     'test "$(nproc)" = 2 || echo "not ok - expected 2 CPUs, got $(nproc)"; rkvm-kvm-ioctls-test; /selftests/run_tests; s=$?; /selftests/kmemleak_check && exit $s'
   count_ktap "$logs/qemu-selftests.log" "selftests (QEMU, backend=none, 2 CPUs)"
   # Without VMX, the default backend refuses to load, with one clear line; backend=none loads.
-  vm_case qemu-no-vmx-refusal 0 --emulator qemu --no-load --run \
+  vm_case qemu-no-vmx-refusal 0 --kernel base --emulator qemu --no-load --run \
     'insmod /lib/modules/rkvm.ko 2>/dev/null && exit 1; dmesg | grep -q "rkvm: no VMX on this CPU" || exit 2; insmod /lib/modules/rkvm.ko backend=none && test -c /dev/rkvm'
 fi
 
@@ -76,12 +79,43 @@ if stage bochs; then
   # with 2 emulated CPUs one scan did not finish within 5 minutes.
   for n in 1 2; do
     leak='/selftests/kmemleak_check && exit $s'; [ "$n" = 1 ] || leak='exit $s'
-    vm_case "bochs-vmx-${n}cpu" 0 --emulator vmx --cpus "$n" --modargs backend=vmx --timeout $((n * 300)) --run \
+    vm_case "bochs-vmx-${n}cpu" 0 --kernel base --emulator vmx --cpus "$n" --modargs backend=vmx --timeout $((n * 300)) --run \
       "test \"\$(nproc)\" = $n || echo 'not ok - expected $n CPUs'; rkvm-demo > /tmp/demo.out 2>&1; cat /tmp/demo.out; \
        if [ \"\$(cat /tmp/demo.out)\" = \"\$(printf '4\nKVM_EXIT_HLT')\" ]; then echo 'ok 1 - demo guest prints 4 and KVM_EXIT_HLT'; else echo 'not ok 1 - demo guest'; fi; \
        rkvm-kvm-ioctls-test; /selftests/vmx_guests; /selftests/run_tests; s=\$?; $leak"
     count_ktap "$logs/bochs-vmx-${n}cpu.log" "demo + selftests (Bochs, backend=vmx, $n CPU)"
   done
+fi
+
+if stage debug; then
+  # The splat canary: one boot printing a real report of each kind (selftests/splat); the run
+  # must fail (125) and the runner must have named every one of them. Lockdep's and RCU's come
+  # first: lockdep stops after its first report, and a KASAN report turns it off.
+  log=$logs/debug-splat-canary.log t0=$(date +%s)
+  say "vm: debug-splat-canary"
+  python3 scripts/vm-run.py --kernel debug --emulator qemu --cpus 1 --no-load \
+    --extra build/splat-debug/rkvm_splat.ko --run \
+    'for w in rcu lockdep atomic warn kasan uaf; do insmod /extra/rkvm_splat.ko what=$w; done; exit 0' \
+    > "$log" 2>&1; rc=$?
+  missing=
+  for sig in 'WARNING: CPU: .* \[rkvm_splat\]' 'BUG: KASAN: slab-out-of-bounds' 'BUG: KASAN: slab-use-after-free' \
+             'WARNING: suspicious RCU usage' 'BUG: sleeping function called from invalid context' \
+             'WARNING: possible circular locking dependency detected'; do
+    grep -qE "^vm-run:   .*$sig" "$log" || missing="$missing; $sig"
+  done
+  if [ "$rc" = 125 ] && [ -z "$missing" ]; then
+    pass=$((pass + 1)); say "  ok - debug-splat-canary: every report failed the run ($(( $(date +%s) - t0 )) s)"
+  else
+    fail=$((fail + 1)); say "  FAIL - debug-splat-canary: exit $rc (wanted 125), not caught: ${missing#; } (log: $log)"
+  fi
+  vm_case debug-qemu-selftests 0 --kernel debug --emulator qemu --cpus 2 --modargs backend=none --run \
+    'test "$(nproc)" = 2 || echo "not ok - expected 2 CPUs, got $(nproc)"; rkvm-kvm-ioctls-test; /selftests/run_tests; s=$?; /selftests/kmemleak_check && exit $s'
+  count_ktap "$logs/debug-qemu-selftests.log" "selftests (debug kernel, QEMU, backend=none, 2 CPUs)"
+  vm_case debug-bochs-vmx-1cpu 0 --kernel debug --emulator vmx --cpus 1 --modargs backend=vmx --timeout 1200 --run \
+    "rkvm-demo > /tmp/demo.out 2>&1; cat /tmp/demo.out; \
+     if [ \"\$(cat /tmp/demo.out)\" = \"\$(printf '4\nKVM_EXIT_HLT')\" ]; then echo 'ok 1 - demo guest prints 4 and KVM_EXIT_HLT'; else echo 'not ok 1 - demo guest'; fi; \
+     rkvm-kvm-ioctls-test; /selftests/vmx_guests; /selftests/run_tests; s=\$?; /selftests/kmemleak_check && exit \$s"
+  count_ktap "$logs/debug-bochs-vmx-1cpu.log" "demo + selftests (debug kernel, Bochs, backend=vmx, 1 CPU)"
 fi
 
 say "check took $(( $(date +%s) - start ))s; logs in $logs"
