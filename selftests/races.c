@@ -35,13 +35,18 @@ static double now(void)
 	return t.tv_sec + t.tv_nsec / 1e9;
 }
 
-/* The module whose reference count the fds hold: rkvm, or upstream's kvm. */
+/*
+ * The module whose reference count the fds hold: rkvm, or upstream's vendor module (kvm_init
+ * makes it the owner of the device, VM and vCPU fops).
+ */
 static long module_refcnt(void)
 {
 	char path[64], buf[32] = "";
 	FILE *f;
 
-	snprintf(path, sizeof(path), "/sys/module/%s/refcnt", upstream() ? "kvm" : "rkvm");
+	snprintf(path, sizeof(path), "/sys/module/%s/refcnt", upstream() ? "kvm_intel" : "rkvm");
+	if (upstream() && access(path, F_OK))
+		snprintf(path, sizeof(path), "/sys/module/kvm_amd/refcnt");
 	f = fopen(path, "r");
 	if (!f)
 		return -1;
