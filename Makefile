@@ -11,6 +11,13 @@
 # `make upstream-selftests` runs the kernel's own KVM selftests (selftests/upstream/list) against
 # rkvm and then kvm_intel in one Bochs boot and prints a table (scripts/upstream-selftests.sh).
 # Kbuild (not this file) describes the module itself; this file wraps `make -C $KDIR M=$PWD`.
+#
+# KERNEL=base|debug picks the test kernel flavour (scripts/kernel.sh; kernel/rkvm-debug.config:
+# KASAN, lockdep, ...) for `kernel`, `module`, `vm-run`, `demo`, `bench`. rkvm.ko of the base
+# kernel is built here in the checkout (./rkvm.ko); that of another flavour in its own copy of the
+# module sources, build/kmod-FLAVOUR/ (Kbuild in 6.12 writes objects next to the sources of an M=
+# build, so one tree cannot hold two kernels' objects), giving build/kmod-FLAVOUR/rkvm.ko.
+# `make check` builds and uses both.
 
 SHELL := /bin/bash
 TOP := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
@@ -23,8 +30,15 @@ RUN ?= true
 EXTRA ?=
 MODARGS ?=
 TIMEOUT ?=
+KERNEL ?= base
+# The VM runner (also under demo.sh and bench.sh) boots this flavour.
+export RKVM_KERNEL := $(KERNEL)
+# Where `make module` builds: the checkout itself for the base kernel, a synced copy otherwise.
+KMOD_DIR = $(if $(filter base,$(1)),$(TOP),$(TOP)/build/kmod-$(1))
+# The module's sources (what Kbuild reads), synced into build/kmod-FLAVOUR/.
+KMOD_SRC := Kbuild Kconfig rust uapi
 
-.PHONY: all deps kernel module userspace selftests hosttest demo check bench vm-run clean \
+.PHONY: all deps kernel module module-debug splat-canary userspace selftests hosttest demo check bench vm-run clean \
 	upstream-selftests-build upstream-selftests fuzz
 
 all: module userspace selftests
@@ -32,22 +46,39 @@ all: module userspace selftests
 deps:
 	@$(TOP)/scripts/deps.sh
 
-# The cached test kernel; prints nothing when warm.
+# The cached test kernel (flavour $(KERNEL)); prints nothing when warm.
 kernel: deps
-	@$(TOP)/scripts/kernel.sh >/dev/null
+	@$(TOP)/scripts/kernel.sh $(KERNEL) >/dev/null
 
-# KDIR: the kernel build tree to build against (default: the cached test kernel).
+# KDIR: the kernel build tree to build against (default: the cached test kernel of $(KERNEL)).
 module: kernel
-	@$(ENV); kdir=$${KDIR:-$$($(TOP)/scripts/kernel.sh)/linux}; \
-	  say "module: building rkvm.ko against $$kdir"; \
-	  $(MAKE) -C $$kdir $$(kmake_args) M=$(TOP) modules
+	@$(ENV); kdir=$${KDIR:-$$($(TOP)/scripts/kernel.sh $(KERNEL))/linux}; \
+	  out=$(call KMOD_DIR,$(KERNEL)); \
+	  if [ "$$out" != $(TOP) ]; then \
+	    mkdir -p $$out && cd $(TOP) && rsync -a --delete --exclude target --exclude '*.o' \
+	      --exclude '.*.cmd' --exclude '*.d' --exclude bindings_generated.rs \
+	      --exclude '*.rmeta' --exclude '*.a' $(KMOD_SRC) $$out/ || exit 1; \
+	  fi; \
+	  say "module: building $$out/rkvm.ko against $$kdir"; \
+	  $(MAKE) -C $$kdir $$(kmake_args) M=$$out modules
+
+# rkvm.ko for the debug kernel (build/kmod-debug/rkvm.ko), as `make check` needs it.
+module-debug: deps
+	@$(MAKE) --no-print-directory module KERNEL=debug
+
+# selftests/splat: a module that prints one real kernel report on demand (KASAN, lockdep, ...),
+# for the check that the VM runner's splat scan catches each format; debug kernel only.
+splat-canary: deps
+	@$(ENV); kdir=$$($(TOP)/scripts/kernel.sh debug)/linux; out=$(TOP)/build/splat-debug; \
+	  mkdir -p $$out && rsync -a $(TOP)/selftests/splat/Kbuild $(TOP)/selftests/splat/rkvm_splat.c $$out/ && \
+	  $(MAKE) -s -C $$kdir $$(kmake_args) M=$$out modules
 
 userspace: deps
 	@$(ENV); say "userspace: cargo build --release (static)"; \
 	  cd $(TOP)/userspace && cargo build --release --quiet
 
 selftests: kernel
-	@$(ENV); kdir=$$($(TOP)/scripts/kernel.sh); \
+	@$(ENV); kdir=$$($(TOP)/scripts/kernel.sh $(KERNEL)); \
 	  $(MAKE) -s -C $(TOP)/selftests KHDR=$$kdir/usr/include
 
 # Host unit tests of the pure files of the module (no kernel needed).
@@ -55,21 +86,26 @@ hosttest:
 	@cd $(TOP)/rust/tests && cargo test --quiet
 
 vm-run: module userspace selftests
-	@python3 $(TOP)/scripts/vm-run.py --emulator $(EMULATOR) --cpus $(CPUS) \
+	@python3 $(TOP)/scripts/vm-run.py --kernel $(KERNEL) --emulator $(EMULATOR) --cpus $(CPUS) \
 	  $(if $(MODARGS),--modargs '$(MODARGS)') --run '$(RUN)' $(if $(EXTRA),--extra $(EXTRA)) \
 	  $(if $(TIMEOUT),--timeout $(TIMEOUT))
 
 demo: module userspace selftests
 	@$(TOP)/scripts/demo.sh
 
-check: module userspace selftests upstream-selftests-build
+# The debug stage (kernel/rkvm-debug.config) needs the debug kernel and its rkvm.ko; CHECK_ONLY of
+# another stage skips building them. Its other stages use the base kernel whatever KERNEL says.
+check: override KERNEL := base
+check: module userspace selftests upstream-selftests-build $(if $(filter-out debug,$(CHECK_ONLY)),,module-debug splat-canary)
 	@$(TOP)/scripts/check.sh
 
 bench: module userspace selftests
 	@$(TOP)/scripts/bench.sh
 
-# The ioctl fuzzer (userspace/rkvm-fuzz) in a VM, then rmmod and a kmemleak scan:
-#   make fuzz [EMULATOR=qemu|vmx] [COUNT=ioctls] [SECONDS=s] [SEED=n] [THREADS=n] [CPUS=n]
+# The ioctl fuzzer (userspace/rkvm-fuzz) in a VM, then rmmod and a kmemleak scan; on the debug
+# kernel unless KERNEL=base is given:
+#   make fuzz [EMULATOR=qemu|vmx] [COUNT=ioctls] [SECONDS=s] [SEED=n] [THREADS=n] [CPUS=n] [KERNEL=base]
+fuzz: override KERNEL := $(if $(filter command line environment,$(origin KERNEL)),$(KERNEL),debug)
 fuzz: module userspace selftests
 	@EMULATOR=$(EMULATOR) COUNT=$(COUNT) FUZZ_SECONDS=$(SECONDS) SEED=$(SEED) THREADS=$(THREADS) \
 	  CPUS=$(CPUS) $(TOP)/scripts/fuzz.sh

@@ -6,6 +6,7 @@
 #             enters random guests); default qemu
 #   COUNT     ioctls to issue (default 20000); FUZZ_SECONDS (make: SECONDS) bounds the time too
 #   SEED      the run's seed (default 1); THREADS (default 1); CPUS (default 1)
+#   RKVM_KERNEL  the test kernel flavour, debug (KASAN, lockdep, ...; make fuzz's default) or base
 #
 # Output is KTAP (the fuzzer's 4 checks, rmmod, kmemleak) ending in "N passed, N failed"; the
 # console is saved in build/fuzz/. Exit 0 only if every check passed and the VM saw no kernel
@@ -19,6 +20,7 @@ secs=${FUZZ_SECONDS:-0}
 seed=${SEED:-1}
 threads=${THREADS:-1}
 cpus=${CPUS:-1}
+kernel=${RKVM_KERNEL:-debug}
 case $emu in
   qemu) modargs=backend=none; limit=$((secs > 0 ? secs + 300 : 1800)) ;;
   vmx|bochs) modargs=backend=vmx; limit=$((secs > 0 ? secs + 600 : 3600)) ;;
@@ -27,10 +29,11 @@ esac
 # kmemleak's scan did not finish within 5 minutes in 2-CPU Bochs (as in make check): 1 CPU only.
 leak='/selftests/kmemleak_check || s=1'
 if [ "$emu" != qemu ] && [ "$cpus" -gt 1 ]; then leak='echo "# kmemleak scan skipped: Bochs with more than 1 CPU"'; fi
+[ "$kernel" = base ] || limit=$((limit * 3))  # KASAN and lockdep: the debug kernel is slower
 logs=$RKVM_TOP/build/fuzz; mkdir -p "$logs"
-log=$logs/fuzz-$emu-seed$seed.log
-say "fuzz: $emu ($modargs, $cpus CPU), seed $seed, count $count${secs:+, at most $secs s}, $threads thread(s); console: $log"
-python3 scripts/vm-run.py --emulator "$emu" --cpus "$cpus" --modargs "$modargs" --timeout "$limit" --run \
+log=$logs/fuzz-$kernel-$emu-seed$seed.log
+say "fuzz: $kernel kernel, $emu ($modargs, $cpus CPU), seed $seed, count $count${secs:+, at most $secs s}, $threads thread(s); console: $log"
+python3 scripts/vm-run.py --kernel "$kernel" --emulator "$emu" --cpus "$cpus" --modargs "$modargs" --timeout "$limit" --run \
   "rkvm-fuzz --seed $seed --count $count --seconds $secs --threads $threads; s=\$?
    if rmmod rkvm; then echo 'ok 5 - rmmod rkvm after fuzzing'; else echo 'not ok 5 - rmmod rkvm after fuzzing'; s=1; fi
    $leak

@@ -65,7 +65,7 @@ if [ ! -f "$src/.configured" ]; then
   touch "$src/.configured"
 fi
 
-say "kernel: building bzImage + modules in $src (~11 min on 2 cores; log: $dir/build.log)"
+say "kernel: building bzImage + modules in $src (~5-6 min on 2 idle cores, base or debug; log: $dir/build.log)"
 start=$(date +%s)
 ( km -j"$(nproc)" bzImage modules > "$dir/build.log" 2>&1; echo $? > "$dir/build.rc" ) &
 pid=$!

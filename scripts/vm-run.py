@@ -2,9 +2,15 @@
 """Boot the cached rkvm test kernel in an emulator, load rkvm, run a command, report.
 
     scripts/vm-run.py --emulator qemu|bochs|vmx --cpus N --run 'command' [--extra FILE ...]
-                      [--modargs 'backend=none'] [--no-load] [--timeout S] [--kernel-dir DIR]
+                      [--modargs 'backend=none'] [--no-load] [--timeout S]
+                      [--kernel base|debug] [--kernel-dir DIR]
 
-(also `make vm-run EMULATOR=... CPUS=... RUN='...' EXTRA='...' MODARGS='...'`)
+(also `make vm-run EMULATOR=... CPUS=... RUN='...' EXTRA='...' MODARGS='...' KERNEL=...`)
+
+--kernel picks the cached test kernel's flavour (scripts/kernel.sh FLAVOUR; default
+$RKVM_KERNEL, else base) and the rkvm.ko built against it: ./rkvm.ko for base,
+build/kmod-FLAVOUR/rkvm.ko otherwise (`make module KERNEL=FLAVOUR`). The debug flavour
+(kernel/rkvm-debug.config: KASAN, lockdep, ...) runs slower: its default timeouts are 3x.
 
 The initramfs holds busybox, /lib/modules/rkvm.ko (and upstream irqbypass.ko, kvm.ko,
 kvm-intel.ko and kvm-amd.ko for side-by-side runs), the userspace binaries in /bin, the selftests in /selftests
@@ -14,8 +20,10 @@ stops the emulator at the marker and exits with that status.
 
 It fails (exit 124/125) on a timeout, on the emulator dying without the marker, and on any kernel
 splat printed after the kernel handed over to /init: WARNING:, BUG:, Oops, KASAN, lockdep reports,
-general protection faults, panics. (Bochs' CPU models make the kernel WARN during early boot
-about legacy topology; that comes before /init and is not ours.)
+general protection faults, panics, hung tasks, RCU stalls. The kernel boots with loglevel=4 (a
+quiet console); /init raises the console level to show KERN_WARNING too before RUN, since
+WARN() and some debug reports print at that level. (Bochs' CPU models make the kernel WARN
+during early boot about legacy topology; that comes before /init and is not ours.)
 
 Emulators: `qemu` (TCG; no VMX, so only backend=none makes sense there), `bochs` (emulated VMX
 with EPT, model corei7_haswell_4770, or $RKVM_BOCHS_CPU), `vmx` = the fastest VMX-capable choice: QEMU with
@@ -46,9 +54,13 @@ BOCHS_CPU = "corei7_haswell_4770"
 START = "@@RKVM-VM-RUN-START@@"
 SPLAT = re.compile(
     r"WARNING:|BUG:|Oops|KASAN|possible recursive locking|possible circular locking|"
-    r"inconsistent lock state|lockdep|general protection|Kernel panic|kernel BUG|UBSAN|"
-    r"unreferenced object|segfault at .* in rkvm"
+    r"inconsistent lock state|lockdep is turned off|DEBUG_LOCKS_WARN_ON|general protection|"
+    r"Kernel panic|kernel BUG|UBSAN|unreferenced object|segfault at .* in rkvm|"
+    r"blocked for more than|detected stalls?|stack-protector|ODEBUG|list_(add|del) corruption"
 )
+# A stack frame of a backtrace ("[ 12.3]  ? lockdep_hardirqs_on+0x86/0x110"): never a splat by
+# itself (the report it belongs to has its own header line), and function names would match.
+FRAME = re.compile(r"^\[[ 0-9.]+\]\s+(\? )?[\w.$]+\+0x[0-9a-f]+/0x[0-9a-f]+")
 
 INIT = r"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -63,6 +75,9 @@ mount -t debugfs none /sys/kernel/debug 2>/dev/null && \
 export PATH=/extra:/bin:/selftests HOME=/tmp
 . /etc/vm-run.env
 echo "@@RKVM-VM-RUN-START@@ $(uname -r) cpus=$(nproc)"
+# From here on the console shows KERN_WARNING and above (WARN(), lockdep, ODEBUG), for the
+# runner's splat scan; the boot stays quiet (loglevel=4).
+echo 5 > /proc/sys/kernel/printk
 status=0
 if [ "$LOAD" = 1 ]; then
     insmod /lib/modules/rkvm.ko $MODARGS || { echo "vm-run: insmod rkvm.ko $MODARGS failed"; dmesg | tail -5; status=99; }
@@ -86,9 +101,16 @@ def log(msg):
 def kernel_dir(args):
     if args.kernel_dir:
         return args.kernel_dir
-    out = subprocess.run([os.path.join(TOP, "scripts/kernel.sh")], check=True,
+    out = subprocess.run([os.path.join(TOP, "scripts/kernel.sh"), args.kernel], check=True,
                          stdout=subprocess.PIPE, text=True).stdout.strip()
     return out.splitlines()[-1]
+
+
+def module_path(flavour):
+    """rkvm.ko built against the kernel of this flavour (see the Makefile's `module`)."""
+    if flavour == "base":
+        return os.path.join(TOP, "rkvm.ko")
+    return os.path.join(TOP, "build", f"kmod-{flavour}", "rkvm.ko")
 
 
 def host_kvm_usable():
@@ -116,11 +138,11 @@ def build_initramfs(work, kdir, args):
     for d in ["bin", "dev", "proc", "sys", "tmp", "etc", "lib/modules", "selftests", "extra"]:
         os.makedirs(os.path.join(root, d), exist_ok=True)
     shutil.copy("/bin/busybox", os.path.join(root, "bin/busybox"))
-    ko = os.path.join(TOP, "rkvm.ko")
+    ko = module_path(args.kernel)
     if os.path.exists(ko):
         shutil.copy(ko, os.path.join(root, "lib/modules"))
     elif not args.no_load:
-        sys.exit("vm-run: rkvm.ko is not built (make module)")
+        sys.exit(f"vm-run: {ko} is not built (make module KERNEL={args.kernel})")
     for m in ["arch/x86/kvm/kvm.ko", "arch/x86/kvm/kvm-intel.ko", "arch/x86/kvm/kvm-amd.ko",
               "virt/lib/irqbypass.ko"]:
         p = os.path.join(kdir, "linux", m)
@@ -145,8 +167,11 @@ def build_initramfs(work, kdir, args):
         f.write(f"LOAD={0 if args.no_load else 1}\nMODARGS={shlex.quote(args.modargs)}\n")
     with open(os.path.join(root, "etc/vm-run.cmd"), "w") as f:
         f.write(args.run + "\n")
-    img = os.path.join(work, "initramfs.cpio.gz")
-    subprocess.run(f"cd {shlex.quote(root)} && find . | cpio -o -H newc --quiet | gzip -1 > {shlex.quote(img)}",
+    # The debug kernel unpacks a gzip'ed initramfs slowly (inflate under KASAN: 19 s of 25 s to
+    # /init in QEMU TCG, ~100 s in Bochs): it gets it uncompressed.
+    gz = os.environ.get("RKVM_INITRD_GZIP", "1" if args.kernel == "base" else "0") == "1"
+    img = os.path.join(work, "initramfs.cpio" + (".gz" if gz else ""))
+    subprocess.run(f"cd {shlex.quote(root)} && find . | cpio -o -H newc --quiet {'| gzip -1 ' if gz else ''}> {shlex.quote(img)}",
                    shell=True, check=True)
     return img
 
@@ -157,9 +182,15 @@ CMDLINE = "console=ttyS0 panic=-1 loglevel=4 printk.time=1"
 # (QEMU needs ACPI: its MP table lists only the first CPU.)
 
 
+def cmdline(args):
+    # The debug kernel: every KASAN report, not only the first (the run fails on the first anyway;
+    # the others say more).
+    return CMDLINE + ("" if args.kernel == "base" else " kasan_multi_shot")
+
+
 def qemu_cmd(kdir, img, args, kvm):
     cmd = ["qemu-system-x86_64", "-m", "1G", "-smp", str(args.cpus), "-nographic", "-no-reboot",
-           "-kernel", os.path.join(kdir, "bzImage"), "-initrd", img, "-append", CMDLINE]
+           "-kernel", os.path.join(kdir, "bzImage"), "-initrd", img, "-append", cmdline(args)]
     if kvm:
         cmd += ["-accel", "kvm", "-cpu", "host"]
     else:
@@ -176,7 +207,7 @@ def bochs_cmd(kdir, img, args, work):
     shutil.copy(img, os.path.join(iso, "initrd.gz"))
     with open(os.path.join(iso, "isolinux/isolinux.cfg"), "w") as f:
         f.write(f"default linux\nprompt 0\nlabel linux\n  kernel /vmlinuz\n"
-                f"  append initrd=/initrd.gz {CMDLINE} acpi=off {os.environ.get('RKVM_CMDLINE_EXTRA', '')}\n")
+                f"  append initrd=/initrd.gz {cmdline(args)} acpi=off {os.environ.get('RKVM_CMDLINE_EXTRA', '')}\n")
     isofile = os.path.join(work, "boot.iso")
     subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-o", isofile, "-b", "isolinux/isolinux.bin",
                     "-c", "isolinux/boot.cat", "-no-emul-boot", "-boot-load-size", "4",
@@ -212,7 +243,9 @@ def main():
                     help="rkvm.ko parameters (default: backend=none under QEMU TCG, backend=vmx otherwise)")
     ap.add_argument("--no-load", action="store_true")
     ap.add_argument("--timeout", type=int, default=0, help="seconds (default 300 qemu, 900 bochs)")
-    ap.add_argument("--kernel-dir")
+    ap.add_argument("--kernel", default=os.environ.get("RKVM_KERNEL") or "base",
+                    help="test kernel flavour: base or debug (default $RKVM_KERNEL, else base)")
+    ap.add_argument("--kernel-dir", help="a kernel cache directory (bzImage, linux/) instead")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()
     args.extra = [e for x in args.extra for e in x.split()]
@@ -224,7 +257,7 @@ def main():
         kvm = host_kvm_usable()
         emulator = "qemu" if kvm else "bochs"
         log(f"VMX guests run in {'QEMU -accel kvm -cpu host (nested VMX)' if kvm else 'Bochs (emulated VMX + EPT)'}")
-    timeout = args.timeout or (300 if emulator == "qemu" else 900)
+    timeout = args.timeout or (300 if emulator == "qemu" else 900) * (1 if args.kernel == "base" else 3)
     if args.modargs is None:
         args.modargs = "backend=none" if emulator == "qemu" and not kvm else "backend=vmx"
 
@@ -297,7 +330,7 @@ def run(cmd, serial, timeout):
                 started = True
             elif l.startswith(MARKER):
                 status = int(l.split()[1])
-            elif started and SPLAT.search(l):
+            elif started and SPLAT.search(l) and not FRAME.search(l):
                 splats.append(l)
         if status is not None:
             break

@@ -339,11 +339,17 @@ void rkvm_local_irq_restore(unsigned long flags)
 #include <linux/hrtimer.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
-#include <linux/wait.h>
+#include <linux/rcuwait.h>
 
 struct rkvm_kick {
 	struct hrtimer timer;
-	wait_queue_head_t wq;
+	/*
+	 * The vCPU task sleeping in rkvm_kick_wait (one at most: it holds the vCPU mutex). An
+	 * rcuwait, not a wait queue, as upstream's vcpu->wait: the timer callback wakes it from hard
+	 * interrupt context, where a wait queue's spinlock_t is not allowed (it sleeps on
+	 * PREEMPT_RT; lockdep's "Invalid wait context" with PROVE_RAW_LOCK_NESTING).
+	 */
+	struct rcuwait wait;
 	atomic_t seq;
 	atomic_t timer_fired;
 	raw_spinlock_t lock;		/* protects task */
@@ -355,9 +361,9 @@ void rkvm_kick(struct rkvm_kick *k)
 	unsigned long flags;
 
 	atomic_inc(&k->seq);
-	/* Orders the increment before the sleeper check (pairs with prepare_to_wait's barrier). */
-	smp_mb__after_atomic();
-	wake_up_interruptible(&k->wq);
+	/* rcuwait_wake_up orders the increment before its load of the sleeper (smp_mb), pairing
+	 * with set_current_state's barrier before the sleeper re-reads the sequence. */
+	rcuwait_wake_up(&k->wait);
 	raw_spin_lock_irqsave(&k->lock, flags);
 	/* A task running guest code elsewhere takes a reschedule IPI, i.e. a VM exit (upstream:
 	 * kvm_vcpu_kick's smp_send_reschedule). */
@@ -383,7 +389,7 @@ struct rkvm_kick *rkvm_kick_alloc(void)
 		return NULL;
 	hrtimer_init(&k->timer, CLOCK_MONOTONIC, HRTIMER_MODE_ABS_HARD);
 	k->timer.function = rkvm_kick_timer_fn;
-	init_waitqueue_head(&k->wq);
+	rcuwait_init(&k->wait);
 	raw_spin_lock_init(&k->lock);
 	return k;
 }
@@ -401,7 +407,7 @@ unsigned int rkvm_kick_seq(struct rkvm_kick *k)
 
 int rkvm_kick_wait(struct rkvm_kick *k, unsigned int seq)
 {
-	return wait_event_interruptible(k->wq, (unsigned int)atomic_read(&k->seq) != seq);
+	return rcuwait_wait_event(&k->wait, (unsigned int)atomic_read(&k->seq) != seq, TASK_INTERRUPTIBLE);
 }
 
 void rkvm_kick_set_task(struct rkvm_kick *k, bool running)

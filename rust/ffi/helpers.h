@@ -126,7 +126,7 @@ void rkvm_kick_free(struct rkvm_kick *k);
 /* Wakes the vCPU: bumps the sequence, wakes a sleeper, and IPIs its task if it runs elsewhere. */
 void rkvm_kick(struct rkvm_kick *k);
 unsigned int rkvm_kick_seq(struct rkvm_kick *k);
-/* Sleeps (interruptibly) until the sequence differs from `seq`; -ERESTARTSYS on a signal. */
+/* Sleeps (interruptibly) until the sequence differs from `seq`; -EINTR on a signal. */
 int rkvm_kick_wait(struct rkvm_kick *k, unsigned int seq);
 /* The task in KVM_RUN (the caller) for IPIs, or none. */
 void rkvm_kick_set_task(struct rkvm_kick *k, bool running);

@@ -833,14 +833,29 @@ impl VmxVcpu {
         self.inject_exception_code(PF, Some(code));
     }
 
-    /// Completes the I/O or MMIO exit userspace has just handled.
-    fn complete_pending(&mut self, vm: &crate::vm::Vm, pio: *const u8, run: *const b::kvm_run) {
-        let Some(p) = self.pending.take() else { return };
-        if self.linear_rip() != self.pending_rip {
-            return;
-        }
+    /// Completes the I/O or MMIO exit userspace has just handled (upstream
+    /// `complete_userspace_io`). Called with preemption enabled: INS data goes into guest memory
+    /// outside the VMCS-loaded section, since writing it may sleep (the slots mutex, a fault on
+    /// the user page: upstream's `kvm_write_guest` runs with preemption enabled too).
+    fn complete_pending(&mut self, vm: &crate::vm::Vm, pio: *const u8, run: *const b::kvm_run) -> Result {
+        let Some(p) = self.pending.take() else { return Ok(()) };
         if let PendingIo::Str(s) = p {
-            self.complete_string_io(vm, pio, &s);
+            let (rip, pg) = self.with_vmcs(|v| (v.linear_rip(), v.paging()))?;
+            if rip != self.pending_rip {
+                return Ok(());
+            }
+            let done = self.string_io_done(&s);
+            if s.is_in {
+                self.write_ins_data(vm, pio, &s, &pg, done);
+            }
+            return self.with_vmcs(|v| v.complete_string_io(&s, done));
+        }
+        self.with_vmcs(|v| v.complete_pending_loaded(p, pio, run))
+    }
+
+    /// `complete_pending` of an IN, an OUT or MMIO (VMCS current).
+    fn complete_pending_loaded(&mut self, p: PendingIo, pio: *const u8, run: *const b::kvm_run) {
+        if self.linear_rip() != self.pending_rip {
             return;
         }
         if let PendingIo::Mmio { access, len } = p {
@@ -2098,31 +2113,37 @@ impl VmxVcpu {
         Ok(Next::User)
     }
 
-    /// Finishes a batch of INS/OUTS (VMCS current): INS data into guest memory, rSI/rDI and
-    /// rCX moved, RIP advanced once the count reaches zero (else the guest re-executes the
-    /// instruction for the next batch).
-    fn complete_string_io(&mut self, vm: &crate::vm::Vm, pio: *const u8, s: &StringIo) {
-        let long = self.efer & cr::EFER_LMA != 0;
-        // Userspace may have changed rCX with KVM_SET_REGS during the exit: as upstream's
-        // emulator, which re-executes the instruction over the data it already has, only
-        // min(rCX, batch) elements complete now, and a count still above zero leaves RIP on
-        // the instruction, so the rest comes in further exits.
+    /// How many elements of a batch of INS/OUTS complete now. Userspace may have changed rCX
+    /// with KVM_SET_REGS during the exit: as upstream's emulator, which re-executes the
+    /// instruction over the data it already has, only min(rCX, batch) elements complete, and a
+    /// count still above zero leaves RIP on the instruction, so the rest comes in further exits.
+    fn string_io_done(&self, s: &StringIo) -> u32 {
         let rcx = self.regs.gpr[RCX] & decode::size_mask(s.addr_size);
-        let done = if s.rep { rcx.min(u64::from(s.count)) as u32 } else { s.count };
-        if s.is_in {
-            let pg = self.paging();
-            let mut data = [0u8; 4];
-            for k in 0..done {
-                let chunk = &mut data[..s.size as usize];
-                // SAFETY: `pio` is the vCPU's PIO page: count * size <= PAGE_SIZE bytes.
-                unsafe {
-                    core::ptr::copy_nonoverlapping(pio.add((k * s.size) as usize), chunk.as_mut_ptr(), s.size as usize)
-                };
-                // Checked writable RAM when the batch was set up; only a slot change by another
-                // thread since then can make this fail, and then the element is lost.
-                let _ = pg.write(vm, s.linear(k, long), chunk);
-            }
+        if s.rep { rcx.min(u64::from(s.count)) as u32 } else { s.count }
+    }
+
+    /// INS data of the first `done` elements from the PIO page into guest memory (preemption
+    /// enabled: the writes may sleep).
+    fn write_ins_data(&self, vm: &crate::vm::Vm, pio: *const u8, s: &StringIo, pg: &Paging, done: u32) {
+        let long = self.efer & cr::EFER_LMA != 0;
+        let mut data = [0u8; 4];
+        for k in 0..done {
+            let chunk = &mut data[..s.size as usize];
+            // SAFETY: `pio` is the vCPU's PIO page: count * size <= PAGE_SIZE bytes.
+            unsafe {
+                core::ptr::copy_nonoverlapping(pio.add((k * s.size) as usize), chunk.as_mut_ptr(), s.size as usize)
+            };
+            // Checked writable RAM when the batch was set up; only a slot change by another
+            // thread since then can make this fail, and then the element is lost.
+            let _ = pg.write(vm, s.linear(k, long), chunk);
         }
+    }
+
+    /// Finishes a batch of INS/OUTS whose `done` elements are complete (VMCS current): rSI/rDI
+    /// and rCX moved, RIP advanced once the count reaches zero (else the guest re-executes the
+    /// instruction for the next batch).
+    fn complete_string_io(&mut self, s: &StringIo, done: u32) {
+        let rcx = self.regs.gpr[RCX] & decode::size_mask(s.addr_size);
         let moved = u64::from(done * s.size);
         let idx = if s.is_in { RDI } else { RSI };
         let new = if s.down { s.offset.wrapping_sub(moved) } else { s.offset.wrapping_add(moved) };
@@ -2730,7 +2751,7 @@ impl VmxVcpu {
     fn run_loop(&mut self, ctx: &mut RunContext<'_>) -> Result {
         let (pio, run) = (ctx.pio, ctx.run);
         let vm = ctx.vm;
-        self.with_vmcs(|v| v.complete_pending(vm, pio, run))?;
+        self.complete_pending(vm, pio, run)?;
         // The completed instruction was single-stepped (upstream: `complete_userspace_io`
         // returning 0 from `kvm_skip_emulated_instruction`).
         if self.step_exit {
