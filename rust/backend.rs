@@ -59,18 +59,36 @@ pub(crate) trait BackendVm: Send + Sync {
     /// For the backend to find its own type again (`create_vcpu`, `run`).
     fn as_any(&self) -> &dyn core::any::Any;
 
-    /// Makes guest frame `gfn` of `slot` accessible to the guest, for writes too if `writable`
-    /// (upstream: the TDP fault handler, `kvm_tdp_page_fault`). A frame that is already mapped
-    /// read-only is made writable if asked: a write to a page write-protected for dirty logging
-    /// (upstream `fast_page_fault`). Called with the VM's slots lock held, so the slot cannot
-    /// change meanwhile.
-    fn map(&self, _slot: &Memslot, _gfn: u64, _writable: bool) -> Result {
+    /// The fault fast path (upstream `fast_page_fault`): if guest frame `gfn` is mapped, makes
+    /// it writable if `writable` (a write to a page write-protected for dirty logging) and
+    /// returns true; returns false if it is not mapped. Called with the VM's slots lock held.
+    fn fast_fault(&self, _gfn: u64, _writable: bool) -> bool {
+        false
+    }
+
+    /// Makes what mapping `gfn` needs besides its leaf (upstream `mmu_topup_memory_caches`):
+    /// [`BackendVm::map`] runs under the VM's MMU lock, a spinlock the MMU notifier takes from
+    /// reclaim, so it must not allocate. Called with the slots lock held and no spinlock.
+    fn prepare_map(&self, _gfn: u64) -> Result {
         Err(ENOEXEC)
     }
 
-    /// A slot is being deleted or moved: drop every guest mapping of it, flush, and release its
-    /// pages, before the change becomes visible (upstream: `kvm_arch_flush_shadow_memslot`).
-    fn unmap_slot(&self, _slot: &Memslot) {}
+    /// Maps guest frame `gfn` to host physical address `hpa`, for writes too if `writable`
+    /// (upstream `direct_map`), after [`BackendVm::prepare_map`] of the same frame. Called with
+    /// the slots lock and the MMU lock held, once the fault checked that no invalidation of the
+    /// page's host address ran since it looked the page up; the mapping holds no reference on
+    /// the page (the MMU notifier removes it before the page can go).
+    fn map(&self, _gfn: u64, _hpa: u64, _writable: bool) -> Result {
+        Err(ENOEXEC)
+    }
+
+    /// Unmaps guest frames `start..end` (upstream `kvm_unmap_gfn_range`), marking the pages of
+    /// writable mappings dirty. Returns whether anything was mapped; if so the caller calls
+    /// [`BackendVm::flush_remote_tlbs`] before it drops the MMU lock, and so before the pages
+    /// can be freed or the slot change becomes visible. Does not sleep.
+    fn unmap_gfn_range(&self, _start: u64, _end: u64) -> bool {
+        false
+    }
 
     /// Takes write access away from the mappings of pages `gfn_offset + i` of `slot` for each
     /// bit `i` set in `mask` (upstream `kvm_arch_mmu_enable_log_dirty_pt_masked`), so that the

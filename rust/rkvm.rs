@@ -30,6 +30,9 @@ mod dev;
 #[allow(dead_code, unreachable_pub)]
 mod dirty;
 mod ffi;
+// Pure: the MMU notifier's invalidation window and hva index (host-tested).
+#[allow(dead_code, unreachable_pub)]
+mod invalidate;
 #[allow(unreachable_pub)] // pure file, also compiled by the host tests
 mod iobus;
 mod ioeventfd;
@@ -37,6 +40,7 @@ mod irq;
 // The pure modules carry API that host tests and later backends use.
 #[allow(dead_code, unreachable_pub)]
 mod memslot;
+mod mmu_notifier;
 mod none;
 #[allow(unreachable_pub)] // pure file, also compiled by the host tests
 mod stats;

@@ -473,6 +473,13 @@ fn pre_fault_memory(vm: &Vm, range: &mut b::kvm_pre_fault_memory) -> Result {
         }
         match vm.fault_in(range.gpa / page, false) {
             Ok(crate::vm::Fault::Mapped) => {}
+            // An invalidation raced with it: the same page again (upstream
+            // `kvm_tdp_map_page` loops on RET_PF_RETRY), after the signal check.
+            Ok(crate::vm::Fault::Retry) => {
+                // SAFETY: may sleep; only the vCPU mutex (a sleeping lock) is held.
+                unsafe { b::rkvm_cond_resched() };
+                continue;
+            }
             Ok(crate::vm::Fault::Mmio) => {
                 r = Err(ENOENT);
                 break;

@@ -10,7 +10,10 @@
 //! `kvm->slots_lock` (memory slots, their dirty bitmaps). The vCPUs' EPT fault handler takes
 //! `slots` too (upstream: SRCU and `mmu_lock`), so a dirty-log ioctl, which holds it from its
 //! first look at the bitmap until the pages it cleared are write-protected and flushed, is atomic
-//! with respect to every logged write. The MMIO/PIO buses (coalesced zones, ioeventfds) have
+//! with respect to every logged write. `mmu` is `kvm->mmu_lock`, a spinlock taken inside `slots`
+//! and by the MMU notifier (`mmu_notifier.rs`), which must never wait for `slots`: it protects
+//! the invalidation window, the slots' host-address index and (through the backend's own
+//! spinlock inside it) the guest mappings. The MMIO/PIO buses (coalesced zones, ioeventfds) have
 //! their own writer lock and SRCU domain (`ioeventfd.rs`), so the exit path never waits on a
 //! writer.
 
@@ -27,6 +30,7 @@ use crate::ioeventfd::IoBuses;
 use crate::stats;
 use crate::statsfd::{Counters, StatsFile};
 use crate::memslot::{self, GfnRange, Memslot, Memslots, SlotError, SlotVec};
+use crate::mmu_notifier::{MmuNotifier, MmuState};
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use kernel::page::Page;
 use crate::vcpu::{self, Vcpu};
@@ -126,7 +130,7 @@ struct VmState {
 }
 
 /// A virtual machine (upstream: `struct kvm`).
-#[pin_data]
+#[pin_data(PinnedDrop)]
 pub(crate) struct Vm {
     pub(crate) backend: Arc<dyn Backend>,
     /// The backend's per-VM state (EPT for VMX).
@@ -136,6 +140,13 @@ pub(crate) struct Vm {
     state: Mutex<VmState>,
     #[pin]
     slots: Mutex<SlotState>,
+    /// Upstream `kvm->mmu_lock`: the invalidation window and the slots by host address
+    /// (`mmu_notifier.rs`). Taken inside `slots`, never the other way round.
+    #[pin]
+    pub(crate) mmu: SpinLock<MmuState>,
+    /// The MMU notifier on the creator's `mm` (upstream `kvm->mmu_notifier`), registered once
+    /// the VM is at its final address and unregistered before anything else is freed.
+    notifier: MmuNotifier,
     /// The coalesced MMIO/PIO ring (`struct kvm_coalesced_mmio_ring`), mapped by userspace from
     /// every vCPU fd at `KVM_COALESCED_MMIO_PAGE_OFFSET` (upstream `kvm->coalesced_mmio_ring`).
     ring_page: Page,
@@ -148,7 +159,7 @@ pub(crate) struct Vm {
     buses: IoBuses,
     /// The creating process's pid, for the stats id "kvm-<pid>" (upstream `kvm->stats_id`).
     pub(crate) creator_pid: i32,
-    /// VM statistics (`stats::VM`); the counted ones are bumped under the slots lock.
+    /// VM statistics (`stats::VM`); the counted ones are bumped under the MMU lock.
     stats: Counters<2>,
     /// The record of the last TSC write (upstream: `kvm->arch.tsc_write_lock` and the fields it
     /// protects). A spinlock: taken with the vCPU's VMCS loaded and preemption off.
@@ -212,6 +223,8 @@ pub(crate) fn create(backend: &Arc<dyn Backend>, vm_type: usize) -> Result<i32> 
                 dirty: KVec::new(),
                 manual_protect: 0,
             }),
+            mmu <- kernel::new_spinlock!(MmuState::new()),
+            notifier: MmuNotifier::new(),
             ring_page: Page::alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO)?,
             ring_lock <- kernel::new_spinlock!(()),
             buses <- IoBuses::new(),
@@ -226,7 +239,18 @@ pub(crate) fn create(backend: &Arc<dyn Backend>, vm_type: usize) -> Result<i32> 
         }),
         GFP_KERNEL_ACCOUNT,
     )?;
+    // Upstream `kvm_create_vm` → `kvm_init_mmu_notifier`; on failure the VM is freed here.
+    vm.notifier.register(&vm)?;
     fileops::create_fd::<VmFile>(&VM_FOPS, c_str!("kvm-vm"), vm)
+}
+
+#[pinned_drop]
+impl PinnedDrop for Vm {
+    /// Upstream `kvm_destroy_vm`: the MMU notifier goes first (its `release` unmaps all guest
+    /// memory, and no callback runs once it returns), then the fields, backend state included.
+    fn drop(self: Pin<&mut Self>) {
+        self.notifier.unregister();
+    }
 }
 
 /// The [`memslot::Region`] of a `struct kvm_userspace_memory_region` or `..._region2` (same
@@ -555,14 +579,33 @@ impl Vm {
             }
             _ => None,
         };
+        // A new slot needs room in the MMU notifier's index too.
+        if let memslot::Change::Create(_) = change {
+            self.mmu_index_reserve()?;
+        }
         // Guest mappings of a slot that goes away or moves are dropped first (upstream:
-        // kvm_invalidate_memslot before kvm_commit_memory_region).
+        // kvm_invalidate_memslot → kvm_arch_flush_shadow_memslot before
+        // kvm_commit_memory_region), flushed before the change is visible.
         if let memslot::Change::Delete(old) | memslot::Change::Move { old, .. } = change {
-            self.arch.unmap_slot(&old);
-            self.stats.inc(stats::vm::REMOTE_TLB_FLUSH);
+            let _m = self.mmu.lock();
+            if self.arch.unmap_gfn_range(old.base_gfn, old.end_gfn()) {
+                self.arch.flush_remote_tlbs();
+            }
+            self.count_remote_tlb_flush();
         }
         // Fails only for a new slot (no room), before anything was changed.
         s.slots.commit(change).map_err(slot_errno)?;
+        // The notifier's index follows (no fault can map the slot meanwhile: faults take the
+        // slots lock).
+        {
+            let mut m = self.mmu.lock();
+            match change {
+                memslot::Change::Create(slot) => m.index.insert(&slot),
+                memslot::Change::Delete(old) => m.index.remove(old.id),
+                memslot::Change::Move { old, to, .. } => m.index.set_base_gfn(old.id, to),
+                memslot::Change::FlagsOnly { .. } | memslot::Change::Nothing => {}
+            }
+        }
         // Upstream `kvm_commit_memory_region`: the bitmap follows the flag.
         if let Some(bm) = new_bitmap {
             let i = dirty::insert_index(&s.dirty, bm.id);
@@ -727,30 +770,101 @@ impl Vm {
         self.mm.is_current()
     }
 
+    /// One more flush of every CPU's guest translations (VM statistic `remote_tlb_flush`).
+    /// Called with the MMU lock held, which makes it the counter's single writer.
+    pub(crate) fn count_remote_tlb_flush(&self) {
+        self.stats.inc(stats::vm::REMOTE_TLB_FLUSH);
+    }
+
     /// Handles a guest access to frame `gfn` that found no mapping, or a write that found a
-    /// read-only one: maps it from its slot (under the slots lock, so a concurrent delete or
-    /// dirty-log ioctl waits), or reports that no slot backs it (the access is MMIO). A write
-    /// to a read-only slot is MMIO too.
+    /// read-only one (upstream `kvm_tdp_page_fault` → `direct_page_fault`): maps it from its
+    /// slot (under the slots lock, so a concurrent delete or dirty-log ioctl waits), or reports
+    /// that no slot backs it (the access is MMIO). A write to a read-only slot is MMIO too.
     ///
     /// A page of a logging slot is mapped writable only for a write, and logged then (upstream
     /// `make_spte` / `fast_pf_fix_direct_spte` → `mark_page_dirty_in_slot`); a read maps it
     /// read-only, so the bitmap names exactly the pages written. (Upstream may map a page
     /// writable, and log it, on a read already, when the host page is writable.)
+    ///
+    /// `Fault::Retry`: an invalidation of the page's host address ran while it was being looked
+    /// up; nothing was mapped and the access should simply be retried (upstream
+    /// `RET_PF_RETRY`).
     pub(crate) fn fault_in(&self, gfn: u64, write: bool) -> Result<Fault> {
         let mut guard = self.slots.lock();
         let s = &mut *guard;
-        let Some(slot) = s.slots.find(gfn) else {
+        let Some(&slot) = s.slots.find(gfn) else {
             return Ok(Fault::Mmio);
         };
         if write && slot.readonly() {
             return Ok(Fault::Mmio);
         }
         let writable = !slot.readonly() && (write || !slot.logs_dirty());
-        self.arch.map(slot, gfn, writable)?;
+        if !self.arch.fast_fault(gfn, writable) && !self.map_page(&slot, gfn, writable)? {
+            return Ok(Fault::Retry);
+        }
         if writable && slot.logs_dirty() {
-            mark_page_dirty(&mut s.dirty, slot, gfn);
+            mark_page_dirty(&mut s.dirty, &slot, gfn);
         }
         Ok(Fault::Mapped)
+    }
+
+    /// Looks up the page the process maps at `gfn`'s address and maps it into the guest,
+    /// unless an invalidation of that address ran meanwhile (returns false: retry). Upstream
+    /// `kvm_faultin_pfn` (the sequence sampled before the lookup), `is_page_fault_stale`
+    /// (`mmu_invalidate_retry_gfn` under `mmu_lock`) and `direct_map`, then
+    /// `kvm_release_pfn_clean`: the guest mapping keeps no reference (the notifier removes it
+    /// before the page can go). Called with the slots lock held.
+    fn map_page(&self, slot: &Memslot, gfn: u64, writable: bool) -> Result<bool> {
+        let hva = slot.hva(gfn);
+        let seq = {
+            let m = self.mmu.lock();
+            // No point looking the page up while its address is being invalidated (upstream's
+            // `mmu_invalidate_retry_gfn_unsafe` pre-check).
+            if m.inval.retry(m.inval.seq(), hva) {
+                return Ok(false);
+            }
+            m.inval.seq()
+        };
+        self.arch.prepare_map(gfn)?;
+        // Looked up for writing whenever the slot is writable, whatever this access is: a page
+        // looked up for reading could be the shared zero page, which a later write (made
+        // writable by `fast_fault` for dirty logging) must not reach.
+        let page = UserPage::get(hva, !slot.readonly()).ok_or(EFAULT)?;
+        let m = self.mmu.lock();
+        if m.inval.retry(seq, hva) {
+            return Ok(false);
+        }
+        self.arch.map(gfn, page.phys(), writable)?;
+        drop(m);
+        Ok(true)
+    }
+}
+
+/// A reference on a page of the current process, from `get_user_pages` (upstream: the page
+/// behind the pfn `hva_to_pfn` returns), dropped with the value.
+struct UserPage(*mut b::page);
+
+impl UserPage {
+    /// The page at `hva`, faulted in for writing if `write`; `None` if there is none.
+    fn get(hva: u64, write: bool) -> Option<Self> {
+        // SAFETY: looks up (and may fault in) a page of the current process; vCPU ioctls run in
+        // the VM owner's address space. A non-null result carries one reference.
+        let page = unsafe { b::rkvm_get_user_page(hva as _, write) };
+        // (`then`, not `then_some`: a `UserPage` of a null pointer must never exist, even to
+        // be dropped.)
+        (!page.is_null()).then(|| UserPage(page))
+    }
+
+    fn phys(&self) -> u64 {
+        // SAFETY: we hold a reference, so the page is live.
+        unsafe { b::rkvm_page_to_phys(self.0) }
+    }
+}
+
+impl Drop for UserPage {
+    fn drop(&mut self) {
+        // SAFETY: drops the one reference `get` took.
+        unsafe { b::rkvm_put_page(self.0) };
     }
 }
 
@@ -823,6 +937,9 @@ fn mark_page_dirty(bitmaps: &mut [Bitmap], slot: &Memslot, gfn: u64) {
 pub(crate) enum Fault {
     /// The frame is now mapped; re-enter the guest.
     Mapped,
+    /// An invalidation of the frame's host page raced with the fault: nothing was mapped;
+    /// re-enter the guest (which faults again) or try again.
+    Retry,
     /// No slot (or a read-only slot, for a write): emulate as MMIO.
     Mmio,
 }

@@ -269,19 +269,28 @@ struct page *rkvm_phys_to_page(u64 pa)
 	return pfn_to_page(PHYS_PFN(pa));
 }
 
-struct page *rkvm_pin_user_page(unsigned long hva, bool write)
+struct page *rkvm_get_user_page(unsigned long hva, bool write)
 {
+	unsigned int flags = write ? FOLL_WRITE : 0;
 	struct page *page;
-	unsigned int flags = FOLL_LONGTERM | (write ? FOLL_WRITE : 0);
 
-	if (pin_user_pages_unlocked(hva, 1, &page, flags) != 1)
+	/* As upstream's hva_to_pfn: lockless first, then with the mmap lock (faults, userfaultfd). */
+	if (get_user_page_fast_only(hva, flags, &page))
+		return page;
+	if (get_user_pages_unlocked(hva, 1, &page, flags) != 1)
 		return NULL;
 	return page;
 }
 
-void rkvm_unpin_user_page(struct page *page)
+void rkvm_put_page(struct page *page)
 {
-	unpin_user_page(page);
+	put_page(page);
+}
+
+void rkvm_set_page_dirty(struct page *page)
+{
+	if (!PageReserved(page))
+		SetPageDirty(page);
 }
 
 void rkvm_fpu_begin(void)
@@ -533,4 +542,85 @@ bool rkvm_split_lock_detect(void)
 bool rkvm_handle_guest_split_lock(unsigned long ip)
 {
 	return handle_guest_split_lock(ip);
+}
+
+/* --- MMU notifier (rust/mmu_notifier.rs) ------------------------------------------------------- */
+#include <linux/mmu_notifier.h>
+#include <linux/slab.h>
+
+#ifndef CONFIG_MMU_NOTIFIER
+#error "rkvm needs CONFIG_MMU_NOTIFIER (guest memory follows the VMM's mappings through it)"
+#endif
+
+struct rkvm_mmu_notifier {
+	struct mmu_notifier mn;
+	const struct rkvm_mn_ops *ops;
+	void *data;
+};
+
+static struct rkvm_mmu_notifier *rkvm_mn(struct mmu_notifier *mn)
+{
+	return container_of(mn, struct rkvm_mmu_notifier, mn);
+}
+
+/*
+ * Always 0, blockable or not: the callback never sleeps (spinlocks and a synchronous IPI), and a
+ * notifier that has invalidate_range_end may not fail its start (mn_hlist_invalidate_range_start
+ * WARNs), exactly as upstream's kvm_mmu_notifier_invalidate_range_start.
+ */
+static int rkvm_mn_invalidate_range_start(struct mmu_notifier *mn,
+					  const struct mmu_notifier_range *range)
+{
+	struct rkvm_mmu_notifier *n = rkvm_mn(mn);
+
+	n->ops->invalidate_start(n->data, range->start, range->end);
+	return 0;
+}
+
+static void rkvm_mn_invalidate_range_end(struct mmu_notifier *mn,
+					 const struct mmu_notifier_range *range)
+{
+	struct rkvm_mmu_notifier *n = rkvm_mn(mn);
+
+	n->ops->invalidate_end(n->data, range->start, range->end);
+}
+
+static void rkvm_mn_release(struct mmu_notifier *mn, struct mm_struct *mm)
+{
+	struct rkvm_mmu_notifier *n = rkvm_mn(mn);
+
+	n->ops->release(n->data);
+}
+
+static const struct mmu_notifier_ops rkvm_mmu_notifier_ops = {
+	.invalidate_range_start = rkvm_mn_invalidate_range_start,
+	.invalidate_range_end = rkvm_mn_invalidate_range_end,
+	.release = rkvm_mn_release,
+};
+
+struct rkvm_mmu_notifier *rkvm_mmu_notifier_register(const struct rkvm_mn_ops *ops, void *data,
+						     int *err)
+{
+	struct rkvm_mmu_notifier *n = kzalloc(sizeof(*n), GFP_KERNEL_ACCOUNT);
+
+	if (!n) {
+		*err = -ENOMEM;
+		return NULL;
+	}
+	n->mn.ops = &rkvm_mmu_notifier_ops;
+	n->ops = ops;
+	n->data = data;
+	*err = mmu_notifier_register(&n->mn, current->mm);
+	if (*err) {
+		kfree(n);
+		return NULL;
+	}
+	return n;
+}
+
+void rkvm_mmu_notifier_unregister(struct rkvm_mmu_notifier *n)
+{
+	/* n->mn.mm holds the mm_count reference mmu_notifier_register took. */
+	mmu_notifier_unregister(&n->mn, n->mn.mm);
+	kfree(n);
 }

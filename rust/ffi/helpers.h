@@ -88,9 +88,15 @@ u64 rkvm_page_to_phys(struct page *page);
 void *rkvm_phys_to_virt(u64 pa);
 struct page *rkvm_phys_to_page(u64 pa);
 
-/* Pin one page of the current process for a guest mapping (FOLL_LONGTERM, optionally writable). */
-struct page *rkvm_pin_user_page(unsigned long hva, bool write);
-void rkvm_unpin_user_page(struct page *page);
+/*
+ * The page the current process maps at `hva`, faulted in (for writing if `write`: a COW break
+ * first), with a reference (FOLL_GET, as upstream's hva_to_pfn; not a pin): NULL if there is none
+ * (no mapping, a PFN map, no write permission). The reference goes with rkvm_put_page.
+ */
+struct page *rkvm_get_user_page(unsigned long hva, bool write);
+void rkvm_put_page(struct page *page);
+/* Marks a page dirty, unless it is reserved (upstream kvm_set_page_dirty). Does not sleep. */
+void rkvm_set_page_dirty(struct page *page);
 
 /* FPU: save the user's registers so the guest may use them (kernel_fpu_begin/end). */
 void rkvm_fpu_begin(void);
@@ -160,5 +166,26 @@ void rkvm_synchronize_srcu(struct srcu_struct *s);
 
 bool rkvm_split_lock_detect(void);
 bool rkvm_handle_guest_split_lock(unsigned long ip);
+
+/* --- MMU notifier (rust/mmu_notifier.rs) ------------------------------------------------------- */
+
+/*
+ * The callbacks of one VM's MMU notifier (upstream kvm_mmu_notifier_ops), called with the `data`
+ * given at registration; none may sleep or fail (see mmu_notifier.rs). `start`/`end` are the
+ * host range being invalidated, [start, end).
+ */
+struct rkvm_mn_ops {
+	void (*invalidate_start)(void *data, unsigned long start, unsigned long end);
+	void (*invalidate_end)(void *data, unsigned long start, unsigned long end);
+	void (*release)(void *data);
+};
+struct rkvm_mmu_notifier;
+/* Registers a notifier on current->mm (mmu_notifier_register: takes the mmap lock for writing,
+ * so the caller holds none): the notifier, or NULL with *err = -errno. */
+struct rkvm_mmu_notifier *rkvm_mmu_notifier_register(const struct rkvm_mn_ops *ops, void *data,
+						     int *err);
+/* Unregisters (running `release` unless the mm went first), waits until no callback runs any
+ * more, and frees the notifier (mmu_notifier_unregister). May sleep. */
+void rkvm_mmu_notifier_unregister(struct rkvm_mmu_notifier *n);
 
 #endif

@@ -1,24 +1,32 @@
-//! EPT: the guest-physical → host-physical tables of one VM, built on demand from its slots.
+//! EPT: the guest-physical → host-physical tables of one VM, built on demand from its slots and
+//! kept coherent with the VMM's address space by the MMU notifier.
 //!
 //! Upstream builds these in the TDP MMU (arch/x86/kvm/mmu/tdp_mmu.c) from `kvm_tdp_page_fault`.
 //! rkvm keeps the simplest faithful form: 4-level tables of 4 KiB pages, filled one page per EPT
-//! violation. The backing page is pinned (`pin_user_pages`, FOLL_LONGTERM) while it is mapped, so
-//! it cannot be freed or migrated under the guest; deleting or moving a slot clears its entries,
-//! flushes every CPU's EPT-derived translations (INVEPT on all CPUs), then unpins.
+//! violation (`Vm::fault_in`). As upstream, a leaf holds no reference on its page: the fault
+//! path takes one (`get_user_pages`) only until the leaf is written, under the VM's MMU lock and
+//! only if no invalidation of the page's address ran meanwhile (`invalidate.rs`). From then on
+//! the page stays mapped in the VMM as long as the leaf exists, because anything that unmaps or
+//! replaces it there (munmap, `MADV_DONTNEED`, mremap, a COW break, reclaim, migration) first
+//! calls the MMU notifier, which clears the leaves over that range and flushes every CPU before
+//! it returns (`mmu_notifier.rs`). Deleting or moving a slot clears its leaves and flushes too.
 //!
-//! The tables themselves are the record of what is pinned: a present leaf holds the physical
-//! address of a page pinned once by `map`. There is no side list (a 1 GiB slot has 2^18 leaves;
-//! one flat array of them outgrew kmalloc's largest size and WARNed), so unmapping walks the
-//! tables over the slot's range, skipping absent subtrees (`Tables::for_each_leaf`). In between
-//! the two passes of `unmap_slot` a leaf may hold an address with no access bits: "cleared but
-//! still pinned", invisible to the CPU and never seen outside the lock.
+//! Locks: the tables are under a spinlock, taken inside the VM's MMU lock where the
+//! invalidation window matters (mapping, invalidating). Neither may be a sleeping lock: the
+//! notifier runs in reclaim and in the OOM reaper, where it must not sleep and may not fail
+//! (see `mmu_notifier.rs`). So nothing allocates under them: the intermediate tables a fault
+//! needs are made first (`prepare_map`, upstream's `mmu_topup_memory_caches`), and are kept
+//! until the VM goes (clearing leaves never frees a table), so the leaf is still there when the
+//! fault writes it.
 //!
 //! Dirty logging write-protects leaves: a present leaf without the write bit faults on a guest
-//! write, and the fault handler (`Vm::fault_in`) logs the page and sets the bit again. Clearing
+//! write, and the fault handler logs the page and sets the bit again (`fast_fault`). Clearing
 //! the bit needs a flush (`flush_remote_tlbs`); setting it does not: a CPU that still holds the
 //! read-only translation faults once more and finds the leaf writable (upstream does the same in
 //! `fast_page_fault`). The CPU never writes these entries itself (no EPT accessed/dirty flags in
-//! the EPTP), so changing them under the lock is race-free.
+//! the EPTP), so a writable leaf is the only sign that the guest may have written its page: a
+//! leaf that loses its write bit or goes marks its page dirty (upstream `kvm_set_pfn_dirty` in
+//! `handle_changed_spte`), so that writeback and swap do not drop what the guest wrote.
 //!
 //! Entry format (SDM vol. 3, "EPT Translation Mechanism"): bits 2:0 read/write/execute,
 //! bits 5:3 memory type of a leaf (6 = write-back), bits 51:12 the physical address.
@@ -29,7 +37,7 @@ use crate::ffi::bindings as b;
 use crate::memslot::Memslot;
 use kernel::page::Page;
 use kernel::prelude::*;
-use kernel::sync::Mutex;
+use kernel::sync::{Mutex, SpinLock};
 
 /// Read, write, execute.
 const RWX: u64 = 7;
@@ -54,32 +62,41 @@ fn index(gfn: u64, level: u32) -> usize {
 /// The guest frames one 4-level EPT can map (48-bit guest-physical addresses).
 const GFN_LIMIT: u64 = 1 << 36;
 
-/// The EPT tables of one VM.
+/// The EPT tables of one VM, as the CPU walks them.
 ///
-/// Invariant: every leaf with a non-zero address field holds a reference on that page taken by
-/// `rkvm_pin_user_page` in `map`, dropped exactly once when the leaf is zeroed.
+/// Invariant: every non-leaf entry that is present points to a zeroed-at-allocation table page
+/// owned by `VmxVm::owned`; a leaf is 0 or maps the page a fault found at its slot's address
+/// (no reference held: see the module documentation).
 struct Tables {
     root: Page,
-    /// Every non-root table, freed with the VM.
-    tables: KVec<Page>,
 }
 
-// SAFETY: the tables hold physical addresses of pages pinned by us (see the invariant); such a
-// pin may be released from any thread.
-unsafe impl Send for Tables {}
 
 /// The VMX part of a VM: its EPT.
 #[pin_data(PinnedDrop)]
 pub(crate) struct VmxVm {
     eptp: u64,
+    /// The tables (upstream: the TDP MMU's pages under `kvm->mmu_lock`).
     #[pin]
-    t: Mutex<Tables>,
+    t: SpinLock<Tables>,
+    /// Every non-root table page, freed with the VM. Only `prepare_map` adds to it (callers are
+    /// serialised by the VM's slots lock; the mutex makes that explicit), never under `t`.
+    #[pin]
+    owned: Mutex<KVec<Page>>,
 }
 
 /// Pointer to the 512 entries of a table page.
 fn entries(page_pa: u64) -> *mut u64 {
     // SAFETY: table pages are ours, in the direct map.
     unsafe { b::rkvm_phys_to_virt(page_pa).cast() }
+}
+
+/// Marks the guest page of a writable leaf dirty, as the leaf loses its write bit or goes
+/// (upstream `kvm_set_pfn_dirty`).
+fn leaf_page_dirtied(leaf: u64) {
+    // SAFETY: a present leaf maps a page the VMM still maps (the notifier clears leaves before
+    // the VMM's mapping goes, under the same lock as this), so its `struct page` is live.
+    unsafe { b::rkvm_set_page_dirty(b::rkvm_phys_to_page(leaf & ADDR_MASK)) };
 }
 
 impl VmxVm {
@@ -89,7 +106,8 @@ impl VmxVm {
         KBox::pin_init(
             pin_init!(VmxVm {
                 eptp,
-                t <- kernel::new_mutex!(Tables { root, tables: KVec::new() }),
+                t <- kernel::new_spinlock!(Tables { root }),
+                owned <- kernel::new_mutex!(KVec::new()),
             }),
             GFP_KERNEL_ACCOUNT,
         )
@@ -100,7 +118,8 @@ impl VmxVm {
         self.eptp
     }
 
-    /// Flushes translations derived from this EPT on every CPU.
+    /// Flushes translations derived from this EPT on every CPU. Does not sleep (it waits for
+    /// the other CPUs with interrupts on), so it may run under the spinlocks.
     fn flush_all_cpus(&self) {
         unsafe extern "C" fn flush(info: *mut kernel::ffi::c_void) {
             // SAFETY: runs on each CPU in VMX operation; single-context INVEPT of our EPTP
@@ -118,46 +137,37 @@ impl VmxVm {
 }
 
 impl Tables {
-    /// The leaf entry for `gfn`, creating intermediate tables on the way.
-    fn leaf(&mut self, gfn: u64) -> Result<*mut u64> {
+    /// The entry at `level` on the way to `gfn` (4: the root's), if the tables above it exist.
+    fn entry(&self, gfn: u64, level: u32) -> Option<*mut u64> {
         let mut table = page_pa(&self.root);
-        for level in (2..=4).rev() {
-            // SAFETY: `table` is one of our table pages; index < 512.
-            let e = unsafe { entries(table).add(index(gfn, level)) };
-            // SAFETY: `e` points into our table page.
-            let v = unsafe { e.read() };
-            table = if v & RWX != 0 {
-                v & ADDR_MASK
-            } else {
-                let page = Page::alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO)?;
-                let pa = page_pa(&page);
-                self.tables.push(page, GFP_KERNEL_ACCOUNT)?;
-                // SAFETY: as above; the new table is zeroed (no entries present).
-                unsafe { e.write(pa | RWX) };
-                pa
-            };
-        }
-        // SAFETY: `table` is a page-table page; index < 512.
-        Ok(unsafe { entries(table).add(index(gfn, 1)) })
-    }
-
-    /// The leaf entry for `gfn` if the tables above it exist (the entry itself may be empty).
-    fn lookup(&self, gfn: u64) -> Option<*mut u64> {
-        let mut table = page_pa(&self.root);
-        for level in (2..=4).rev() {
-            // SAFETY: walking our own present tables.
-            let v = unsafe { entries(table).add(index(gfn, level)).read() };
+        for l in ((level + 1)..=4).rev() {
+            // SAFETY: walking our own present tables (lock held by the caller's `&Tables`).
+            let v = unsafe { entries(table).add(index(gfn, l)).read() };
             if v & RWX == 0 {
                 return None;
             }
             table = v & ADDR_MASK;
         }
-        // SAFETY: `table` is a page-table page; index < 512.
-        Some(unsafe { entries(table).add(index(gfn, 1)) })
+        // SAFETY: `table` is a table page; index < 512.
+        Some(unsafe { entries(table).add(index(gfn, level)) })
     }
 
-    /// Calls `f(entry)` for every leaf entry with a non-zero value mapping a frame in
-    /// `start..end`, skipping subtrees whose table is absent.
+    /// The leaf entry for `gfn` if the tables above it exist (the entry itself may be empty).
+    fn lookup(&self, gfn: u64) -> Option<*mut u64> {
+        self.entry(gfn, 1)
+    }
+
+    /// The highest level (4 … 2) whose entry for `gfn` is missing, or `None` if the leaf's
+    /// table exists.
+    fn missing_level(&self, gfn: u64) -> Option<u32> {
+        (2..=4).rev().find(|&level| {
+            // SAFETY: `entry` returned an entry of one of our tables (lock held).
+            self.entry(gfn, level).map_or(true, |e| unsafe { e.read() } & RWX == 0)
+        })
+    }
+
+    /// Calls `f(entry)` for every present leaf mapping a frame in `start..end`, skipping
+    /// subtrees whose table is absent.
     fn for_each_leaf(&mut self, start: u64, end: u64, f: &mut dyn FnMut(*mut u64)) {
         let root = page_pa(&self.root);
         walk(root, 4, 0, start, end.min(GFN_LIMIT), f);
@@ -176,57 +186,45 @@ impl Tables {
                 let e = unsafe { entries(table).add(i) };
                 // SAFETY: as above.
                 let v = unsafe { e.read() };
+                if v & RWX == 0 {
+                    continue;
+                }
                 if level == 1 {
-                    if v != 0 {
-                        f(e);
-                    }
-                } else if v & RWX != 0 {
+                    f(e);
+                } else {
                     walk(v & ADDR_MASK, level - 1, gfn, start, end, f);
                 }
             }
         }
     }
 
-    /// Zeroes the leaves in `start..end` and unpins their pages; returns whether there were any.
-    /// With `flush`, the CPUs' cached translations are dropped in between (`flush` runs only if
-    /// some leaf was present), so no CPU can still reach a page once it is released.
-    fn unmap_range(&mut self, start: u64, end: u64, flush: &dyn Fn()) -> bool {
+    /// Clears the leaves in `start..end` (marking the pages of writable ones dirty); returns
+    /// whether there were any, in which case the caller flushes before its page can go.
+    fn zap_range(&mut self, start: u64, end: u64) -> bool {
         let mut any = false;
-        // First pass: make the leaves non-present, keeping the address (still pinned).
         self.for_each_leaf(start, end, &mut |e| {
-            // SAFETY: a leaf entry of our tables (lock held).
-            unsafe { e.write(e.read() & ADDR_MASK) };
+            // SAFETY: a present leaf entry of our tables (lock held).
+            let v = unsafe { e.read() };
+            if v & W != 0 {
+                leaf_page_dirtied(v);
+            }
+            // SAFETY: as above.
+            unsafe { e.write(0) };
             any = true;
         });
-        if !any {
-            return false;
-        }
-        flush();
-        self.for_each_leaf(start, end, &mut |e| {
-            // SAFETY: a leaf entry of our tables (lock held); by the invariant its address is a
-            // page pinned by `map`, no longer mapped and flushed from every CPU: unpin it once
-            // and zero the entry.
-            unsafe {
-                b::rkvm_unpin_user_page(b::rkvm_phys_to_page(e.read() & ADDR_MASK));
-                e.write(0);
-            }
-        });
-        true
+        any
     }
 
-    /// Clears the write bit of the leaf for `gfn`; returns whether it was set.
-    fn write_protect(&mut self, gfn: u64) -> bool {
-        let Some(e) = self.lookup(gfn) else {
+    /// Clears the write bit of a present leaf; returns whether it was set.
+    fn write_protect_leaf(e: *mut u64) -> bool {
+        // SAFETY: `e` is a leaf entry of our tables, under the caller's lock.
+        let v = unsafe { e.read() };
+        if v & RWX == 0 || v & W == 0 {
             return false;
-        };
-        // SAFETY: leaf entry of our page table (`&mut self`: the lock is held).
-        unsafe {
-            let v = e.read();
-            if v & W == 0 {
-                return false;
-            }
-            e.write(v & !W);
         }
+        leaf_page_dirtied(v);
+        // SAFETY: as above.
+        unsafe { e.write(v & !W) };
         true
     }
 }
@@ -236,46 +234,81 @@ impl BackendVm for VmxVm {
         self
     }
 
-    fn map(&self, slot: &Memslot, gfn: u64, writable: bool) -> Result {
-        // A read-only slot's pages are never writable (its writes are MMIO).
-        let writable = writable && !slot.readonly();
-        let mut t = self.t.lock();
-        let leaf = t.leaf(gfn)?;
+    fn fast_fault(&self, gfn: u64, writable: bool) -> bool {
+        let t = self.t.lock();
+        let Some(leaf) = t.lookup(gfn) else {
+            return false;
+        };
         // SAFETY: `leaf` points into one of our tables, which the lock protects.
         let old = unsafe { leaf.read() };
-        if old & RWX != 0 {
-            // Another vCPU mapped it meanwhile, or a write to a page write-protected for dirty
-            // logging (upstream `fast_pf_fix_direct_spte`): only the write bit may be missing.
-            // The page was pinned writable for a writable slot, so setting it is enough.
-            if writable && old & W == 0 {
-                // SAFETY: as above.
-                unsafe { leaf.write(old | W) };
+        if old & RWX == 0 {
+            return false;
+        }
+        // Mapped meanwhile (another vCPU, or KVM_PRE_FAULT_MEMORY), or a write to a page
+        // write-protected for dirty logging (upstream `fast_pf_fix_direct_spte`): only the write
+        // bit may be missing. The page was looked up for writing whenever the slot is writable,
+        // and the VMM still maps it so (a write-protection there would have cleared the leaf),
+        // so setting it is enough.
+        if writable && old & W == 0 {
+            // SAFETY: as above.
+            unsafe { leaf.write(old | W) };
+        }
+        true
+    }
+
+    fn prepare_map(&self, gfn: u64) -> Result {
+        let mut owned = self.owned.lock();
+        loop {
+            let Some(level) = self.t.lock().missing_level(gfn) else {
+                return Ok(());
+            };
+            // Allocated with no spinlock held: this may reclaim, and reclaim may call the MMU
+            // notifier, which takes the MMU lock and `t`.
+            let page = Page::alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO)?;
+            owned.reserve(1, GFP_KERNEL_ACCOUNT)?;
+            let pa = page_pa(&page);
+            {
+                let t = self.t.lock();
+                let table = if level == 4 {
+                    Some(page_pa(&t.root))
+                } else {
+                    // SAFETY: `entry` returns an entry of one of our tables (lock held).
+                    t.entry(gfn, level + 1).map(|e| unsafe { e.read() } & ADDR_MASK)
+                };
+                let Some(table) = table else {
+                    // Cannot happen: only this function adds tables, and never removes one.
+                    return Err(EINVAL);
+                };
+                // SAFETY: `table` is one of our table pages (lock held); index < 512; the new
+                // table is zeroed (no entries present).
+                unsafe { entries(table).add(index(gfn, level)).write(pa | RWX) };
             }
-            return Ok(());
+            // Cannot fail: room was reserved above.
+            let _ = owned.push(page, GFP_NOWAIT);
         }
-        // Pinned for writing whenever the slot is writable, whatever `writable` says now: a
-        // page pinned for reading could be the shared zero page, which a later write must not
-        // reach. The page stays pinned until its slot goes.
-        // SAFETY: pins one page of the current process (the VM's owner: vCPU ioctls run in the
-        // creator's mm); the reference is kept in `pinned` and dropped in `unmap_slot`/drop.
-        let page = unsafe { b::rkvm_pin_user_page(slot.hva(gfn) as _, !slot.readonly()) };
-        if page.is_null() {
-            return Err(EFAULT);
-        }
-        // SAFETY: `page` is pinned, so it is a live struct page.
-        let hpa = unsafe { b::rkvm_page_to_phys(page) };
-        // SAFETY: `leaf` is our table entry (lock held); the leaf now holds the pin (invariant).
+    }
+
+    fn map(&self, gfn: u64, hpa: u64, writable: bool) -> Result {
+        let t = self.t.lock();
+        let leaf = t.lookup(gfn).ok_or(EINVAL)?;
+        // SAFETY: `leaf` is our table entry (lock held).
         unsafe { leaf.write(hpa | MT_WB | if writable { RWX } else { RX }) };
         Ok(())
     }
 
+    fn unmap_gfn_range(&self, start: u64, end: u64) -> bool {
+        self.t.lock().zap_range(start, end)
+    }
+
     fn write_protect_masked(&self, slot: &Memslot, gfn_offset: u64, mask: u64) -> bool {
-        let mut t = self.t.lock();
+        let t = self.t.lock();
         let mut changed = false;
         let mut m = mask;
         while m != 0 {
             let bit = u64::from(m.trailing_zeros());
-            changed |= t.write_protect(slot.base_gfn + gfn_offset + bit);
+            if let Some(e) = t.lookup(slot.base_gfn + gfn_offset + bit) {
+                changed |= Tables::write_protect_leaf(e);
+            }
             m &= m - 1;
         }
         changed
@@ -284,35 +317,21 @@ impl BackendVm for VmxVm {
     fn write_protect_slot(&self, slot: &Memslot) -> bool {
         let mut t = self.t.lock();
         let mut changed = false;
-        t.for_each_leaf(slot.base_gfn, slot.end_gfn(), &mut |e| {
-            // SAFETY: a present leaf entry of our tables (lock held).
-            unsafe {
-                let v = e.read();
-                if v & W != 0 {
-                    e.write(v & !W);
-                    changed = true;
-                }
-            }
-        });
+        t.for_each_leaf(slot.base_gfn, slot.end_gfn(), &mut |e| changed |= Tables::write_protect_leaf(e));
         changed
     }
 
     fn flush_remote_tlbs(&self) {
         self.flush_all_cpus();
     }
-
-    fn unmap_slot(&self, slot: &Memslot) {
-        let mut t = self.t.lock();
-        t.unmap_range(slot.base_gfn, slot.end_gfn(), &|| self.flush_all_cpus());
-    }
 }
 
 #[pinned_drop]
 impl PinnedDrop for VmxVm {
     fn drop(self: Pin<&mut Self>) {
-        // No vCPU of this VM exists any more; drop cached translations before the tables and
-        // pages can be reused.
+        // No vCPU of this VM exists any more and the MMU notifier is gone (the VM unregisters
+        // it first, and its release cleared every leaf). Drop cached translations before the
+        // table pages (freed with `owned`) can be reused.
         self.flush_all_cpus();
-        self.t.lock().unmap_range(0, GFN_LIMIT, &|| {});
     }
 }

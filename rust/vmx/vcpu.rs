@@ -1232,9 +1232,19 @@ impl VmxVcpu {
             reason::IO_INSTRUCTION => self.handle_io(ctx, e),
             reason::EPT_VIOLATION => {
                 let write = e.qualification & 2 != 0;
-                match ctx.vm.fault_in(e.gpa >> crate::memslot::PAGE_SHIFT, write)? {
-                    Fault::Mapped => Ok(Next::Resume),
-                    Fault::Mmio => self.emulate_mmio(ctx, e),
+                match ctx.vm.fault_in(e.gpa >> crate::memslot::PAGE_SHIFT, write) {
+                    // Retry: an invalidation of the page raced with the fault; the guest
+                    // faults again (upstream RET_PF_RETRY).
+                    Ok(Fault::Mapped | Fault::Retry) => Ok(Next::Resume),
+                    Ok(Fault::Mmio) => self.emulate_mmio(ctx, e),
+                    // No page behind the slot's address any more (unmapped, or no write
+                    // permission): KVM_RUN fails with EFAULT and, as upstream's `vcpu_run`
+                    // leaves it, KVM_EXIT_UNKNOWN (`kvm_handle_error_pfn`).
+                    Err(err) => {
+                        // SAFETY: `run` is the vCPU's kvm_run page (plain integer field).
+                        unsafe { (*run).exit_reason = b::KVM_EXIT_UNKNOWN };
+                        Err(err)
+                    }
                 }
             }
             18..=27 | 36 | 39 | 50 | 53 => {

@@ -10,6 +10,9 @@ pub mod coalesced;
 pub mod iobus;
 #[path = "../../memslot.rs"]
 pub mod memslot;
+/// The MMU notifier's invalidation window and hva index.
+#[path = "../../invalidate.rs"]
+pub mod invalidate;
 /// Dirty page logging rules.
 #[path = "../../dirty.rs"]
 pub mod dirty;
@@ -48,6 +51,8 @@ mod decode_tests;
 mod dirty_tests;
 #[cfg(test)]
 mod events_tests;
+#[cfg(test)]
+mod invalidate_tests;
 #[cfg(test)]
 mod iobus_tests;
 #[cfg(test)]
