@@ -38,7 +38,7 @@ KMOD_DIR = $(if $(filter base,$(1)),$(TOP),$(TOP)/build/kmod-$(1))
 # The module's sources (what Kbuild reads), synced into build/kmod-FLAVOUR/.
 KMOD_SRC := Kbuild Kconfig rust uapi
 
-.PHONY: all deps kernel module module-debug splat-canary userspace selftests hosttest demo check bench vm-run clean \
+.PHONY: all deps kernel module module-debug splat-canary hoststate hoststate-debug userspace selftests hosttest demo check bench vm-run clean \
 	upstream-selftests-build upstream-selftests fuzz
 
 all: module userspace selftests
@@ -73,6 +73,17 @@ splat-canary: deps
 	  mkdir -p $$out && rsync -a $(TOP)/selftests/splat/Kbuild $(TOP)/selftests/splat/rkvm_splat.c $$out/ && \
 	  $(MAKE) -s -C $$kdir $$(kmake_args) M=$$out modules
 
+# selftests/hoststate: a module whose parameter file shows each CPU's control registers, DR6/DR7,
+# descriptor tables and host MSRs, compared before and after the fuzzer's guests; for the
+# kernel flavour $(KERNEL) (hoststate-debug: the debug kernel's).
+hoststate: kernel
+	@$(ENV); kdir=$$($(TOP)/scripts/kernel.sh $(KERNEL))/linux; out=$(TOP)/build/hoststate-$(KERNEL); \
+	  mkdir -p $$out && rsync -a $(TOP)/selftests/hoststate/Kbuild $(TOP)/selftests/hoststate/rkvm_hoststate.c $$out/ && \
+	  $(MAKE) -s -C $$kdir $$(kmake_args) M=$$out modules
+
+hoststate-debug: deps
+	@$(MAKE) --no-print-directory hoststate KERNEL=debug
+
 userspace: deps
 	@$(ENV); say "userspace: cargo build --release (static)"; \
 	  cd $(TOP)/userspace && cargo build --release --quiet
@@ -96,7 +107,7 @@ demo: module userspace selftests
 # The debug stage (kernel/rkvm-debug.config) needs the debug kernel and its rkvm.ko; CHECK_ONLY of
 # another stage skips building them. Its other stages use the base kernel whatever KERNEL says.
 check: override KERNEL := base
-check: module userspace selftests upstream-selftests-build $(if $(filter-out debug,$(CHECK_ONLY)),,module-debug splat-canary)
+check: module userspace selftests hoststate upstream-selftests-build $(if $(filter-out debug,$(CHECK_ONLY)),,module-debug splat-canary hoststate-debug)
 	@$(TOP)/scripts/check.sh
 
 bench: module userspace selftests
@@ -106,7 +117,7 @@ bench: module userspace selftests
 # kernel unless KERNEL=base is given:
 #   make fuzz [EMULATOR=qemu|vmx] [COUNT=ioctls] [SECONDS=s] [SEED=n] [THREADS=n] [CPUS=n] [KERNEL=base]
 fuzz: override KERNEL := $(if $(filter command line environment,$(origin KERNEL)),$(KERNEL),debug)
-fuzz: module userspace selftests
+fuzz: module userspace selftests hoststate
 	@EMULATOR=$(EMULATOR) COUNT=$(COUNT) FUZZ_SECONDS=$(SECONDS) SEED=$(SEED) THREADS=$(THREADS) \
 	  CPUS=$(CPUS) $(TOP)/scripts/fuzz.sh
 

@@ -63,6 +63,21 @@ vm_case() {
   fi
 }
 
+# fuzz_with_probe COUNT THREADS: the start of a Bochs run (rkvm loaded with backend=vmx): the
+# fuzzer entering random guests, with the host-state probe (selftests/hoststate: CR0/CR4/EFER,
+# GDT/IDT/TR, DR6/DR7 and host MSRs of every CPU) read before and after, which must be equal;
+# then rkvm unloads and loads again. Sets f=1 in the VM if any of that failed. The VM needs
+# --extra build/hoststate-<kernel>/rkvm_hoststate.ko.
+fuzz_with_probe() {
+  local probe=/sys/module/rkvm_hoststate/parameters/state
+  echo "insmod /extra/rkvm_hoststate.ko && cat $probe > /tmp/host-before; rkvm-fuzz --seed 1 --count $1 --threads $2; f=\$?; \
+    if cat $probe > /tmp/host-after && [ -s /tmp/host-before ] && cmp -s /tmp/host-before /tmp/host-after; then \
+      echo 'ok 5 - host registers unchanged on every CPU after fuzzing'; \
+    else echo 'not ok 5 - host registers changed by fuzzing'; diff /tmp/host-before /tmp/host-after | sed 's/^/# /'; f=1; fi; \
+    if rmmod rkvm && insmod /lib/modules/rkvm.ko backend=vmx; then echo 'ok 6 - rmmod and insmod after fuzzing'; \
+    else echo 'not ok 6 - rmmod and insmod after fuzzing'; f=1; fi;"
+}
+
 if stage host; then
   say "host: cargo test"
   (cd rust/tests && cargo test 2>&1) > "$logs/host-pure.log"; count_cargo "$logs/host-pure.log" "module pure files"
@@ -90,11 +105,13 @@ if stage bochs; then
   # The 1-CPU boot starts with a short fuzz run that enters random guests (about 20 s), then
   # reloads the module (it must unload cleanly) before the other tests; its kmemleak scan at the
   # end covers the fuzz run too.
-  fuzz='rkvm-fuzz --seed 1 --count 8000; f=$?; if rmmod rkvm && insmod /lib/modules/rkvm.ko backend=vmx; then echo "ok 5 - rmmod and insmod after fuzzing"; else echo "not ok 5 - rmmod and insmod after fuzzing"; f=1; fi;'
+  # Each boot starts with a short fuzz run entering random guests (8000 ioctls; from two threads
+  # with 2 CPUs) between two reads of the host-state probe.
   for n in 1 2; do
-    leak='[ $f = 0 ] || s=1; /selftests/kmemleak_check && exit $s'; [ "$n" = 1 ] || leak='exit $s'
-    pre=$fuzz; [ "$n" = 1 ] || pre=''
-    vm_case "bochs-vmx-${n}cpu" 0 --emulator vmx --kernel base --cpus "$n" --modargs backend=vmx --timeout $((n * 300 + (n == 1 ? 300 : 0))) --run \
+    leak='[ $f = 0 ] || s=1; /selftests/kmemleak_check && exit $s'; [ "$n" = 1 ] || leak='[ $f = 0 ] || s=1; exit $s'
+    pre=$(fuzz_with_probe 8000 "$n")
+    vm_case "bochs-vmx-${n}cpu" 0 --emulator vmx --kernel base --cpus "$n" --modargs backend=vmx --timeout $((n * 300 + 300)) \
+      --extra build/hoststate-base/rkvm_hoststate.ko --run \
       "$pre test \"\$(nproc)\" = $n || echo 'not ok - expected $n CPUs'; rkvm-demo > /tmp/demo.out 2>&1; cat /tmp/demo.out; \
        if [ \"\$(cat /tmp/demo.out)\" = \"\$(printf '4\nKVM_EXIT_HLT')\" ]; then echo 'ok 1 - demo guest prints 4 and KVM_EXIT_HLT'; else echo 'not ok 1 - demo guest'; fi; \
        rkvm-kvm-ioctls-test; /selftests/vmx_guests; /selftests/run_tests; s=\$?; $leak"
@@ -140,10 +157,12 @@ if stage debug; then
   vm_case debug-qemu-fuzz 0 --kernel debug --emulator qemu --cpus 2 --modargs backend=none --run \
     'rkvm-fuzz --seed 3 --count 20000 --threads 2; s=$?; if rmmod rkvm; then echo "ok 5 - rmmod rkvm after fuzzing"; else echo "not ok 5 - rmmod rkvm after fuzzing"; s=1; fi; /selftests/kmemleak_check || s=1; exit $s'
   count_ktap "$logs/debug-qemu-fuzz.log" "fuzz (debug kernel, QEMU, backend=none, 2*10^4 ioctls, 2 threads)"
-  # In Bochs it first enters random guests (4000 ioctls, about 2 minutes here), then unloads and
-  # reloads rkvm before the selftests; the final kmemleak scan covers it.
-  dfuzz='rkvm-fuzz --seed 1 --count 4000; f=$?; if rmmod rkvm && insmod /lib/modules/rkvm.ko backend=vmx; then echo "ok 5 - rmmod and insmod after fuzzing"; else echo "not ok 5 - rmmod and insmod after fuzzing"; f=1; fi;'
-  vm_case debug-bochs-vmx-1cpu 0 --kernel debug --emulator vmx --cpus 1 --modargs backend=vmx --timeout 2700 --run \
+  # In Bochs it first enters random guests (4000 ioctls, about 2 minutes here) with the
+  # host-state probe around them, then unloads and reloads rkvm before the selftests; the final
+  # kmemleak scan covers it.
+  dfuzz=$(fuzz_with_probe 4000 1)
+  vm_case debug-bochs-vmx-1cpu 0 --kernel debug --emulator vmx --cpus 1 --modargs backend=vmx --timeout 2700 \
+    --extra build/hoststate-debug/rkvm_hoststate.ko --run \
     "export RKVM_RELOADS=20; $dfuzz rkvm-demo > /tmp/demo.out 2>&1; cat /tmp/demo.out; \
      if [ \"\$(cat /tmp/demo.out)\" = \"\$(printf '4\nKVM_EXIT_HLT')\" ]; then echo 'ok 1 - demo guest prints 4 and KVM_EXIT_HLT'; else echo 'not ok 1 - demo guest'; fi; \
      rkvm-kvm-ioctls-test; /selftests/vmx_guests; /selftests/run_tests $debug_tests; s=\$?; \

@@ -8,7 +8,7 @@
 #   SEED      the run's seed (default 1); THREADS (default 1); CPUS (default 1)
 #   RKVM_KERNEL  the test kernel flavour, debug (KASAN, lockdep, ...; make fuzz's default) or base
 #
-# Output is KTAP (the fuzzer's 4 checks, rmmod, kmemleak) ending in "N passed, N failed"; the
+# Output is KTAP (the fuzzer's 4 checks, rmmod, host registers unchanged, kmemleak) ending in "N passed, N failed"; the
 # console is saved in build/fuzz/. Exit 0 only if every check passed and the VM saw no kernel
 # splat (vm-run.py fails the run on any WARNING/BUG/Oops/KASAN/lockdep line).
 set -uo pipefail
@@ -33,9 +33,17 @@ if [ "$emu" != qemu ] && [ "$cpus" -gt 1 ]; then leak='echo "# kmemleak scan ski
 logs=$RKVM_TOP/build/fuzz; mkdir -p "$logs"
 log=$logs/fuzz-$kernel-$emu-seed$seed.log
 say "fuzz: $kernel kernel, $emu ($modargs, $cpus CPU), seed $seed, count $count${secs:+, at most $secs s}, $threads thread(s); console: $log"
-python3 scripts/vm-run.py --kernel "$kernel" --emulator "$emu" --cpus "$cpus" --modargs "$modargs" --timeout "$limit" --run \
-  "rkvm-fuzz --seed $seed --count $count --seconds $secs --threads $threads; s=\$?
-   if rmmod rkvm; then echo 'ok 5 - rmmod rkvm after fuzzing'; else echo 'not ok 5 - rmmod rkvm after fuzzing'; s=1; fi
+# Host state on every CPU (selftests/hoststate: control, debug and descriptor-table registers,
+# host MSRs) before the fuzzing and after it must be the same.
+probe=/sys/module/rkvm_hoststate/parameters/state
+python3 scripts/vm-run.py --kernel "$kernel" --emulator "$emu" --cpus "$cpus" --modargs "$modargs" --timeout "$limit" \
+  --extra "build/hoststate-$kernel/rkvm_hoststate.ko" --run \
+  "insmod /extra/rkvm_hoststate.ko && cat $probe > /tmp/host-before
+   rkvm-fuzz --seed $seed --count $count --seconds $secs --threads $threads; s=\$?
+   if cat $probe > /tmp/host-after && [ -s /tmp/host-before ] && cmp -s /tmp/host-before /tmp/host-after; then
+     echo 'ok 5 - host CR0/CR4/EFER, GDT/IDT/TR, DR6/DR7 and MSRs unchanged on every CPU'
+   else echo 'not ok 5 - host registers changed:'; diff /tmp/host-before /tmp/host-after | sed 's/^/# /'; s=1; fi
+   if rmmod rkvm; then echo 'ok 6 - rmmod rkvm after fuzzing'; else echo 'not ok 6 - rmmod rkvm after fuzzing'; s=1; fi
    $leak
    exit \$s" > "$log" 2>&1
 rc=$?
