@@ -38,6 +38,7 @@ mod irq;
 #[allow(dead_code, unreachable_pub)]
 mod memslot;
 mod none;
+mod pv;
 #[allow(unreachable_pub)] // pure file, also compiled by the host tests
 mod stats;
 mod statsfd;

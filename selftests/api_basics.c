@@ -92,13 +92,15 @@ static const struct { int cap; long want; } caps[] = {
 	{ KVM_CAP_IOEVENTFD, 1 },
 	{ KVM_CAP_IOEVENTFD_NO_LENGTH, 1 },
 	{ KVM_CAP_IOEVENTFD_ANY_LENGTH, 1 },
+	{ KVM_CAP_ADJUST_CLOCK, KVM_CLOCK_TSC_STABLE | KVM_CLOCK_REALTIME | KVM_CLOCK_HOST_TSC },
 };
 
 /* Caps only the VMX backend reports (the Bochs models have XSAVE, so XCRS is 1 there). */
 static const int vmx_caps[] = {
 	KVM_CAP_DEBUGREGS, KVM_CAP_XCRS, KVM_CAP_USER_NMI, KVM_CAP_VCPU_EVENTS, KVM_CAP_INTR_SHADOW,
 	KVM_CAP_XSAVE, KVM_CAP_PRE_FAULT_MEMORY, KVM_CAP_GET_MSR_FEATURES, KVM_CAP_MSR_PLATFORM_INFO,
-	KVM_CAP_EXIT_ON_EMULATION_FAILURE,
+	KVM_CAP_EXIT_ON_EMULATION_FAILURE, KVM_CAP_ENABLE_CAP, KVM_CAP_ENFORCE_PV_FEATURE_CPUID,
+	KVM_CAP_VCPU_ATTRIBUTES,
 };
 
 static long want_for(int cap)
@@ -111,6 +113,13 @@ static long want_for(int cap)
 			return !no_guests();
 	if (cap == KVM_CAP_XSAVE2)
 		return no_guests() ? 0 : 4096;
+	/* The quirk, exits and hypercall exits the VMX backend can honour. */
+	if (cap == KVM_CAP_DISABLE_QUIRKS2)
+		return no_guests() ? 0 : KVM_X86_QUIRK_FIX_HYPERCALL_INSN;
+	if (cap == KVM_CAP_X86_DISABLE_EXITS)
+		return no_guests() ? 0 : KVM_X86_DISABLE_EXITS_HLT | KVM_X86_DISABLE_EXITS_PAUSE;
+	if (cap == KVM_CAP_EXIT_HYPERCALL)
+		return no_guests() ? 0 : 1 << KVM_HC_MAP_GPA_RANGE;
 	return 0;
 }
 

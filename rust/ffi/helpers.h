@@ -159,3 +159,9 @@ void rkvm_srcu_read_unlock(struct srcu_struct *s, int idx);
 void rkvm_synchronize_srcu(struct srcu_struct *s);
 
 #endif
+
+/* kvmclock and steal time */
+bool rkvm_clock_read(u64 *tsc, u64 *base_ns, u64 *real_ns);
+bool rkvm_sched_info_on(void);
+u64 rkvm_current_run_delay(void);
+void rkvm_yield(void);

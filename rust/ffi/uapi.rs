@@ -52,6 +52,8 @@ plain_old_data!(
     kvm_dirty_log,
     kvm_clear_dirty_log,
     kvm_ioeventfd,
+    kvm_clock_data,
+    kvm_device_attr,
 );
 
 /// Copies `n` `T`s in from the user array at `arg` (`EFAULT` if it cannot be read).

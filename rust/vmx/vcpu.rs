@@ -35,6 +35,9 @@ use crate::x86::xsave;
 use core::sync::atomic::Ordering;
 use kernel::prelude::*;
 
+/// KVM's PV MSRs, kvmclock, steal time and hypercalls.
+mod pv;
+
 /// The guest's x87/SSE/AVX state: a standard-format XSAVE area (`x86/xsave.rs`).
 #[repr(C, align(64))]
 struct FpuArea([u8; xsave::AREA]);
@@ -53,6 +56,9 @@ enum PendingIo {
     /// INS/OUTS: for INS the data in the PIO page goes to guest memory; rSI/rDI (and rCX with
     /// REP) move past the elements done; RIP advances once no repetitions are left.
     Str(StringIo),
+    /// A hypercall userspace handled (`KVM_EXIT_HYPERCALL`): its `ret` goes to RAX (the low
+    /// half when the caller was not in 64-bit mode), RIP advances.
+    Hypercall { long: bool },
 }
 
 /// One batch of an INS/OUTS (upstream: the emulator's string I/O through `pio_in_emulated` /
@@ -203,6 +209,11 @@ pub(crate) struct VmxVcpu {
     /// moved to another CPU (which may hold stale ones from an earlier visit), or rkvm changed
     /// guest paging state on the guest's behalf (emulated CR0/CR4 writes, KVM_SET_SREGS).
     tlb_flush: bool,
+    /// KVM's PV interface (`vcpu/pv.rs`).
+    pv: pv::PvVcpu,
+    /// The VM's `KVM_X86_DISABLE_EXITS_HLT`: no HLT exiting, the guest halts in VMX non-root
+    /// operation (upstream `kvm_hlt_in_guest`). Taken from the VM at each `KVM_RUN`.
+    hlt_in_guest: bool,
 }
 
 /// Segment registers in `struct kvm_sregs` order with their VMCS fields
@@ -236,6 +247,7 @@ mod reason {
     pub(super) const EPT_VIOLATION: u32 = b::EXIT_REASON_EPT_VIOLATION;
     pub(super) const XSETBV: u32 = b::EXIT_REASON_XSETBV;
     pub(super) const PREEMPTION_TIMER: u32 = b::EXIT_REASON_PREEMPTION_TIMER;
+    pub(super) const VMCALL: u32 = b::EXIT_REASON_VMCALL;
 }
 
 /// How one attempt to enter the guest ended.
@@ -318,6 +330,8 @@ impl VmxVcpu {
             entry_info_valid: false,
             proc_ctls: config.proc,
             sipi_vector: 0,
+            pv: pv::PvVcpu::default(),
+            hlt_in_guest: false,
         };
         // From here on `Drop` returns the VPID.
         v.vpid = g.alloc_vpid();
@@ -372,7 +386,8 @@ impl VmxVcpu {
         vmcs::write(f::SECONDARY_VM_EXEC_CONTROL, c.proc2.into());
         vmcs::write(f::VM_EXIT_CONTROLS, c.exit.into());
         vmcs::write(f::VM_ENTRY_CONTROLS, c.entry.into());
-        vmcs::write(f::EXCEPTION_BITMAP, 0);
+        // #UD, for the VMMCALL rewrite (upstream intercepts it always: `handle_ud`).
+        vmcs::write(f::EXCEPTION_BITMAP, 1 << UD);
         vmcs::write(f::PAGE_FAULT_ERROR_CODE_MASK, 0);
         vmcs::write(f::PAGE_FAULT_ERROR_CODE_MATCH, 0);
         vmcs::write(f::CR3_TARGET_COUNT, 0);
@@ -669,6 +684,9 @@ impl VmxVcpu {
             self.finish_mmio(access, len, data);
             return;
         }
+        if let PendingIo::Hypercall { long } = p {
+            self.complete_hypercall(run, long);
+        }
         if let PendingIo::In { size } = p {
             let mut data = [0u8; 8];
             // SAFETY: `pio` is the vCPU's PIO page; `size` ≤ 4 bytes at offset 0.
@@ -733,6 +751,7 @@ impl VmxVcpu {
                     self.last_cpu = super::this_cpu();
                     self.write_per_cpu_host_state();
                     self.tlb_flush = true;
+                    self.pv.migrated();
                 }
             }
             Err(e) => {
@@ -761,8 +780,15 @@ impl VmxVcpu {
         if ev.info != 0 {
             vmcs::write(f::VM_ENTRY_EXCEPTION_ERROR_CODE, ev.error_code.into());
             vmcs::write(f::VM_ENTRY_INSTRUCTION_LEN, ev.instr_len.into());
+            // An event wakes a guest halted in VMX non-root operation (upstream `vmx_clear_hlt`).
+            if self.hlt_in_guest && vmcs::read(f::GUEST_ACTIVITY_STATE) == u64::from(b::GUEST_ACTIVITY_HLT) {
+                vmcs::write(f::GUEST_ACTIVITY_STATE, b::GUEST_ACTIVITY_ACTIVE.into());
+            }
         }
         let mut proc = self.config.proc;
+        if self.hlt_in_guest {
+            proc &= !b::CPU_BASED_HLT_EXITING;
+        }
         if ev.irq_window {
             proc |= b::CPU_BASED_INTR_WINDOW_EXITING;
         }
@@ -985,6 +1011,11 @@ impl VmxVcpu {
                 self.with_vmcs(|v| v.skip_instruction(e.instr_len))?;
                 Ok(Next::Resume)
             }
+            reason::MSR_READ | reason::MSR_WRITE if crate::x86::pvclock::is_pv_msr(self.regs.gpr[RCX] as u32) => {
+                self.handle_pv_msr(ctx, e, e.reason & 0xffff == reason::MSR_WRITE)
+            }
+            reason::VMCALL => self.handle_hypercall(ctx, e),
+            reason::EXCEPTION_NMI if e.intr_info & 0x7ff == (events::TYPE_HW_EXCEPTION << 8 | UD) => self.handle_ud(ctx),
             reason::MSR_READ => {
                 let mctx = MsrCtx { host: false, vm: ctx.vm, cpuid: ctx.cpuid };
                 self.with_vmcs(|v| {
@@ -1135,6 +1166,7 @@ impl VmxVcpu {
             guest_xcr0: g.host.guest_xcr0,
             rdtscp: self.config.proc2 & b::SECONDARY_EXEC_ENABLE_RDTSCP != 0,
             x2apic: self.apic.is_some(),
+            kvm_features: crate::pv::supported_features(),
         };
         let mut r = cpuid::filter(leaf, sub, insn::cpuid(leaf, sub), &caps);
         if leaf == 1 {
@@ -1327,7 +1359,7 @@ impl VmxVcpu {
         match index {
             // Userspace sets the TSC through the VM's synchronisation (upstream
             // `kvm_synchronize_tsc`), leaving IA32_TSC_ADJUST alone; the guest moves both.
-            msr::TSC if ctx.host => vmcs::write(f::TSC_OFFSET, ctx.vm.synchronize_tsc(Some(v))),
+            msr::TSC if ctx.host => vmcs::write(f::TSC_OFFSET, ctx.vm.synchronize_tsc(Some(v), &mut self.pv.tsc_gen)),
             msr::TSC => {
                 let off = self.msrs.tsc_adjust.guest_write_tsc(vmcs::read(f::TSC_OFFSET), v, insn::rdtsc());
                 vmcs::write(f::TSC_OFFSET, off);
@@ -1860,15 +1892,45 @@ impl BackendVcpu for VmxVcpu {
     }
 
     fn get_msr(&mut self, ctx: &MsrCtx<'_>, index: u32) -> Result<Option<u64>> {
+        if crate::x86::pvclock::is_pv_msr(index) {
+            return Ok(self.pv_msr_host(ctx, index, None));
+        }
         self.with_vmcs(|v| v.read_msr(ctx, index))
     }
 
     fn set_msr(&mut self, ctx: &MsrCtx<'_>, index: u32, data: u64) -> Result<bool> {
+        // PV MSRs may write guest memory (the wall clock): outside `with_vmcs`.
+        if crate::x86::pvclock::is_pv_msr(index) {
+            return Ok(self.pv_msr_host(ctx, index, Some(data)).is_some());
+        }
         self.with_vmcs(|v| v.write_msr(ctx, index, data))
     }
 
-    fn write_tsc_offset(&mut self, offset: u64) -> Result {
+    fn write_tsc_offset(&mut self, offset: u64, gen: u64) -> Result {
+        self.pv.tsc_gen = gen;
         self.with_vmcs(|_| vmcs::write(f::TSC_OFFSET, offset))
+    }
+
+    /// `KVM_GET_DEVICE_ATTR(KVM_VCPU_TSC_CTRL, KVM_VCPU_TSC_OFFSET)` (upstream
+    /// `vcpu->arch.l1_tsc_offset`).
+    fn get_tsc_offset(&mut self) -> Result<u64> {
+        self.with_vmcs(|_| vmcs::read(f::TSC_OFFSET))
+    }
+
+    /// `KVM_SET_DEVICE_ATTR(KVM_VCPU_TSC_CTRL, KVM_VCPU_TSC_OFFSET)`.
+    fn set_tsc_offset(&mut self, vm: &crate::vm::Vm, offset: u64) -> Result {
+        vm.set_tsc_offset(offset, &mut self.pv.tsc_gen);
+        self.with_vmcs(|_| vmcs::write(f::TSC_OFFSET, offset))
+    }
+
+    /// `KVM_ENABLE_CAP(KVM_CAP_ENFORCE_PV_FEATURE_CPUID)` (upstream
+    /// `kvm_vcpu_ioctl_enable_cap`): on enabling, the features are taken from the table.
+    fn set_pv_enforce(&mut self, enforce: bool, table: &[crate::x86::cpuid::Entry]) -> Result {
+        self.pv.cpuid.enforce = enforce;
+        if enforce {
+            self.pv.after_set_cpuid(table);
+        }
+        Ok(())
     }
 
     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result {
@@ -1923,6 +1985,7 @@ impl BackendVcpu for VmxVcpu {
     /// new table.
     fn after_set_cpuid(&mut self, table: &[crate::x86::cpuid::Entry]) {
         self.x2apic_cpuid = crate::x86::cpuid::guest_has_x2apic(table, self.apic.is_some());
+        self.pv.after_set_cpuid(table);
     }
 
     fn queue_nmi(&mut self) -> Result {
@@ -2129,6 +2192,7 @@ impl VmxVcpu {
         self.dr6 = DR6_RESET;
         self.dr7 = DR7_RESET;
         self.xcr0 = 1;
+        self.pv.init();
         if let Some(a) = self.apic.as_mut() {
             a.init();
         }
@@ -2136,6 +2200,7 @@ impl VmxVcpu {
             v.write_regs(&regs);
             v.write_sregs(&sregs);
             vmcs::write(f::GUEST_INTERRUPTIBILITY_INFO, 0);
+            vmcs::write(f::GUEST_ACTIVITY_STATE, b::GUEST_ACTIVITY_ACTIVE.into());
             v.tlb_flush = true;
         })
     }
@@ -2172,6 +2237,8 @@ impl VmxVcpu {
         if ctx.immediate_exit {
             return Err(EINTR);
         }
+        self.hlt_in_guest = vm.hlt_in_guest.load(Ordering::Relaxed);
+        self.pv.loaded();
         loop {
             // SAFETY: querying the current task's state.
             if unsafe { b::rkvm_signal_pending() } {
@@ -2184,6 +2251,7 @@ impl VmxVcpu {
             unsafe {
                 if b::rkvm_need_resched() {
                     b::rkvm_cond_resched();
+                    self.pv.loaded();
                 }
             }
             // SAFETY: `run` is the vCPU's kvm_run page; userspace may change it: read once.
@@ -2202,6 +2270,7 @@ impl VmxVcpu {
                     continue;
                 }
             };
+            self.pv_prepare(vm)?;
             match self.enter_once(user_window || apic_window, kick_seq)? {
                 Entered::Cancelled => continue,
                 Entered::Exit(info) => {

@@ -11,6 +11,7 @@ pub mod cr;
 pub mod decode;
 pub mod msr;
 pub mod segment;
+pub mod pvclock;
 pub mod tsc;
 pub mod walk;
 pub mod xsave;
