@@ -12,6 +12,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <linux/kvm_para.h>
 #include "rkvm_util.h"
 
 /* KVM_STATS_NAME_SIZE (include/linux/kvm_host.h): a stats header's name_size. */

@@ -170,10 +170,15 @@ impl VmxVcpu {
         Ok(Next::Resume)
     }
 
-    /// `KVM_GET_MSRS` / `KVM_SET_MSRS` of a PV MSR.
+    /// `KVM_GET_MSRS` / `KVM_SET_MSRS` of a PV MSR. As upstream's `kvm_do_msr_access` for an
+    /// MSR it lists but the vCPU lacks (a PV feature not in its CPUID under enforcement),
+    /// userspace reads 0 and may write 0.
     pub(super) fn pv_msr_host(&mut self, ctx: &MsrCtx<'_>, index: u32, data: Option<u64>) -> Option<u64> {
+        let lacks = !self.pv.cpuid.has(pvclock::msr_feature(index));
         match data {
+            Some(0) if lacks => Some(0),
             Some(v) => self.pv_msr_write(ctx.vm, index, v, true).then_some(v),
+            None if lacks => Some(0),
             None => self.pv_msr_read(ctx.vm, index),
         }
     }
