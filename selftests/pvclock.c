@@ -22,7 +22,7 @@
 #define RES		0x4000
 #define NSEC		1000000000ull
 
-enum program { P_ENABLE, P_READ, P_HYPERCALLS };
+enum program { P_ENABLE, P_READ, P_HYPERCALLS, P_MAP_GPA };
 
 static uint64_t now_ns(clockid_t c)
 {
@@ -494,6 +494,37 @@ TEST(guest_hypercalls)
 	gvm_free(&v);
 }
 
+/* KVM_CAP_EXIT_HYPERCALL: KVM_HC_MAP_GPA_RANGE goes to userspace as KVM_EXIT_HYPERCALL and
+ * returns what userspace put in hypercall.ret; an invalid one does not exit. */
+TEST(map_gpa_range_exit)
+{
+	struct kvm_enable_cap cap = { .cap = KVM_CAP_EXIT_HYPERCALL, .args = { 1 } };
+	struct kvm_clock_data b, a;
+	struct gvm v;
+
+	if (no_guests())
+		SKIP("no guests with backend=none");
+	if (gvm_create(&v, P_MAP_GPA)) {
+		CHECK(0);
+		return;
+	}
+	CHECK(ioctl(v.vm, KVM_CHECK_EXTENSION, KVM_CAP_EXIT_HYPERCALL) == 1 << KVM_HC_MAP_GPA_RANGE);
+	CHECK_ERRNO(ioctl(v.vm, KVM_ENABLE_CAP, &cap), EINVAL);
+	cap.args[0] = 1 << KVM_HC_MAP_GPA_RANGE;
+	CHECK(ioctl(v.vm, KVM_ENABLE_CAP, &cap) == 0);
+	CHECK(ioctl(v.vcpu, KVM_RUN, 0) == 0);
+	CHECK(v.run->exit_reason == KVM_EXIT_HYPERCALL);
+	CHECK(v.run->hypercall.nr == KVM_HC_MAP_GPA_RANGE);
+	CHECK(v.run->hypercall.args[0] == 0x100000 && v.run->hypercall.args[1] == 4 &&
+	      v.run->hypercall.args[2] == 0x10);
+	CHECK(v.run->hypercall.flags == KVM_EXIT_HYPERCALL_LONG_MODE);
+	v.run->hypercall.ret = 0x55;
+	CHECK(run_bracketed(&v, 3, &b, &a));
+	CHECK(res(&v, 0x48) == 0x55);
+	CHECK(res(&v, 0x50) == (__u64)-KVM_EINVAL);
+	gvm_free(&v);
+}
+
 KTAP_MAIN("rkvm pvclock",
 	CASE(adjust_clock_cap_and_cpuid_leaves),
 	CASE(get_set_clock),
@@ -501,4 +532,5 @@ KTAP_MAIN("rkvm pvclock",
 	CASE(tsc_offset_attribute),
 	CASE(pv_msrs_and_enforcement),
 	CASE(guest_reads_kvmclock),
-	CASE(guest_hypercalls))
+	CASE(guest_hypercalls),
+	CASE(map_gpa_range_exit))

@@ -30,6 +30,7 @@ programs:			/* numbered as enum program in pvclock.c */
 	.quad	p_enable	/* 0 */
 	.quad	p_read		/* 1 */
 	.quad	p_hypercalls	/* 2 */
+	.quad	p_map_gpa	/* 3 */
 
 /* 0: kvmclock on (time information at PVTI), the wall clock written at WALL; then one reading. */
 p_enable:
@@ -91,6 +92,25 @@ patched:
 	mov	patched(%rip), %eax
 	mov	%eax, RES + 0x40
 	mov	$2, %al
+	out	%al, $SYNC
+	hlt
+
+/*
+ * 3: KVM_HC_MAP_GPA_RANGE (12) of 4 pages at 1 MiB with attributes 0x10 (userspace's answer at
+ * RES + 0x48), then of an unaligned address (RES + 0x50).
+ */
+p_map_gpa:
+	mov	$12, %eax
+	mov	$0x100000, %ebx
+	mov	$4, %ecx
+	mov	$0x10, %edx
+	vmcall
+	mov	%rax, RES + 0x48
+	mov	$12, %eax
+	mov	$0x100001, %ebx
+	vmcall
+	mov	%rax, RES + 0x50
+	mov	$3, %al
 	out	%al, $SYNC
 	hlt
 

@@ -308,3 +308,35 @@ fn tsc_matching_counts_each_vcpu_once() {
     s.set_offset(&mut g1, cur.wrapping_add(1), 8000, 40, khz);
     assert!(!s.vcpus_matched());
 }
+
+#[test]
+fn supported_cpuid_has_the_kvm_leaves_and_pv_unhalt_follows_disabled_hlt_exits() {
+    use crate::x86::cpuid::{supported, Caps, Entry};
+    let host = |leaf: u32, _sub: u32| -> [u32; 4] {
+        match leaf {
+            0 => [1, 0, 0, 0],
+            0x8000_0000 => [0x8000_0000, 0, 0, 0],
+            _ => [0; 4],
+        }
+    };
+    let caps = Caps { kvm_features: supported_features(true), ..Caps::default() };
+    let mut v: Vec<Entry> = Vec::new();
+    supported(host, &caps, |e| v.push(e));
+    let sig = v.iter().find(|e| e.function == CPUID_SIGNATURE).unwrap();
+    assert_eq!(sig.regs, [CPUID_FEATURES, SIGNATURE[0], SIGNATURE[1], SIGNATURE[2]]);
+    let feat = v.iter().find(|e| e.function == CPUID_FEATURES).unwrap();
+    assert_eq!(feat.regs, [supported_features(true), 0, 0, 0]);
+
+    // Userspace turns PV unhalt on; with HLT exits disabled it is taken out again.
+    let at = v.iter().position(|e| e.function == CPUID_FEATURES).unwrap();
+    v[at].regs[0] |= 1 << feature::PV_UNHALT;
+    update_runtime(&mut v, false);
+    assert!(v[at].regs[0] & (1 << feature::PV_UNHALT) != 0);
+    update_runtime(&mut v, true);
+    assert_eq!(v[at].regs[0] & (1 << feature::PV_UNHALT), 0);
+    assert_eq!(v[at].regs[0], supported_features(true), "nothing else changes");
+    // Without the KVM signature nothing is touched.
+    let mut other = vec![Entry { function: CPUID_FEATURES, regs: [1 << feature::PV_UNHALT, 0, 0, 0], ..Entry::default() }];
+    update_runtime(&mut other, true);
+    assert_eq!(other[0].regs[0], 1 << feature::PV_UNHALT);
+}
