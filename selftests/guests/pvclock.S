@@ -31,6 +31,7 @@ programs:			/* numbered as enum program in pvclock.c */
 	.quad	p_read		/* 1 */
 	.quad	p_hypercalls	/* 2 */
 	.quad	p_map_gpa	/* 3 */
+	.quad	p_hlt		/* 4 */
 
 /* 0: kvmclock on (time information at PVTI), the wall clock written at WALL; then one reading. */
 p_enable:
@@ -113,6 +114,34 @@ p_map_gpa:
 	mov	$3, %al
 	out	%al, $SYNC
 	hlt
+
+/*
+ * 4: HLT with interrupts on (under KVM_X86_DISABLE_EXITS_HLT: no exit); an interrupt at vector
+ * 0x20 (IDT at 0x5000, a handler that only returns) ends it; then pause 4.
+ */
+p_hlt:
+	lea	irq(%rip), %rax
+	mov	$0x5000 + 0x20 * 16, %edi
+	mov	%ax, (%rdi)
+	mov	%cs, %ecx
+	mov	%cx, 2(%rdi)
+	movw	$0x8e00, 4(%rdi)
+	shr	$16, %rax
+	mov	%ax, 6(%rdi)
+	shr	$16, %rax
+	mov	%eax, 8(%rdi)
+	movl	$0, 12(%rdi)
+	lidt	idtr(%rip)
+	sti
+	hlt
+	mov	$4, %al
+	out	%al, $SYNC
+	hlt
+irq:
+	iretq
+idtr:
+	.word	0x1000 - 1
+	.quad	0x5000
 
 /*
  * The kvmclock in RAX (Linux's pvclock_clocksource_read): retried while the version is odd or
