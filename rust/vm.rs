@@ -380,6 +380,11 @@ impl Vm {
         if cap.flags != 0 {
             return Err(EINVAL);
         }
+        // The caps of the PV interface exist only where the backend reports them.
+        let pv_cap = matches!(cap.cap, b::KVM_CAP_X86_DISABLE_EXITS | b::KVM_CAP_DISABLE_QUIRKS2 | b::KVM_CAP_EXIT_HYPERCALL);
+        if pv_cap && caps::check_extension(&*self.backend, cap.cap as usize) == 0 {
+            return Err(EINVAL);
+        }
         match cap.cap {
             // Lowers the vCPU id limit, once (setting the same value again is allowed), never
             // below the boot CPU's id.
