@@ -152,10 +152,14 @@ impl VmxVcpu {
 
     /// A guest RDMSR/WRMSR of a PV MSR the MSR filter allowed, outside `with_vmcs` (the wall
     /// clock is written to guest memory right away, as upstream): a read's value goes to
-    /// EDX:EAX. A refusal is `KVM_MSR_EXIT_REASON_INVAL` (upstream returns 1 from
-    /// `kvm_get_msr_common` / `kvm_set_msr_common`), for the caller to exit to userspace with or
-    /// turn into #GP (`VmxVcpu::handle_msr`).
+    /// EDX:EAX. Refusals as upstream's `kvm_get_msr_common` / `kvm_set_msr_common` return them,
+    /// for the caller to exit to userspace with or turn into #GP (`VmxVcpu::handle_msr`): a PV
+    /// feature the vCPU lacks under enforcement is `KVM_MSR_RET_UNSUPPORTED` (reason UNKNOWN), a
+    /// bad value 1 (reason INVAL).
     pub(super) fn pv_msr_guest(&mut self, vm: &Vm, index: u32, write: bool, data: u64) -> core::result::Result<(), MsrFault> {
+        if !self.pv.cpuid.has(pvclock::msr_feature(index)) {
+            return Err(MsrFault::Unsupported);
+        }
         if write {
             return if self.pv_msr_write(vm, index, data, false) { Ok(()) } else { Err(MsrFault::Invalid) };
         }
