@@ -524,9 +524,10 @@ impl Backend for VmxBackend {
             // as a device attribute (KVM_VCPU_TSC_CTRL).
             b::KVM_CAP_ENABLE_CAP | b::KVM_CAP_ENFORCE_PV_FEATURE_CPUID | b::KVM_CAP_VCPU_ATTRIBUTES => Some(1),
             // The exits rkvm can leave to the guest, the hypercalls that can go to userspace
-            // (`x86/pvclock.rs`). Not KVM_CAP_DISABLE_QUIRKS2: reporting it promises the
-            // MONITOR/MWAIT quirks too (upstream's monitor_mwait_test), which rkvm lacks; its
-            // one quirk, the VMMCALL rewrite, stays on.
+            // (`x86/pvclock.rs`). Not KVM_CAP_DISABLE_QUIRKS2: it would make upstream's
+            // monitor_mwait_test run, which needs the MONITOR/MWAIT quirks rkvm lacks and which
+            // 6.12.117's accumulating `disabled_quirks` fails anyway (kvm_intel too, README);
+            // rkvm's one quirk, the VMMCALL rewrite, stays on.
             b::KVM_CAP_X86_DISABLE_EXITS => Some(crate::x86::pvclock::DISABLE_EXITS_SUPPORTED as isize),
             b::KVM_CAP_EXIT_HYPERCALL => Some(crate::x86::pvclock::EXIT_HYPERCALL_VALID as isize),
             // KVM_GET_MSR_FEATURE_INDEX_LIST and KVM_GET_MSRS on the device fd.
