@@ -1309,9 +1309,7 @@ impl VmxVcpu {
         // userspace-exit-or-#GP path below as any other MSR.
         let r = if allowed && crate::x86::pvclock::is_pv_msr(index) {
             let done = self.pv_msr_guest(ctx.vm, index, write, data);
-            self.with_vmcs(|v| {
-                done.map(|()| v.skip_instruction(e.instr_len))
-            })?
+            self.with_vmcs(|v| done.map(|()| v.skip_instruction(e.instr_len)))?
         } else {
             self.handle_msr_loaded(ctx, e, index, write, data, allowed)?
         };
