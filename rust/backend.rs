@@ -243,9 +243,24 @@ pub(crate) trait BackendVcpu: Send {
         Err(EINVAL)
     }
     /// Sets the vCPU's TSC offset (upstream: `kvm_vcpu_write_tsc_offset` →
-    /// `kvm_x86_ops.write_tsc_offset`), as [`crate::vm::Vm::synchronize_tsc`] computed it.
-    fn write_tsc_offset(&mut self, _offset: u64) -> Result {
+    /// `kvm_x86_ops.write_tsc_offset`), as [`crate::vm::Vm::synchronize_tsc`] computed it, and
+    /// the TSC generation it is in.
+    fn write_tsc_offset(&mut self, _offset: u64, _gen: u64) -> Result {
         Ok(())
+    }
+    /// The vCPU's TSC offset (`KVM_GET_DEVICE_ATTR` with `KVM_VCPU_TSC_OFFSET`); `ENXIO` where
+    /// the attribute does not exist.
+    fn get_tsc_offset(&mut self) -> Result<u64> {
+        Err(ENXIO)
+    }
+    /// `KVM_SET_DEVICE_ATTR` with `KVM_VCPU_TSC_OFFSET` (upstream `kvm_arch_tsc_set_attr`).
+    fn set_tsc_offset(&mut self, _vm: &crate::vm::Vm, _offset: u64) -> Result {
+        Err(ENXIO)
+    }
+    /// `KVM_ENABLE_CAP(KVM_CAP_ENFORCE_PV_FEATURE_CPUID)`: PV MSRs and hypercalls only as the
+    /// guest's CPUID 0x40000001 allows (`table` is the vCPU's CPUID).
+    fn set_pv_enforce(&mut self, _enforce: bool, _table: &[crate::x86::cpuid::Entry]) -> Result {
+        Err(EINVAL)
     }
 }
 

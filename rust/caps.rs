@@ -82,6 +82,8 @@ pub(crate) fn check_extension(backend: &dyn Backend, cap: usize) -> isize {
         b::KVM_CAP_X86_APIC_BUS_CYCLES_NS => crate::irq::lapic::BUS_CYCLE_NS as isize,
         // Bit mask of the accepted KVM_CREATE_VM types: only the default x86 VM.
         b::KVM_CAP_VM_TYPES => 1 << b::KVM_X86_DEFAULT_VM,
+        // KVM_GET_CLOCK / KVM_SET_CLOCK: the flags they know (upstream KVM_CLOCK_VALID_FLAGS).
+        b::KVM_CAP_ADJUST_CLOCK => crate::x86::pvclock::CLOCK_VALID_FLAGS as isize,
         // The kvm_run->s.regs parts (KVM_SYNC_X86_*).
         b::KVM_CAP_SYNC_REGS => crate::vcpu::SYNC_REGS_VALID as isize,
         _ => 0,

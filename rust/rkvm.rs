@@ -42,6 +42,7 @@ mod irq;
 mod memslot;
 mod mmu_notifier;
 mod none;
+mod pv;
 #[allow(unreachable_pub)] // pure file, also compiled by the host tests
 mod stats;
 mod statsfd;

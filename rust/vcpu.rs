@@ -16,7 +16,8 @@ use crate::ffi::bindings as b;
 use crate::ffi::fileops::{self, FileKind, Fops};
 use crate::ffi::uapi::{read_user, read_user_array, write_user, write_user_array};
 use crate::vm::Vm;
-use crate::x86::{cpuid, cr, mce, msr, msr_filter, segment, xsave};
+use crate::x86::{cpuid, cr, mce, msr, msr_filter, pvclock, segment, xsave};
+use core::sync::atomic::Ordering;
 use kernel::uaccess::UserSlice;
 use kernel::page::Page;
 use kernel::fmt;
@@ -166,9 +167,10 @@ impl Vcpu {
         )
     }
 
-    /// Sets the TSC offset of a vCPU no one else can reach yet (`Vm::create_vcpu`).
-    pub(crate) fn write_tsc_offset(&self, offset: u64) -> Result {
-        self.arch.lock().write_tsc_offset(offset)
+    /// Sets the TSC offset and generation of a vCPU no one else can reach yet
+    /// (`Vm::create_vcpu`).
+    pub(crate) fn write_tsc_offset(&self, offset: u64, gen: u64) -> Result {
+        self.arch.lock().write_tsc_offset(offset, gen)
     }
 
     /// The `struct page` backing page `pgoff` of the vCPU mmap.
@@ -260,6 +262,8 @@ impl FileKind for VcpuKind {
             }
             b::KVM_SET_CPUID2 => {
                 let mut entries = read_cpuid2(arg, cpuid::MAX_ENTRIES)?.0;
+                // Upstream `kvm_update_cpuid_runtime`'s PV part, which follows VM state.
+                pvclock::update_runtime(&mut entries, f.vm.hlt_in_guest.load(Ordering::Relaxed));
                 let mut table = f.vcpu.cpuid.lock();
                 // After the first entry the table may only be set again unchanged, the bits that
                 // follow guest state aside (upstream `kvm_set_cpuid`: `__kvm_update_cpuid_runtime`
@@ -424,6 +428,18 @@ impl FileKind for VcpuKind {
             }
             b::KVM_X86_SETUP_MCE => setup_mce(&mut **arch, read_user(arg)?).map(|()| 0),
             b::KVM_X86_SET_MCE => set_mce(&mut **arch, &read_user(arg)?).map(|()| 0),
+            // Upstream `kvm_vcpu_ioctl_enable_cap`: no flags; only the PV CPUID enforcement.
+            b::KVM_ENABLE_CAP => {
+                let cap: b::kvm_enable_cap = read_user(arg)?;
+                if cap.flags != 0 || cap.cap != b::KVM_CAP_ENFORCE_PV_FEATURE_CPUID {
+                    return Err(EINVAL);
+                }
+                let table = f.vcpu.cpuid.lock();
+                arch.set_pv_enforce(cap.args[0] != 0, &table).map(|()| 0)
+            }
+            b::KVM_HAS_DEVICE_ATTR | b::KVM_GET_DEVICE_ATTR | b::KVM_SET_DEVICE_ATTR => {
+                device_attr(f, &mut **arch, cmd, &read_user(arg)?).map(|()| 0)
+            }
             // Upstream x86's `kvm_arch_vcpu_ioctl` default.
             _ => Err(EINVAL),
         }
@@ -447,6 +463,24 @@ impl FileKind for VcpuKind {
         // SAFETY: `page` is one of the vCPU's live pages; the mapping gets its own reference.
         unsafe { b::rkvm_get_page(page) };
         Some(page)
+    }
+}
+
+/// `KVM_HAS/GET/SET_DEVICE_ATTR` on a vCPU (upstream `kvm_vcpu_ioctl_device_attr` and
+/// `kvm_arch_tsc_{has,get,set}_attr`): the only group is `KVM_VCPU_TSC_CTRL` with its one
+/// attribute `KVM_VCPU_TSC_OFFSET`, a `u64` at `addr`; anything else is `ENXIO`.
+fn device_attr(f: &VcpuFile, arch: &mut dyn BackendVcpu, cmd: u32, attr: &b::kvm_device_attr) -> Result {
+    if attr.group != b::KVM_VCPU_TSC_CTRL || attr.attr != u64::from(b::KVM_VCPU_TSC_OFFSET) {
+        return Err(ENXIO);
+    }
+    let addr = attr.addr as usize;
+    match cmd {
+        b::KVM_HAS_DEVICE_ATTR => arch.get_tsc_offset().map(|_| ()),
+        b::KVM_GET_DEVICE_ATTR => write_user(addr, &arch.get_tsc_offset()?),
+        _ => {
+            let offset: u64 = read_user(addr)?;
+            arch.set_tsc_offset(&f.vm, offset)
+        }
     }
 }
 

@@ -31,12 +31,13 @@ use crate::stats;
 use crate::statsfd::{Counters, StatsFile};
 use crate::memslot::{self, GfnRange, Memslot, Memslots, SlotError, SlotVec};
 use crate::mmu_notifier::{MmuNotifier, MmuState};
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use kernel::page::Page;
 use crate::vcpu::{self, Vcpu};
 use kernel::c_str;
 use kernel::prelude::*;
 use crate::x86::{msr, msr_filter};
+use crate::x86::pvclock::{self, VmClock};
 use crate::x86::tsc::TscSync;
 use kernel::sync::{Arc, ArcBorrow, Mutex, SpinLock};
 use kernel::uaccess::UserSlice;
@@ -182,6 +183,21 @@ pub(crate) struct Vm {
     /// finds it changed takes the new filter and recomputes its MSR bitmap (upstream
     /// `KVM_REQ_MSR_FILTER_CHANGED`).
     msr_filter_gen: AtomicU32,
+    /// kvmclock (`pv.rs`): the offset, the master clock, the wall-clock MSR. A spinlock: taken
+    /// with a vCPU's VMCS loaded (TSC writes).
+    #[pin]
+    pub(crate) clock: SpinLock<VmClock>,
+    /// Bumped whenever `clock` changes: every vCPU rewrites its kvmclock time information
+    /// before its next entry (upstream `KVM_REQ_CLOCK_UPDATE` to all vCPUs).
+    pub(crate) clock_gen: AtomicU32,
+    /// `KVM_CAP_X86_DISABLE_EXITS` with `KVM_X86_DISABLE_EXITS_HLT` (upstream
+    /// `kvm->arch.hlt_in_guest`): guest HLT does not exit.
+    pub(crate) hlt_in_guest: AtomicBool,
+    /// `KVM_CAP_DISABLE_QUIRKS2` (upstream `kvm->arch.disabled_quirks`).
+    pub(crate) disabled_quirks: AtomicU64,
+    /// `KVM_CAP_EXIT_HYPERCALL`: the hypercalls that exit to userspace (upstream
+    /// `kvm->arch.hypercall_exit_enabled`).
+    pub(crate) exit_hypercall: AtomicU64,
 }
 
 /// The VM fd's file kind: `private_data` owns one reference to the [`Vm`].
@@ -236,6 +252,11 @@ pub(crate) fn create(backend: &Arc<dyn Backend>, vm_type: usize) -> Result<i32> 
             user_space_msr_mask: AtomicU32::new(0),
             msr_filter <- kernel::new_mutex!((0, None)),
             msr_filter_gen: AtomicU32::new(0),
+            clock <- kernel::new_spinlock!(Vm::new_clock()),
+            clock_gen: AtomicU32::new(0),
+            hlt_in_guest: AtomicBool::new(false),
+            disabled_quirks: AtomicU64::new(0),
+            exit_hypercall: AtomicU64::new(0),
         }),
         GFP_KERNEL_ACCOUNT,
     )?;
@@ -341,6 +362,8 @@ impl Vm {
                 vm.buses.ioeventfd(&args).map(|()| 0)
             }
             b::KVM_GET_STATS_FD => crate::statsfd::create_fd(StatsFile::Vm(vm.into())).map(|fd| fd as isize),
+            b::KVM_GET_CLOCK => vm.get_clock(arg).map(|()| 0),
+            b::KVM_SET_CLOCK => vm.set_clock(arg).map(|()| 0),
             b::KVM_ENABLE_CAP => {
                 let cap: b::kvm_enable_cap = read_user(arg)?;
                 vm.enable_cap(&cap).map(|()| 0)
@@ -399,6 +422,11 @@ impl Vm {
     /// The errno of each case is upstream's.
     fn enable_cap(&self, cap: &b::kvm_enable_cap) -> Result {
         if cap.flags != 0 {
+            return Err(EINVAL);
+        }
+        // The caps of the PV interface exist only where the backend reports them.
+        let pv_cap = matches!(cap.cap, b::KVM_CAP_X86_DISABLE_EXITS | b::KVM_CAP_DISABLE_QUIRKS2 | b::KVM_CAP_EXIT_HYPERCALL);
+        if pv_cap && caps::check_extension(&*self.backend, cap.cap as usize) == 0 {
             return Err(EINVAL);
         }
         match cap.cap {
@@ -472,6 +500,35 @@ impl Vm {
                     return Err(EINVAL);
                 }
                 self.user_space_msr_mask.store(mask, Ordering::Relaxed);
+                Ok(())
+            }
+            // Upstream: any of the valid bits, at any time. HLT is honoured (guest HLT no longer
+            // exits) and PAUSE always is (rkvm never intercepts PAUSE); MWAIT and CSTATE are
+            // accepted and ignored, as upstream does when it cannot honour them (MWAIT: #UD
+            // here; CSTATE: no C-state residency MSRs for guests).
+            b::KVM_CAP_X86_DISABLE_EXITS => {
+                if cap.args[0] & !pvclock::DISABLE_EXITS_VALID != 0 {
+                    return Err(EINVAL);
+                }
+                if cap.args[0] & pvclock::DISABLE_EXITS_HLT != 0 {
+                    self.hlt_in_guest.store(true, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+            // Only the quirks rkvm has (`KVM_CHECK_EXTENSION` reports them); disabled for good.
+            b::KVM_CAP_DISABLE_QUIRKS2 => {
+                if cap.args[0] & !pvclock::QUIRKS != 0 {
+                    return Err(EINVAL);
+                }
+                self.disabled_quirks.fetch_or(cap.args[0], Ordering::Relaxed);
+                Ok(())
+            }
+            // Which hypercalls exit to userspace: only KVM_HC_MAP_GPA_RANGE can.
+            b::KVM_CAP_EXIT_HYPERCALL => {
+                if cap.args[0] & !pvclock::EXIT_HYPERCALL_VALID != 0 {
+                    return Err(EINVAL);
+                }
+                self.exit_hypercall.store(cap.args[0], Ordering::Relaxed);
                 Ok(())
             }
             // 0 or 1: an instruction the emulator cannot handle exits to userspace instead of
@@ -552,7 +609,9 @@ impl Vm {
         let vcpu = Vcpu::new(&*vm.backend, &*vm.arch, id, apic)?;
         // Upstream `kvm_arch_vcpu_postcreate` → `kvm_synchronize_tsc(vcpu, NULL)`: the new
         // vCPU's TSC joins the VM's (0 for the first vCPU).
-        vcpu.write_tsc_offset(vm.synchronize_tsc(None))?;
+        let mut gen = 0;
+        let offset = vm.synchronize_tsc(None, &mut gen);
+        vcpu.write_tsc_offset(offset, gen)?;
         // Reserve the array slot first so that, once the fd exists, nothing can fail.
         state.vcpus.reserve(1, GFP_KERNEL_ACCOUNT)?;
         let fd = vcpu::create_fd(vm.into(), vcpu.clone())?;
@@ -753,11 +812,38 @@ impl Vm {
     /// A vCPU's TSC is set: at its creation (`user` = `None`) or by userspace writing
     /// IA32_TSC. Returns the vCPU's TSC offset (upstream `kvm_synchronize_tsc`; no TSC scaling,
     /// so the rate is the host's).
-    pub(crate) fn synchronize_tsc(&self, user: Option<u64>) -> u64 {
-        let mut t = self.tsc.lock();
-        let host_tsc = crate::vcpu::rdtsc();
-        let khz = u64::from(crate::ffi::tsc_khz());
-        t.synchronize(user, host_tsc, crate::irq::now_ns(), khz, crate::ffi::tsc_unstable())
+    ///
+    /// `gen` is the vCPU's TSC generation (0 for a new vCPU), which this updates; whether all
+    /// vCPUs are then matched decides whether kvmclock may use the master clock (upstream
+    /// `kvm_track_tsc_matching` → `KVM_REQ_MASTERCLOCK_UPDATE`).
+    pub(crate) fn synchronize_tsc(&self, user: Option<u64>, gen: &mut u64) -> u64 {
+        let (offset, matched) = {
+            let mut t = self.tsc.lock();
+            let host_tsc = crate::vcpu::rdtsc();
+            let khz = u64::from(crate::ffi::tsc_khz());
+            let off = t.synchronize_vcpu(gen, user, host_tsc, crate::irq::now_ns(), khz, crate::ffi::tsc_unstable());
+            (off, t.vcpus_matched())
+        };
+        self.update_master_clock(matched);
+        offset
+    }
+
+    /// `KVM_SET_DEVICE_ATTR(KVM_VCPU_TSC_CTRL, KVM_VCPU_TSC_OFFSET)` (upstream
+    /// `kvm_arch_tsc_set_attr`): the vCPU's offset is set as given, and counted as matched when
+    /// it is the current generation's.
+    pub(crate) fn set_tsc_offset(&self, offset: u64, gen: &mut u64) {
+        let matched = {
+            let mut t = self.tsc.lock();
+            let khz = u64::from(crate::ffi::tsc_khz());
+            t.set_offset(gen, offset, crate::vcpu::rdtsc(), crate::irq::now_ns(), khz);
+            t.vcpus_matched()
+        };
+        self.update_master_clock(matched);
+    }
+
+    /// Whether every vCPU's TSC is in the current generation.
+    pub(crate) fn tsc_matched(&self) -> bool {
+        self.tsc.lock().vcpus_matched()
     }
 
     /// The in-kernel irqchip, if `KVM_CREATE_IRQCHIP` made one.

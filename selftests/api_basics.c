@@ -12,6 +12,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <linux/kvm_para.h>
 #include "rkvm_util.h"
 
 /* KVM_STATS_NAME_SIZE (include/linux/kvm_host.h): a stats header's name_size. */
@@ -95,6 +96,7 @@ static const struct { int cap; long want; } caps[] = {
 	{ KVM_CAP_X86_USER_SPACE_MSR, 1 },
 	{ KVM_CAP_X86_MSR_FILTER, 1 },
 	{ KVM_CAP_MCE, 32 },
+	{ KVM_CAP_ADJUST_CLOCK, KVM_CLOCK_TSC_STABLE | KVM_CLOCK_REALTIME | KVM_CLOCK_HOST_TSC },
 };
 
 /* Caps only the VMX backend reports (the Bochs models have XSAVE, so XCRS is 1 there). */
@@ -102,6 +104,7 @@ static const int vmx_caps[] = {
 	KVM_CAP_DEBUGREGS, KVM_CAP_XCRS, KVM_CAP_USER_NMI, KVM_CAP_VCPU_EVENTS, KVM_CAP_INTR_SHADOW,
 	KVM_CAP_XSAVE, KVM_CAP_PRE_FAULT_MEMORY, KVM_CAP_GET_MSR_FEATURES, KVM_CAP_MSR_PLATFORM_INFO,
 	KVM_CAP_EXIT_ON_EMULATION_FAILURE, KVM_CAP_SET_GUEST_DEBUG,
+	KVM_CAP_ENABLE_CAP, KVM_CAP_ENFORCE_PV_FEATURE_CPUID, KVM_CAP_VCPU_ATTRIBUTES,
 };
 
 static long want_for(int cap)
@@ -120,6 +123,11 @@ static long want_for(int cap)
 		       KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP | KVM_GUESTDBG_USE_SW_BP |
 		       KVM_GUESTDBG_USE_HW_BP | KVM_GUESTDBG_INJECT_DB | KVM_GUESTDBG_INJECT_BP |
 		       KVM_GUESTDBG_BLOCKIRQ;
+	/* The exits and hypercall exits the VMX backend can honour. */
+	if (cap == KVM_CAP_X86_DISABLE_EXITS)
+		return no_guests() ? 0 : KVM_X86_DISABLE_EXITS_HLT | KVM_X86_DISABLE_EXITS_PAUSE;
+	if (cap == KVM_CAP_EXIT_HYPERCALL)
+		return no_guests() ? 0 : 1 << KVM_HC_MAP_GPA_RANGE;
 	return 0;
 }
 

@@ -6,7 +6,8 @@
  * FILTER for a denied access), completion on the next KVM_RUN (the data into EDX:EAX, or #GP
  * with kvm_run->msr.error), #GP when the reason is not enabled; KVM_X86_SET_MSR_FILTER's
  * EINVAL and EFAULT cases in upstream's order, a filter denying a pass-through MSR (FS_BASE,
- * GS_BASE), replaced while the vCPU exists, and never applying to KVM_GET/SET_MSRS.
+ * GS_BASE), replaced while the vCPU exists, and never applying to KVM_GET/SET_MSRS; KVM's PV
+ * MSRs through the same filter and exits.
  *
  * Upstream references: kvm_vm_ioctl_enable_cap (KVM_CAP_X86_USER_SPACE_MSR),
  * kvm_vm_ioctl_set_msr_filter, kvm_add_msr_filter, kvm_msr_allowed, kvm_emulate_rdmsr /
@@ -19,6 +20,8 @@
 #define FS_BASE		0xc0000100
 #define GS_BASE		0xc0000101
 #define PAT		0x277
+#define SYSTEM_TIME_NEW	0x4b564d01	/* MSR_KVM_SYSTEM_TIME_NEW */
+#define POLL_CONTROL	0x4b564d05	/* MSR_KVM_POLL_CONTROL */
 
 struct msrs {
 	struct kvm_msrs h;
@@ -305,9 +308,65 @@ TEST(filter_on_pass_through_msrs)
 	real_vm_free(&v);
 }
 
+/*
+ * KVM's PV MSRs take the same path as any other MSR (upstream kvm_get/set_msr_with_filter, then
+ * kvm_msr_user_space): a filtered-out write of MSR_KVM_SYSTEM_TIME_NEW exits with FILTER and is
+ * not done (kvmclock stays off); an allowed read of MSR_KVM_POLL_CONTROL needs no exit (1,
+ * polling allowed); a bad value written to it exits with INVAL and is not done; under
+ * KVM_CAP_ENFORCE_PV_FEATURE_CPUID with no KVM features in the CPUID, the read exits with UNKNOWN
+ * (6.12's KVM_MSR_RET_UNSUPPORTED for a PV feature the guest lacks; userspace answers it), and is
+ * #GP once UNKNOWN exits are off.
+ *   mov ecx, SYSTEM_TIME_NEW; mov eax, 0x2001; xor edx, edx; wrmsr; out 0x82, al
+ *   mov ecx, POLL_CONTROL; rdmsr; out 0x80, eax; mov eax, 2; wrmsr; out 0x82, al
+ *   rdmsr; out 0x80, eax; rdmsr; hlt
+ */
+TEST(pv_msrs_through_filter)
+{
+	static const unsigned char code[] = {
+		0x66, 0xb9, 0x01, 0x4d, 0x56, 0x4b, 0x66, 0xb8, 0x01, 0x20, 0x00, 0x00,
+		0x66, 0x31, 0xd2, 0x0f, 0x30, 0xe6, 0x82, 0x66, 0xb9, 0x05, 0x4d, 0x56,
+		0x4b, 0x0f, 0x32, 0x66, 0xe7, 0x80, 0x66, 0xb8, 0x02, 0x00, 0x00, 0x00,
+		0x0f, 0x30, 0xe6, 0x82, 0x0f, 0x32, 0x66, 0xe7, 0x80, 0x0f, 0x32, 0xf4,
+	};
+	static uint8_t deny[1];
+	struct kvm_msr_filter f = {
+		.flags = 0,	/* default allow */
+		.ranges[0] = { .flags = KVM_MSR_FILTER_WRITE, .nmsrs = 1, .base = SYSTEM_TIME_NEW, .bitmap = deny },
+	};
+	struct kvm_enable_cap enforce = { .cap = KVM_CAP_ENFORCE_PV_FEATURE_CPUID, .args[0] = 1 };
+	struct real_vm v = { 0 };
+	uint64_t val = 1;
+	uint32_t d = 0;
+
+	if (no_guests())
+		SKIP("backend=none enters no guest");
+	CHECK(real_vm_create(&v, code, sizeof(code)) == 0);
+	gp_handler(&v);
+	CHECK(user_space_msr(v.vm, KVM_MSR_EXIT_REASON_FILTER | KVM_MSR_EXIT_REASON_INVAL) == 0);
+	CHECK(ioctl(v.vm, KVM_X86_SET_MSR_FILTER, &f) == 0);
+	CHECK(run_to_msr_exit(&v, KVM_EXIT_X86_WRMSR, SYSTEM_TIME_NEW, KVM_MSR_EXIT_REASON_FILTER));
+	CHECK(v.run->msr.data == 0x2001);
+	CHECK(run_to_port(&v, 0x82, NULL));
+	CHECK(get1(v.vcpu, SYSTEM_TIME_NEW, &val) == 1 && val == 0);
+	CHECK(run_to_port(&v, 0x80, &d) && d == 1);
+	CHECK(run_to_msr_exit(&v, KVM_EXIT_X86_WRMSR, POLL_CONTROL, KVM_MSR_EXIT_REASON_INVAL));
+	CHECK(v.run->msr.data == 2);
+	CHECK(run_to_port(&v, 0x82, NULL));
+	CHECK(get1(v.vcpu, POLL_CONTROL, &val) == 1 && val == 1);
+	CHECK(ioctl(v.vcpu, KVM_ENABLE_CAP, &enforce) == 0);
+	CHECK(user_space_msr(v.vm, KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_FILTER) == 0);
+	CHECK(run_to_msr_exit(&v, KVM_EXIT_X86_RDMSR, POLL_CONTROL, KVM_MSR_EXIT_REASON_UNKNOWN));
+	v.run->msr.data = 0x77;
+	CHECK(run_to_port(&v, 0x80, &d) && d == 0x77);
+	CHECK(user_space_msr(v.vm, KVM_MSR_EXIT_REASON_INVAL | KVM_MSR_EXIT_REASON_FILTER) == 0);
+	CHECK(run_to_port(&v, 0x81, NULL));
+	real_vm_free(&v);
+}
+
 KTAP_MAIN("rkvm msr_exits",
 	CASE(caps_and_enable_cap_bits),
 	CASE(filter_errors),
 	CASE(unknown_msr_exits),
 	CASE(exit_reasons),
-	CASE(filter_on_pass_through_msrs))
+	CASE(filter_on_pass_through_msrs),
+	CASE(pv_msrs_through_filter))

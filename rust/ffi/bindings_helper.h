@@ -20,6 +20,8 @@
 #include <linux/sched/mm.h>
 #include <linux/uaccess.h>
 #include <linux/kvm.h>
+#include <linux/kvm_para.h>
+#include <asm/pvclock-abi.h>
 #include <linux/signal.h>
 #include <asm/mce.h>
 #include <asm/msr-index.h>
@@ -188,3 +190,23 @@ RKVM_CONST(unsigned int, SECONDARY_EXEC_UNRESTRICTED_GUEST);
 RKVM_CONST(unsigned int, SECONDARY_EXEC_ENABLE_RDTSCP);
 RKVM_CONST(unsigned long long, FEAT_CTL_LOCKED);
 RKVM_CONST(unsigned long long, FEAT_CTL_VMX_ENABLED_OUTSIDE_SMX);
+
+/* Paravirtual interface (rust/pv.rs, rust/x86/pvclock.rs) */
+RKVM_CONST(unsigned int, KVM_GET_CLOCK);
+RKVM_CONST(unsigned int, KVM_SET_CLOCK);
+RKVM_CONST(unsigned int, KVM_HAS_DEVICE_ATTR);
+RKVM_CONST(unsigned int, KVM_GET_DEVICE_ATTR);
+RKVM_CONST(unsigned int, KVM_SET_DEVICE_ATTR);
+RKVM_CONST(unsigned int, MSR_KVM_WALL_CLOCK);
+RKVM_CONST(unsigned int, MSR_KVM_SYSTEM_TIME);
+RKVM_CONST(unsigned int, MSR_KVM_WALL_CLOCK_NEW);
+RKVM_CONST(unsigned int, MSR_KVM_SYSTEM_TIME_NEW);
+RKVM_CONST(unsigned int, MSR_KVM_ASYNC_PF_EN);
+RKVM_CONST(unsigned int, MSR_KVM_STEAL_TIME);
+RKVM_CONST(unsigned int, MSR_KVM_PV_EOI_EN);
+RKVM_CONST(unsigned int, MSR_KVM_POLL_CONTROL);
+RKVM_CONST(unsigned int, MSR_KVM_ASYNC_PF_INT);
+RKVM_CONST(unsigned int, MSR_KVM_ASYNC_PF_ACK);
+RKVM_CONST(unsigned long long, KVM_EXIT_HYPERCALL_LONG_MODE);
+RKVM_CONST(unsigned int, GUEST_ACTIVITY_ACTIVE);
+RKVM_CONST(unsigned int, GUEST_ACTIVITY_HLT);

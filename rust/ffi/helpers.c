@@ -624,3 +624,49 @@ void rkvm_mmu_notifier_unregister(struct rkvm_mmu_notifier *n)
 	mmu_notifier_unregister(&n->mn, n->mn.mm);
 	kfree(n);
 }
+
+/* --- kvmclock and steal time (rust/pv.rs) ----------------------------------------------------- */
+
+#include <linux/sched/stat.h>
+#include <linux/timekeeping.h>
+
+/*
+ * One reading of the host clocks at a single instant (ktime_get_snapshot): the clocksource's
+ * counter, the kvmclock base (the raw monotonic clock plus the time spent suspended, upstream's
+ * get_kvmclock_base_ns) and CLOCK_REALTIME. Returns whether the counter is the TSC; when it is
+ * not, *tsc is an RDTSC taken right after.
+ */
+bool rkvm_clock_read(u64 *tsc, u64 *base_ns, u64 *real_ns)
+{
+	struct system_time_snapshot snap;
+	bool is_tsc;
+
+	ktime_get_snapshot(&snap);
+	is_tsc = snap.cs_id == CSID_X86_TSC;
+	*tsc = is_tsc ? snap.cycles : rdtsc();
+	*base_ns = ktime_to_ns(ktime_add(snap.raw, ktime_mono_to_any(0, TK_OFFS_BOOT)));
+	*real_ns = ktime_to_ns(snap.real);
+	return is_tsc;
+}
+
+/* Whether the scheduler accounts run delay (upstream's sched_info_on() for steal time). */
+bool rkvm_sched_info_on(void)
+{
+	return sched_info_on();
+}
+
+/* The current task's time spent waiting on a run queue, in ns (sched_info.run_delay). */
+u64 rkvm_current_run_delay(void)
+{
+#ifdef CONFIG_SCHED_INFO
+	return current->sched_info.run_delay;
+#else
+	return 0;
+#endif
+}
+
+/* A voluntary yield of the CPU (KVM_HC_SCHED_YIELD's fallback). */
+void rkvm_yield(void)
+{
+	yield();
+}

@@ -189,3 +189,9 @@ struct rkvm_mmu_notifier *rkvm_mmu_notifier_register(const struct rkvm_mn_ops *o
 void rkvm_mmu_notifier_unregister(struct rkvm_mmu_notifier *n);
 
 #endif
+
+/* kvmclock and steal time */
+bool rkvm_clock_read(u64 *tsc, u64 *base_ns, u64 *real_ns);
+bool rkvm_sched_info_on(void);
+u64 rkvm_current_run_delay(void);
+void rkvm_yield(void);

@@ -54,6 +54,8 @@ plain_old_data!(
     kvm_clear_dirty_log,
     kvm_ioeventfd,
     kvm_x86_mce,
+    kvm_clock_data,
+    kvm_device_attr,
 );
 
 // SAFETY: `struct kvm_msr_filter` and its `struct kvm_msr_filter_range`s hold only integers and

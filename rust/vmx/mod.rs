@@ -397,6 +397,12 @@ impl VmxBackend {
                 msr_list.push(m, GFP_KERNEL)?;
             }
         }
+        // KVM's PV MSRs (upstream `emulated_msrs_all`), steal time only where it works.
+        for m in crate::x86::pvclock::MSRS {
+            if m != crate::x86::pvclock::MSR_STEAL_TIME || crate::pv::sched_info_on() {
+                msr_list.push(m, GFP_KERNEL)?;
+            }
+        }
         let backend: Arc<dyn Backend> = Arc::new(VmxBackend { g, msr_list, hotplug_state: state }, GFP_KERNEL)?;
         Ok(backend)
     }
@@ -514,6 +520,16 @@ impl Backend for VmxBackend {
             // KVM_PRE_FAULT_MEMORY: EPT entries made ahead of the guest's accesses.
             | b::KVM_CAP_PRE_FAULT_MEMORY => Some(1),
             b::KVM_CAP_XSAVE2 => Some(crate::x86::xsave::SIZE as isize),
+            // KVM_ENABLE_CAP on vCPU fds (KVM_CAP_ENFORCE_PV_FEATURE_CPUID), the vCPU's TSC offset
+            // as a device attribute (KVM_VCPU_TSC_CTRL).
+            b::KVM_CAP_ENABLE_CAP | b::KVM_CAP_ENFORCE_PV_FEATURE_CPUID | b::KVM_CAP_VCPU_ATTRIBUTES => Some(1),
+            // The exits rkvm can leave to the guest, the hypercalls that can go to userspace
+            // (`x86/pvclock.rs`). Not KVM_CAP_DISABLE_QUIRKS2: it would make upstream's
+            // monitor_mwait_test run, which needs the MONITOR/MWAIT quirks rkvm lacks and which
+            // 6.12.117's accumulating `disabled_quirks` fails anyway (kvm_intel too, README);
+            // rkvm's one quirk, the VMMCALL rewrite, stays on.
+            b::KVM_CAP_X86_DISABLE_EXITS => Some(crate::x86::pvclock::DISABLE_EXITS_SUPPORTED as isize),
+            b::KVM_CAP_EXIT_HYPERCALL => Some(crate::x86::pvclock::EXIT_HYPERCALL_VALID as isize),
             // KVM_GET_MSR_FEATURE_INDEX_LIST and KVM_GET_MSRS on the device fd.
             b::KVM_CAP_GET_MSR_FEATURES
             // MSR_PLATFORM_INFO (with CPUID faulting) and KVM_ENABLE_CAP of its readability.
@@ -534,6 +550,7 @@ impl Backend for VmxBackend {
             rdtscp: self.g.config.proc2 & b::SECONDARY_EXEC_ENABLE_RDTSCP != 0,
             // Emulated (with an in-kernel LAPIC), so offered whatever the host has.
             x2apic: true,
+            kvm_features: crate::pv::supported_features(),
         }
     }
 

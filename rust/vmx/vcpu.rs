@@ -40,6 +40,9 @@ use kernel::page::Page;
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
+/// KVM's PV MSRs, kvmclock, steal time and hypercalls.
+mod pv;
+
 /// The guest's x87/SSE/AVX state: a standard-format XSAVE area (`x86/xsave.rs`).
 #[repr(C, align(64))]
 struct FpuArea([u8; xsave::AREA]);
@@ -63,6 +66,9 @@ enum PendingIo {
     /// `kvm_run->msr.error` set raises #GP; else a read's `data` goes to EDX:EAX and RIP
     /// advances.
     Msr { read: bool, len: u8 },
+    /// A hypercall userspace handled (`KVM_EXIT_HYPERCALL`): its `ret` goes to RAX (the low
+    /// half when the caller was not in 64-bit mode), RIP advances.
+    Hypercall { long: bool },
 }
 
 /// One batch of an INS/OUTS (upstream: the emulator's string I/O through `pio_in_emulated` /
@@ -270,6 +276,11 @@ pub(crate) struct VmxVcpu {
     /// This vCPU's own MSR bitmap, allocated the first time a filter denies an access the
     /// shared bitmap passes through (upstream has one per vCPU always).
     msr_bitmap: Option<Page>,
+    /// KVM's PV interface (`vcpu/pv.rs`).
+    pv: pv::PvVcpu,
+    /// The VM's `KVM_X86_DISABLE_EXITS_HLT`: no HLT exiting, the guest halts in VMX non-root
+    /// operation (upstream `kvm_hlt_in_guest`). Taken from the VM at each `KVM_RUN`.
+    hlt_in_guest: bool,
 }
 
 /// Segment registers in `struct kvm_sregs` order with their VMCS fields
@@ -303,6 +314,7 @@ mod reason {
     pub(super) const EPT_VIOLATION: u32 = b::EXIT_REASON_EPT_VIOLATION;
     pub(super) const XSETBV: u32 = b::EXIT_REASON_XSETBV;
     pub(super) const PREEMPTION_TIMER: u32 = b::EXIT_REASON_PREEMPTION_TIMER;
+    pub(super) const VMCALL: u32 = b::EXIT_REASON_VMCALL;
 }
 
 /// How one attempt to enter the guest ended.
@@ -352,9 +364,11 @@ const MC: u32 = 18;
 const AC: u32 = 17;
 
 /// Exceptions intercepted whatever the debugger wants: #AC, so that a guest cannot keep a CPU in
-/// an endless #AC delivery loop (CVE-2015-5307; upstream intercepts it always too). #DB is in
-/// [`GuestDebug::exception_bitmap`] always for the same reason (CVE-2015-8104).
-const EB_ALWAYS: u32 = 1 << AC;
+/// an endless #AC delivery loop (CVE-2015-5307; upstream intercepts it always too), and #UD, for
+/// the VMMCALL rewrite of `KVM_X86_QUIRK_FIX_HYPERCALL_INSN` (upstream's `handle_ud`, also
+/// always intercepted). #DB is in [`GuestDebug::exception_bitmap`] always for the same reason as
+/// #AC (CVE-2015-8104).
+const EB_ALWAYS: u32 = 1 << AC | 1 << UD;
 
 impl VmxVcpu {
     /// Creates vCPU `id` with a VMCS set up for `config` and the VM's EPT, in RESET state.
@@ -414,6 +428,8 @@ impl VmxVcpu {
             msr_filter: None,
             msr_filter_gen: 0,
             msr_bitmap: None,
+            pv: pv::PvVcpu::default(),
+            hlt_in_guest: false,
         };
         // From here on `Drop` returns the VPID.
         v.vpid = g.alloc_vpid();
@@ -884,6 +900,9 @@ impl VmxVcpu {
             self.skip_instruction(len.into());
             return;
         }
+        if let PendingIo::Hypercall { long } = p {
+            self.complete_hypercall(run, long);
+        }
         if let PendingIo::In { size } = p {
             let mut data = [0u8; 8];
             // SAFETY: `pio` is the vCPU's PIO page; `size` ≤ 4 bytes at offset 0.
@@ -948,6 +967,7 @@ impl VmxVcpu {
                     self.last_cpu = super::this_cpu();
                     self.write_per_cpu_host_state();
                     self.tlb_flush = true;
+                    self.pv.migrated();
                 }
             }
             Err(e) => {
@@ -979,8 +999,15 @@ impl VmxVcpu {
             if ev.info & 0x7ff == (events::TYPE_HW_EXCEPTION << 8) | DB {
                 self.db_injection_entry();
             }
+            // An event wakes a guest halted in VMX non-root operation (upstream `vmx_clear_hlt`).
+            if self.hlt_in_guest && vmcs::read(f::GUEST_ACTIVITY_STATE) == u64::from(b::GUEST_ACTIVITY_HLT) {
+                vmcs::write(f::GUEST_ACTIVITY_STATE, b::GUEST_ACTIVITY_ACTIVE.into());
+            }
         }
         let mut proc = self.config.proc;
+        if self.hlt_in_guest {
+            proc &= !b::CPU_BASED_HLT_EXITING;
+        }
         if ev.irq_window {
             proc |= b::CPU_BASED_INTR_WINDOW_EXITING;
         }
@@ -1184,6 +1211,9 @@ impl VmxVcpu {
             // The watchdog: back to the run loop, which reschedules if needed.
             reason::PREEMPTION_TIMER => Ok(Next::Resume),
             reason::EXCEPTION_NMI if (e.intr_info >> 8) & 7 == 2 => Ok(Next::Resume),
+            // #UD first, as upstream's `handle_exception_nmi` (`is_invalid_opcode`): it may
+            // read and write guest memory, so outside `with_vmcs`.
+            reason::EXCEPTION_NMI if e.intr_info & 0x7ff == (events::TYPE_HW_EXCEPTION << 8 | UD) => self.handle_ud(ctx),
             reason::EXCEPTION_NMI => self.with_vmcs(|v| v.handle_exception(e, run)),
             reason::TRIPLE_FAULT => {
                 // SAFETY: as above.
@@ -1213,6 +1243,7 @@ impl VmxVcpu {
                 self.with_vmcs(|v| v.skip_instruction(e.instr_len))?;
                 Ok(Next::Resume)
             }
+            reason::VMCALL => self.handle_hypercall(ctx, e),
             reason::MSR_READ => self.handle_msr(ctx, e, false),
             reason::MSR_WRITE => self.handle_msr(ctx, e, true),
             reason::XSETBV => {
@@ -1273,21 +1304,15 @@ impl VmxVcpu {
         if write && allowed {
             self.prepare_msr_write(index)?;
         }
-        let mctx = MsrCtx { host: false, vm: ctx.vm, cpuid: ctx.cpuid };
-        let r = self.with_vmcs(|v| {
-            if !allowed {
-                return Err(MsrFault::Filtered);
-            }
-            if write {
-                v.write_msr(&mctx, index, data)?;
-            } else {
-                let val = v.read_msr(&mctx, index)?;
-                v.regs.gpr[RAX] = val & 0xffff_ffff;
-                v.regs.gpr[RDX] = val >> 32;
-            }
-            v.skip_instruction(e.instr_len);
-            Ok(())
-        })?;
+        // KVM's PV MSRs, once the filter allowed them (upstream: `kvm_get_msr_common` /
+        // `kvm_set_msr_common` behind the same `kvm_msr_allowed`); refused ones take the same
+        // userspace-exit-or-#GP path below as any other MSR.
+        let r = if allowed && crate::x86::pvclock::is_pv_msr(index) {
+            let done = self.pv_msr_guest(ctx.vm, index, write, data);
+            self.with_vmcs(|v| done.map(|()| v.skip_instruction(e.instr_len)))?
+        } else {
+            self.handle_msr_loaded(ctx, e, index, write, data, allowed)?
+        };
         let Err(fault) = r else { return Ok(Next::Resume) };
         let reason = fault.exit_reason();
         if ctx.vm.user_space_msr_mask.load(Ordering::Relaxed) & reason == 0 {
@@ -1307,6 +1332,34 @@ impl VmxVcpu {
         }
         self.pending = Some(PendingIo::Msr { read: !write, len: e.instr_len as u8 });
         Ok(Next::User)
+    }
+
+    /// The access of [`Self::handle_msr`] to an MSR of the backend's own (VMCS current):
+    /// refused by the filter, or read / written and RIP moved past the instruction.
+    fn handle_msr_loaded(
+        &mut self,
+        ctx: &RunContext<'_>,
+        e: &ExitInfo,
+        index: u32,
+        write: bool,
+        data: u64,
+        allowed: bool,
+    ) -> Result<core::result::Result<(), MsrFault>> {
+        let mctx = MsrCtx { host: false, vm: ctx.vm, cpuid: ctx.cpuid };
+        self.with_vmcs(|v| {
+            if !allowed {
+                return Err(MsrFault::Filtered);
+            }
+            if write {
+                v.write_msr(&mctx, index, data)?;
+            } else {
+                let val = v.read_msr(&mctx, index)?;
+                v.regs.gpr[RAX] = val & 0xffff_ffff;
+                v.regs.gpr[RDX] = val >> 32;
+            }
+            v.skip_instruction(e.instr_len);
+            Ok(())
+        })
     }
 
     /// Takes up the VM's MSR filter if it changed since this vCPU last looked (upstream
@@ -1462,6 +1515,7 @@ impl VmxVcpu {
             guest_xcr0: g.host.guest_xcr0,
             rdtscp: self.config.proc2 & b::SECONDARY_EXEC_ENABLE_RDTSCP != 0,
             x2apic: self.apic.is_some(),
+            kvm_features: crate::pv::supported_features(),
         };
         let mut r = cpuid::filter(leaf, sub, insn::cpuid(leaf, sub), &caps);
         if leaf == 1 {
@@ -1835,7 +1889,7 @@ impl VmxVcpu {
         match index {
             // Userspace sets the TSC through the VM's synchronisation (upstream
             // `kvm_synchronize_tsc`), leaving IA32_TSC_ADJUST alone; the guest moves both.
-            msr::TSC if ctx.host => vmcs::write(f::TSC_OFFSET, ctx.vm.synchronize_tsc(Some(v))),
+            msr::TSC if ctx.host => vmcs::write(f::TSC_OFFSET, ctx.vm.synchronize_tsc(Some(v), &mut self.pv.tsc_gen)),
             msr::TSC => {
                 let off = self.msrs.tsc_adjust.guest_write_tsc(vmcs::read(f::TSC_OFFSET), v, insn::rdtsc());
                 vmcs::write(f::TSC_OFFSET, off);
@@ -2422,10 +2476,17 @@ impl BackendVcpu for VmxVcpu {
     }
 
     fn get_msr(&mut self, ctx: &MsrCtx<'_>, index: u32) -> Result<Option<u64>> {
+        if crate::x86::pvclock::is_pv_msr(index) {
+            return Ok(self.pv_msr_host(ctx, index, None));
+        }
         self.with_vmcs(|v| v.read_msr(ctx, index).ok())
     }
 
     fn set_msr(&mut self, ctx: &MsrCtx<'_>, index: u32, data: u64) -> Result<bool> {
+        // PV MSRs may write guest memory (the wall clock): outside `with_vmcs`.
+        if crate::x86::pvclock::is_pv_msr(index) {
+            return Ok(self.pv_msr_host(ctx, index, Some(data)).is_some());
+        }
         self.prepare_msr_write(index)?;
         self.with_vmcs(|v| v.write_msr(ctx, index, data).is_ok())
     }
@@ -2444,8 +2505,31 @@ impl BackendVcpu for VmxVcpu {
         Ok(())
     }
 
-    fn write_tsc_offset(&mut self, offset: u64) -> Result {
+    fn write_tsc_offset(&mut self, offset: u64, gen: u64) -> Result {
+        self.pv.tsc_gen = gen;
         self.with_vmcs(|_| vmcs::write(f::TSC_OFFSET, offset))
+    }
+
+    /// `KVM_GET_DEVICE_ATTR(KVM_VCPU_TSC_CTRL, KVM_VCPU_TSC_OFFSET)` (upstream
+    /// `vcpu->arch.l1_tsc_offset`).
+    fn get_tsc_offset(&mut self) -> Result<u64> {
+        self.with_vmcs(|_| vmcs::read(f::TSC_OFFSET))
+    }
+
+    /// `KVM_SET_DEVICE_ATTR(KVM_VCPU_TSC_CTRL, KVM_VCPU_TSC_OFFSET)`.
+    fn set_tsc_offset(&mut self, vm: &crate::vm::Vm, offset: u64) -> Result {
+        vm.set_tsc_offset(offset, &mut self.pv.tsc_gen);
+        self.with_vmcs(|_| vmcs::write(f::TSC_OFFSET, offset))
+    }
+
+    /// `KVM_ENABLE_CAP(KVM_CAP_ENFORCE_PV_FEATURE_CPUID)` (upstream
+    /// `kvm_vcpu_ioctl_enable_cap`): on enabling, the features are taken from the table.
+    fn set_pv_enforce(&mut self, enforce: bool, table: &[crate::x86::cpuid::Entry]) -> Result {
+        self.pv.cpuid.enforce = enforce;
+        if enforce {
+            self.pv.after_set_cpuid(table);
+        }
+        Ok(())
     }
 
     fn run(&mut self, ctx: &mut RunContext<'_>) -> Result {
@@ -2500,6 +2584,7 @@ impl BackendVcpu for VmxVcpu {
     /// new table.
     fn after_set_cpuid(&mut self, table: &[crate::x86::cpuid::Entry]) {
         self.x2apic_cpuid = crate::x86::cpuid::guest_has_x2apic(table, self.apic.is_some());
+        self.pv.after_set_cpuid(table);
     }
 
     fn queue_nmi(&mut self) -> Result {
@@ -2710,6 +2795,7 @@ impl VmxVcpu {
         self.dr7 = DR7_RESET;
         self.step_exit = false;
         self.xcr0 = 1;
+        self.pv.init();
         if let Some(a) = self.apic.as_mut() {
             a.init();
         }
@@ -2719,6 +2805,7 @@ impl VmxVcpu {
             vmcs::write(f::GUEST_INTERRUPTIBILITY_INFO, 0);
             vmcs::write(f::GUEST_PENDING_DBG_EXCEPTIONS, 0);
             v.update_dr7();
+            vmcs::write(f::GUEST_ACTIVITY_STATE, b::GUEST_ACTIVITY_ACTIVE.into());
             v.tlb_flush = true;
         })
     }
@@ -2775,6 +2862,8 @@ impl VmxVcpu {
             unsafe { (*run).exit_reason = b::KVM_EXIT_SHUTDOWN };
             return Ok(());
         }
+        self.hlt_in_guest = vm.hlt_in_guest.load(Ordering::Relaxed);
+        self.pv.loaded();
         loop {
             // SAFETY: querying the current task's state.
             if unsafe { b::rkvm_signal_pending() } {
@@ -2787,6 +2876,7 @@ impl VmxVcpu {
             unsafe {
                 if b::rkvm_need_resched() {
                     b::rkvm_cond_resched();
+                    self.pv.loaded();
                 }
             }
             // SAFETY: `run` is the vCPU's kvm_run page; userspace may change it: read once.
@@ -2807,6 +2897,7 @@ impl VmxVcpu {
             };
             // A new MSR filter may change which MSRs pass through (one load when it did not).
             self.refresh_msr_filter(vm)?;
+            self.pv_prepare(vm)?;
             match self.enter_once(user_window || apic_window, kick_seq)? {
                 Entered::Cancelled => continue,
                 Entered::Exit(info) => {

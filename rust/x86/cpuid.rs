@@ -22,7 +22,8 @@ pub struct Entry {
 pub const FLAG_SIGNIFICANT_INDEX: u32 = 1;
 /// Most entries a table may have (`KVM_MAX_CPUID_ENTRIES`).
 pub const MAX_ENTRIES: usize = 256;
-/// The hypervisor leaves: "KVMKVMKVM\0\0\0" at 0x40000000, no paravirtual features at 0x40000001.
+/// The hypervisor leaves: "KVMKVMKVM\0\0\0" at 0x40000000, the paravirtual features rkvm has at
+/// 0x40000001 (EDX: no `KVM_HINTS_*`, those are userspace's to set).
 pub const KVM_SIGNATURE: u32 = 0x4000_0000;
 /// Highest basic leaf rkvm reports.
 pub const MAX_BASIC: u32 = 0x1f;
@@ -39,6 +40,8 @@ pub struct Caps {
     /// x2APIC is offered: KVM emulates it in software whatever the host has (upstream
     /// `kvm_set_cpu_caps`: `kvm_cpu_cap_set(X86_FEATURE_X2APIC)`), with an in-kernel LAPIC.
     pub x2apic: bool,
+    /// KVM's PV features (CPUID 0x40000001 EAX; `x86/pvclock.rs`).
+    pub kvm_features: u32,
 }
 
 /// CPUID.1:ECX.x2APIC.
@@ -134,7 +137,7 @@ pub fn filter(leaf: u32, sub: u32, raw: [u32; 4], caps: &Caps) -> [u32; 4] {
         // Cache parameters, topology, TSC/crystal and frequency: as the host.
         2 | 3 | 4 | 0xb | 0x15 | 0x16 | 0x1f => {}
         KVM_SIGNATURE => r = [KVM_SIGNATURE + 1, 0x4b4d_564b, 0x564b_4d56, 0x0000_004d],
-        0x4000_0001 => r = [0; 4],
+        0x4000_0001 => r = [caps.kvm_features, 0, 0, 0],
         0x8000_0000 => r[0] = r[0].min(MAX_EXTENDED),
         0x8000_0001 if !caps.rdtscp => r[3] &= !(1 << 27),
         0x8000_0001..=0x8000_0006 | 0x8000_0008 => {}

@@ -15,6 +15,7 @@ pub mod mce;
 pub mod msr;
 pub mod msr_filter;
 pub mod segment;
+pub mod pvclock;
 pub mod tsc;
 pub mod walk;
 pub mod xsave;

@@ -23,6 +23,14 @@ pub struct TscSync {
     pub cur_offset: u64,
     /// Userspace has written IA32_TSC at least once (`user_set_tsc`).
     pub user_set: bool,
+    /// The generation of matched writes (`cur_tsc_generation`): each write that does not match
+    /// starts a new one. 0 before the first write.
+    pub generation: u64,
+    /// vCPUs that joined the current generation besides the one that started it
+    /// (`nr_vcpus_matched_tsc`).
+    pub nr_matched: u32,
+    /// vCPUs created (upstream reads `online_vcpus`).
+    pub vcpus: u32,
 }
 
 impl TscSync {
@@ -63,8 +71,62 @@ impl TscSync {
         self.last_khz = khz;
         if !matched {
             self.cur_offset = offset;
+            self.generation += 1;
         }
         offset
+    }
+
+    /// [`TscSync::synchronize`] for a vCPU whose TSC generation is `*gen` (upstream
+    /// `this_tsc_generation`; 0 for a new vCPU), which it updates: a match counts the vCPU into
+    /// the current generation once (upstream `kvm_track_tsc_matching`'s bookkeeping in
+    /// `__kvm_synchronize_tsc`), a mismatch starts a new one with only this vCPU.
+    pub fn synchronize_vcpu(
+        &mut self,
+        gen: &mut u64,
+        user: Option<u64>,
+        host_tsc: u64,
+        now_ns: u64,
+        khz: u64,
+        unstable: bool,
+    ) -> u64 {
+        if user.is_none() {
+            self.vcpus += 1;
+        }
+        let before = self.generation;
+        let offset = self.synchronize(user, host_tsc, now_ns, khz, unstable);
+        self.track(gen, self.generation == before);
+        offset
+    }
+
+    /// Userspace sets a vCPU's TSC offset directly (`KVM_SET_DEVICE_ATTR` with
+    /// `KVM_VCPU_TSC_OFFSET`; upstream `kvm_arch_tsc_set_attr` → `__kvm_synchronize_tsc`): it
+    /// matches when the rate is the last write's and the offset is the current generation's.
+    pub fn set_offset(&mut self, gen: &mut u64, offset: u64, host_tsc: u64, now_ns: u64, khz: u64) {
+        let matched = khz != 0 && khz == self.last_khz && offset == self.cur_offset && self.generation != 0;
+        self.user_set = true;
+        self.last_ns = now_ns;
+        self.last_write = host_tsc.wrapping_add(offset);
+        self.last_khz = khz;
+        if !matched {
+            self.cur_offset = offset;
+            self.generation += 1;
+        }
+        self.track(gen, matched);
+    }
+
+    fn track(&mut self, gen: &mut u64, matched: bool) {
+        if !matched {
+            self.nr_matched = 0;
+        } else if *gen != self.generation {
+            self.nr_matched += 1;
+        }
+        *gen = self.generation;
+    }
+
+    /// Every vCPU's TSC is in the current generation (upstream `vcpus_matched` in
+    /// `pvclock_update_vm_gtod_copy`: `nr_vcpus_matched_tsc + 1 == online_vcpus`).
+    pub fn vcpus_matched(&self) -> bool {
+        self.nr_matched + 1 == self.vcpus
     }
 }
 

@@ -21,7 +21,7 @@ fn host(leaf: u32, sub: u32) -> [u32; 4] {
 }
 
 fn caps() -> Caps {
-    Caps { guest_xcr0: 3, rdtscp: true, x2apic: true }
+    Caps { guest_xcr0: 3, rdtscp: true, x2apic: true, kvm_features: 0 }
 }
 
 fn list() -> Vec<Entry> {
@@ -67,7 +67,7 @@ fn supported_list_shape() {
 #[test]
 fn no_xsave_without_host_xsave() {
     let mut v = Vec::new();
-    supported(host, &Caps { guest_xcr0: 0, rdtscp: false, x2apic: false }, |e| v.push(e));
+    supported(host, &Caps { guest_xcr0: 0, rdtscp: false, x2apic: false, kvm_features: 0 }, |e| v.push(e));
     let leaf1 = v.iter().find(|e| e.function == 1).unwrap();
     assert_eq!(leaf1.regs[2] & (1 << 26), 0);
     assert_eq!(leaf1.regs[2] & LEAF1_ECX_X2APIC, 0, "x2APIC only with the in-kernel LAPIC");
@@ -147,7 +147,7 @@ fn has_looks_at_the_entry_itself() {
 #[test]
 fn avx_follows_the_xcr0_guests_get() {
     let mut v = Vec::new();
-    supported(host, &Caps { guest_xcr0: 7, rdtscp: true, x2apic: true }, |e| v.push(e));
+    supported(host, &Caps { guest_xcr0: 7, rdtscp: true, x2apic: true, kvm_features: 0 }, |e| v.push(e));
     let leaf1 = v.iter().find(|e| e.function == 1).unwrap();
     assert_ne!(leaf1.regs[2] & (1 << 28), 0, "AVX");
     assert_ne!(leaf1.regs[2] & (1 << 12), 0, "FMA");
@@ -176,7 +176,7 @@ fn avx_follows_the_xcr0_guests_get() {
 fn update_runtime_folds_guest_state_into_a_table() {
     let mut t = list();
     let mut t7 = Vec::new();
-    supported(host, &Caps { guest_xcr0: 7, rdtscp: true, x2apic: true }, |e| t7.push(e));
+    supported(host, &Caps { guest_xcr0: 7, rdtscp: true, x2apic: true, kvm_features: 0 }, |e| t7.push(e));
     update_runtime(&mut t7, 0, 1);
     let d0 = t7.iter().find(|e| e.function == 0xd && e.index == 0).unwrap();
     assert_eq!(d0.regs[1], 576, "XCR0 = x87 at RESET");

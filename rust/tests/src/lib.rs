@@ -76,6 +76,8 @@ mod stats_tests;
 #[cfg(test)]
 mod tsc_tests;
 #[cfg(test)]
+mod pvclock_tests;
+#[cfg(test)]
 mod vmx_config_tests;
 #[cfg(test)]
 mod x86_tests;
