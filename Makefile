@@ -118,7 +118,7 @@ bench: module userspace selftests
 #   make fuzz [EMULATOR=qemu|vmx] [COUNT=ioctls] [SECONDS=s] [SEED=n] [THREADS=n] [CPUS=n] [KERNEL=base]
 fuzz: override KERNEL := $(if $(filter command line environment,$(origin KERNEL)),$(KERNEL),debug)
 fuzz: module userspace selftests hoststate
-	@EMULATOR=$(EMULATOR) COUNT=$(COUNT) FUZZ_SECONDS=$(SECONDS) SEED=$(SEED) THREADS=$(THREADS) \
+	@RKVM_KERNEL=$(KERNEL) EMULATOR=$(EMULATOR) COUNT=$(COUNT) FUZZ_SECONDS=$(SECONDS) SEED=$(SEED) THREADS=$(THREADS) \
 	  CPUS=$(CPUS) $(TOP)/scripts/fuzz.sh
 
 # The kernel's KVM selftests, static, cached under ~/.cache/rkvm/kvm-selftests-*; prints nothing when warm.

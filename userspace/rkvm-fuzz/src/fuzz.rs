@@ -8,6 +8,7 @@
 //! and module. What a guest does in `KVM_RUN` depends on timing (the watchdog's signals end long
 //! runs), but nothing the fuzzer chooses depends on it.
 
+use crate::gens;
 use crate::guest;
 use crate::rng::Rng;
 use crate::sys::{bytes_of, errno, from_bytes, zeroed, Mem, PAGE};
@@ -27,6 +28,9 @@ pub const MAX_VCPUS: usize = 16;
 pub const MAX_STATS: usize = 6;
 pub const MAX_MAPS: usize = 12;
 pub const MAX_REGIONS: usize = 12;
+/// Eventfds held for `KVM_IOEVENTFD` (and ioeventfds remembered per VM).
+pub const MAX_EVENTFDS: usize = 4;
+pub const MAX_IOEVENTFDS: usize = 16;
 
 /// Size of the per-thread argument buffer (holds the largest arrays: 256 CPUID entries).
 const ARENA: usize = 64 * 1024;
@@ -53,6 +57,39 @@ pub struct VmObj {
     /// goes (only then are they unmapped: the kernel may still map them for the guest).
     pub graveyard: Mutex<Vec<Arc<Mem>>>,
     pub vcpus_made: AtomicU32,
+    /// The ioeventfds `KVM_IOEVENTFD` accepted and no deassignment removed (most recent last):
+    /// deassignment targets and what guests write to.
+    pub ioeventfds: Mutex<Vec<kb::kvm_ioeventfd>>,
+    /// MSRs the filter in force covers (guests read and write them).
+    pub filter_msrs: Mutex<Vec<u32>>,
+}
+
+impl VmObj {
+    pub fn new(fd: i32) -> VmObj {
+        VmObj {
+            fd,
+            regions: Mutex::new(Vec::new()),
+            graveyard: Mutex::new(Vec::new()),
+            vcpus_made: AtomicU32::new(0),
+            ioeventfds: Mutex::new(Vec::new()),
+            filter_msrs: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// What a guest of this VM should aim at: its ioeventfds and filtered MSRs.
+    pub fn hints(&self) -> guest::Hints {
+        let mut h = guest::Hints::default();
+        for e in self.ioeventfds.lock().unwrap().iter() {
+            let dm = (e.flags & gens::IOEVENTFD_DATAMATCH != 0).then_some(e.datamatch);
+            if e.flags & gens::IOEVENTFD_PIO != 0 {
+                h.ports.push((e.addr as u16, e.len, dm));
+            } else if e.addr < 0x1_0000_0000 {
+                h.mmio.push((e.addr, e.len, dm));
+            }
+        }
+        h.msrs = self.filter_msrs.lock().unwrap().clone();
+        h
+    }
 }
 
 impl VmObj {
@@ -97,6 +134,8 @@ pub struct VcpuObj {
     pub vm: Arc<VmObj>,
     /// The `struct kvm_run` mapping (whole `KVM_GET_VCPU_MMAP_SIZE`), made at creation.
     pub run: Option<Mem>,
+    /// Machine-check banks of the last `KVM_X86_SETUP_MCE` that succeeded (32 at creation).
+    pub mce_banks: AtomicU32,
 }
 
 /// Whatever a thread picked to issue an ioctl on.
@@ -144,6 +183,8 @@ pub struct Table {
     pub vcpus: Vec<Arc<VcpuObj>>,
     pub stats: Vec<i32>,
     pub maps: Vec<Mem>,
+    /// Eventfds for `KVM_IOEVENTFD` (non-blocking).
+    pub eventfds: Vec<i32>,
 }
 
 /// One watched thread: which ioctl it is in and since when (0 = not in one).
@@ -231,6 +272,9 @@ pub struct Ctx {
     pub tid: usize,
     pub hist: Hist,
     templates: HashMap<&'static str, Vec<u8>>,
+    /// Numbers of eventfds this thread closed (ioeventfds name them: EBADF, or whatever reuses
+    /// the number).
+    closed_fds: Vec<i32>,
     /// ARENA bytes read-write, then a PROT_NONE guard page.
     arena: Mem,
     /// A read-only page of random bytes.
@@ -262,7 +306,7 @@ impl Ctx {
         }
         // Kept mapped (inaccessible) so the address is never reused by a later mapping of ours.
         let gone = map_or_die(PAGE, libc::PROT_NONE);
-        Ctx { rng, sh, tid, hist: Hist::default(), templates: HashMap::new(), arena, ro, gone }
+        Ctx { rng, sh, tid, hist: Hist::default(), templates: HashMap::new(), closed_fds: Vec::new(), arena, ro, gone }
     }
 
     /// The arena as a mutable slice.
@@ -334,6 +378,32 @@ impl Ctx {
         }
     }
 
+    /// Writes `bytes` into the arena at `off` (clamped to fit) and returns their address.
+    pub fn scratch(&mut self, off: usize, bytes: &[u8]) -> u64 {
+        let len = bytes.len().min(ARENA);
+        let off = off.min(ARENA - len);
+        self.arena()[off..off + len].copy_from_slice(&bytes[..len]);
+        (self.arena.addr() + off) as u64
+    }
+
+    /// The fds an ioeventfd may name; makes an eventfd first while there are few.
+    pub fn fds(&mut self) -> gens::Fds {
+        let have = self.sh.table.lock().unwrap().eventfds.len();
+        if have < 2 || (have < MAX_EVENTFDS && self.rng.percent(10)) {
+            // SAFETY: eventfd(2) creates a new fd; no pointers.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+            if self.syscall("eventfd", i64::from(fd)) >= 0 {
+                self.sh.table.lock().unwrap().eventfds.push(fd);
+            }
+        }
+        let t = self.sh.table.lock().unwrap();
+        let mut others: Vec<i32> = t.devs.clone();
+        others.extend(t.vms.iter().take(2).map(|v| v.fd));
+        others.extend(t.stats.iter().take(1));
+        others.push(0);
+        gens::Fds { eventfds: t.eventfds.clone(), closed: self.closed_fds.clone(), others }
+    }
+
     pub fn template(&self, key: &str) -> Option<&Vec<u8>> {
         self.templates.get(key)
     }
@@ -381,7 +451,7 @@ impl Ctx {
     }
 
     /// Counts a non-ioctl system call in the histogram.
-    fn syscall(&mut self, name: &'static str, r: i64) -> i64 {
+    pub fn syscall(&mut self, name: &'static str, r: i64) -> i64 {
         self.sh.syscalls.fetch_add(1, Ordering::Relaxed);
         let e = if r < 0 { errno() } else { 0 };
         self.hist.record(name, e);
@@ -415,7 +485,7 @@ fn def(name: &str, on: On) -> &'static Def {
 /// One random step. Weighted operations; table ioctls dominate.
 pub fn step(c: &mut Ctx) {
     const W_TABLE: u32 = 70;
-    let weights: [u32; 9] = [
+    let weights: [u32; 10] = [
         W_TABLE,
         if c.sh.no_kvm_run { 0 } else if c.sh.can_run { 10 } else { 2 }, // guest set-up and runs
         3,                                 // wrong fd or random command
@@ -425,6 +495,7 @@ pub fn step(c: &mut Ctx) {
         1,                                 // fork: ioctls from another mm
         1,                                 // the flaky region
         1,                                 // open the device
+        1,                                 // read or close an eventfd
     ];
     match c.rng.weighted(&weights) {
         0 => {
@@ -441,9 +512,10 @@ pub fn step(c: &mut Ctx) {
         5 => stats_read(c),
         6 => fork_child(c),
         7 => flaky(c),
-        _ => {
+        8 => {
             open_dev(c);
         }
+        _ => eventfd_op(c),
     }
 }
 
@@ -575,12 +647,12 @@ fn issue_create(c: &mut Ctx, d: &'static Def, t: &Target, mut arg: u64) {
     let mut tab = c.sh.table.lock().unwrap();
     match (d.creates, t) {
         (Creates::Vm, Target::Dev(_)) => {
-            tab.vms.push(Arc::new(VmObj { fd, regions: Mutex::new(Vec::new()), graveyard: Mutex::new(Vec::new()), vcpus_made: AtomicU32::new(0) }))
+            tab.vms.push(Arc::new(VmObj::new(fd)))
         }
         (Creates::Vcpu, Target::Vm(vm)) => {
             vm.vcpus_made.fetch_add(1, Ordering::Relaxed);
             let run = Mem::map(c.sh.mmap_size, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
-            tab.vcpus.push(Arc::new(VcpuObj { fd, vm: vm.clone(), run }));
+            tab.vcpus.push(Arc::new(VcpuObj { fd, vm: vm.clone(), run, mce_banks: AtomicU32::new(32) }));
         }
         (Creates::Stats, _) => tab.stats.push(fd),
         // A creating ioctl that succeeded on an fd of another kind (fd reuse between threads):
@@ -1096,6 +1168,17 @@ pub fn run(c: &mut Ctx, t: &Target, d: &Def) {
                         s.add(c.rng.index(std::mem::size_of::<kb::kvm_run__bindgen_ty_2>())).write_volatile(c.rng.next() as u8);
                     }
                 }
+                // An MSR exit (a filtered or unknown MSR, KVM_CAP_X86_USER_SPACE_MSR) is completed
+                // with userspace's answer: the data of an RDMSR, or an error (#GP). The values are
+                // drawn whatever the last exit was, so the choices never depend on the guest.
+                let msr_error = u8::from(c.rng.percent(25));
+                let msr_data = c.rng.interesting();
+                let last = std::ptr::addr_of!((*run).exit_reason).read_volatile();
+                if last == kb::KVM_EXIT_X86_RDMSR || last == kb::KVM_EXIT_X86_WRMSR {
+                    let m = std::ptr::addr_of_mut!((*run).__bindgen_anon_1.msr);
+                    std::ptr::addr_of_mut!((*m).error).write_volatile(msr_error);
+                    std::ptr::addr_of_mut!((*m).data).write_volatile(msr_data);
+                }
                 if c.rng.percent(10) {
                     // Junk in the exit data (completion of an I/O or MMIO exit reads it).
                     let e = std::ptr::addr_of_mut!((*run).__bindgen_anon_1).cast::<u8>();
@@ -1142,11 +1225,39 @@ fn guest_session(c: &mut Ctx) {
         keep.push(Region { slot, gpa: 0, len: m.len as u64, mem: Some(Arc::new(m)), writable: true, logging: flags != 0 });
         *regions = keep;
     }
+    // The VM's newer devices first, so that the guest can aim at them: ioeventfds on ports and
+    // addresses the guests write, an MSR filter whose denials exit to userspace or raise #GP,
+    // machine-check banks.
+    if c.rng.percent(35) {
+        for _ in 0..1 + c.rng.below(3) {
+            let p = prep_ioeventfd(c, &vm_t, true);
+            side_now(c, p);
+        }
+    }
+    if c.rng.percent(35) {
+        let mut p = prep_user_space_msr(c, &vm_t);
+        if c.rng.percent(70) {
+            // Filter denials exit to userspace (KVM_MSR_EXIT_REASON_FILTER), mostly.
+            let mut e: kb::kvm_enable_cap = zeroed();
+            e.cap = kb::KVM_CAP_X86_USER_SPACE_MSR;
+            e.args[0] = u64::from(kb::KVM_MSR_EXIT_REASON_FILTER) | c.rng.below(4);
+            let (arg, _) = c.place(&bytes_of(&e));
+            p.arg = arg;
+        }
+        side_now(c, p);
+        let p = prep_msr_filter(c, &v.vm);
+        side_now(c, p);
+    }
+    if c.rng.percent(10) {
+        let p = prep_setup_mce(c, &v);
+        side_now(c, p);
+    }
+    let hints = v.vm.hints();
     let mode = *c.rng.pick(&guest::MODES);
     let mut sregs: kb::kvm_sregs = c.template("sregs").map(|b| from_bytes(b)).unwrap_or_else(zeroed);
     let mut regs: kb::kvm_regs = zeroed();
     let rng = &mut c.rng;
-    if v.vm.with_low_ram(guest::RAM_MIN, |mem| guest::build(rng, mode, mem, &mut sregs, &mut regs)).is_none() {
+    if v.vm.with_low_ram(guest::RAM_MIN, |mem| guest::build(rng, mode, &hints, mem, &mut sregs, &mut regs)).is_none() {
         return;
     }
     let sd = def("KVM_SET_SREGS", On::Vcpu);
@@ -1158,16 +1269,313 @@ fn guest_session(c: &mut Ctx) {
     if c.rng.percent(30) {
         issue(c, def("KVM_SET_CPUID2", On::Vcpu), &t);
     }
+    if c.rng.percent(15) {
+        let p = prep_guest_debug(c, &v);
+        side_now(c, p);
+    }
     let rund = def("KVM_RUN", On::Vcpu);
     for _ in 0..1 + c.rng.below(6) {
+        // Between runs, or during one from another thread: an ioeventfd comes or goes, the
+        // filter changes, single-step or breakpoints start or stop, a machine check arrives.
+        if c.rng.percent(30) {
+            let p = prep_side(c, &v);
+            if c.rng.percent(50) {
+                side_during_run(c, &t, rund, p);
+                continue;
+            }
+            side_now(c, p);
+        }
         run(c, &t, rund);
     }
+}
+
+/// An ioctl prepared for a guest session (its argument placed in the arena), and what to
+/// remember if it succeeds.
+struct Side {
+    d: &'static Def,
+    fd: i32,
+    arg: u64,
+    post: Post,
+}
+
+enum Post {
+    Nothing,
+    Ioeventfd(Arc<VmObj>, kb::kvm_ioeventfd),
+    Filter(Arc<VmObj>, Vec<u32>),
+    Banks(Arc<VcpuObj>, u32),
+}
+
+/// Records what a successful call changed.
+fn side_done(post: Post, r: i64) {
+    if r < 0 {
+        return;
+    }
+    match post {
+        Post::Nothing => {}
+        Post::Ioeventfd(vm, e) => {
+            let mut l = vm.ioeventfds.lock().unwrap();
+            if e.flags & gens::IOEVENTFD_DEASSIGN != 0 {
+                let same = |x: &kb::kvm_ioeventfd| {
+                    let m = gens::IOEVENTFD_PIO | gens::IOEVENTFD_DATAMATCH;
+                    x.addr == e.addr
+                        && x.len == e.len
+                        && x.flags & m == e.flags & m
+                        && (e.flags & gens::IOEVENTFD_DATAMATCH == 0 || x.datamatch == e.datamatch)
+                };
+                if let Some(i) = l.iter().position(same) {
+                    l.remove(i);
+                }
+            } else {
+                if l.len() >= MAX_IOEVENTFDS {
+                    l.remove(0);
+                }
+                l.push(e);
+            }
+        }
+        Post::Filter(vm, msrs) => *vm.filter_msrs.lock().unwrap() = msrs,
+        Post::Banks(v, banks) => v.mce_banks.store(banks, Ordering::Relaxed),
+    }
+}
+
+/// Issues a prepared call now.
+fn side_now(c: &mut Ctx, p: Side) {
+    let r = c.ioctl(p.d.name, p.fd, p.d.cmd, p.arg);
+    side_done(p.post, r);
+}
+
+/// The histogram's name of a call made from a helper thread during KVM_RUN.
+fn during(name: &str) -> &'static str {
+    match name {
+        "KVM_IOEVENTFD" => "KVM_IOEVENTFD (during KVM_RUN)",
+        "KVM_X86_SET_MSR_FILTER" => "KVM_X86_SET_MSR_FILTER (during KVM_RUN)",
+        "KVM_SET_GUEST_DEBUG" => "KVM_SET_GUEST_DEBUG (during KVM_RUN)",
+        "KVM_X86_SET_MCE" => "KVM_X86_SET_MCE (during KVM_RUN)",
+        "KVM_X86_SETUP_MCE" => "KVM_X86_SETUP_MCE (during KVM_RUN)",
+        "KVM_ENABLE_CAP" => "KVM_ENABLE_CAP (during KVM_RUN)",
+        _ => "other (during KVM_RUN)",
+    }
+}
+
+/// KVM_RUN on this thread while a helper thread issues the prepared call after a short,
+/// seeded delay (a VM ioctl runs alongside the guest; a vCPU one waits for the vCPU). The
+/// arena holds the argument: nothing else uses it until both are done.
+fn side_during_run(c: &mut Ctx, t: &Target, rund: &'static Def, p: Side) {
+    let delay = std::time::Duration::from_micros(c.rng.below(3000));
+    let (fd, cmd, arg) = (p.fd, p.d.cmd, p.arg);
+    let seq = c.sh.ioctls.fetch_add(1, Ordering::Relaxed);
+    let r = std::thread::scope(|s| {
+        let h = s.spawn(move || {
+            std::thread::sleep(delay);
+            // SAFETY: an ioctl on an fd of ours with an argument in this thread's arena (or a
+            // deliberately bad pointer), which stays untouched until the join below.
+            let r = unsafe { libc::ioctl(fd, cmd as libc::Ioctl, arg as usize) };
+            if r < 0 {
+                -(errno() as i64)
+            } else {
+                r as i64
+            }
+        });
+        run(c, t, rund);
+        h.join().unwrap_or(-(libc::EIO as i64))
+    });
+    let name = during(p.d.name);
+    c.hist.record(name, if r < 0 { -r as i32 } else { 0 });
+    if seq >= c.sh.trace_from {
+        println!("# [{}] #{seq} {name} fd={fd} cmd={cmd:#x} arg={arg:#x} -> {r}", c.tid);
+    }
+    side_done(p.post, r);
+}
+
+/// One of the session's side calls, at random.
+fn prep_side(c: &mut Ctx, v: &Arc<VcpuObj>) -> Side {
+    let vm_t = Target::Vm(v.vm.clone());
+    match c.rng.below(8) {
+        0 | 1 => {
+            let g = c.rng.percent(50);
+            prep_ioeventfd(c, &vm_t, g)
+        }
+        2 => prep_msr_filter(c, &v.vm),
+        3 => prep_user_space_msr(c, &vm_t),
+        4 | 5 => prep_guest_debug(c, v),
+        6 => prep_set_mce(c, v),
+        _ => prep_setup_mce(c, v),
+    }
+}
+
+/// Places `bytes` (mutated sometimes) for `d` on `fd`.
+fn prep_bytes(c: &mut Ctx, d: &'static Def, fd: i32, mut bytes: Vec<u8>, post: Post) -> Side {
+    let post = if c.rng.percent(8) {
+        c.mutate(&mut bytes);
+        Post::Nothing
+    } else {
+        post
+    };
+    let (arg, place) = c.place(&bytes);
+    let post = if matches!(place, Place::Valid(_)) { post } else { Post::Nothing };
+    Side { d, fd, arg, post }
+}
+
+/// `KVM_IOEVENTFD` (`gens::ioeventfd`); `for_guest`: a real eventfd on a port or address the
+/// guests write, of a width they use.
+fn prep_ioeventfd(c: &mut Ctx, t: &Target, for_guest: bool) -> Side {
+    let d = def("KVM_IOEVENTFD", On::Vm);
+    let fds = c.fds();
+    let (ranges, reg) = t.vm().map(|v| (v.ranges(), v.ioeventfds.lock().unwrap().clone())).unwrap_or_default();
+    let mut e = gens::ioeventfd(&mut c.rng, &ranges, &reg, &fds);
+    if for_guest {
+        let pio = c.rng.percent(50);
+        e.flags &= gens::IOEVENTFD_DATAMATCH;
+        e.len = *c.rng.pick(if pio { &[1u32, 2, 4, 4][..] } else { &[1u32, 2, 4, 8, 4][..] });
+        if pio {
+            e.flags |= gens::IOEVENTFD_PIO;
+            e.addr = *c.rng.pick(gens::GUEST_PORTS);
+        } else {
+            e.addr = *c.rng.pick(gens::GUEST_MMIO);
+        }
+        e.datamatch &= if e.len == 8 { u64::MAX } else { (1 << (8 * e.len)) - 1 };
+        if !fds.eventfds.is_empty() {
+            e.fd = *c.rng.pick(&fds.eventfds);
+        }
+    }
+    let post = match t.vm() {
+        Some(vm) => Post::Ioeventfd(vm.clone(), e),
+        None => Post::Nothing,
+    };
+    prep_bytes(c, d, t.fd(), bytes_of(&e), post)
+}
+
+/// Where MSR filter bitmaps go in the arena: 16 slots of the largest size, past the argument.
+const BITMAPS: usize = 0x4000;
+
+/// `KVM_X86_SET_MSR_FILTER` (`gens::msr_filter`), bitmaps written into the arena.
+fn prep_msr_filter(c: &mut Ctx, vm: &Arc<VmObj>) -> Side {
+    let (bytes, msrs) = msr_filter_bytes(c);
+    prep_bytes(c, def("KVM_X86_SET_MSR_FILTER", On::Vm), vm.fd, bytes, Post::Filter(vm.clone(), msrs))
+}
+
+fn msr_filter_bytes(c: &mut Ctx) -> (Vec<u8>, Vec<u32>) {
+    let (flags, ranges) = gens::msr_filter(&mut c.rng);
+    let mut f: kb::kvm_msr_filter = zeroed();
+    f.flags = flags;
+    let max = kb::KVM_MSR_FILTER_MAX_BITMAP_SIZE as usize;
+    for (i, g) in ranges.iter().enumerate().take(f.ranges.len()) {
+        let ptr = match g.at {
+            gens::BitmapAt::Area => c.scratch(BITMAPS + i * max, &g.bitmap),
+            gens::BitmapAt::AcrossGuard => {
+                let half = g.bitmap.len() / 2;
+                c.scratch(ARENA - half, &g.bitmap[..half])
+            }
+            gens::BitmapAt::Bad => c.bad_ptr(),
+        };
+        f.ranges[i] = kb::kvm_msr_filter_range { flags: g.flags, nmsrs: g.nmsrs, base: g.base, bitmap: ptr as *mut u8 };
+    }
+    (bytes_of(&f), gens::filter_msrs(&ranges))
+}
+
+/// `KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR)`.
+fn prep_user_space_msr(c: &mut Ctx, t: &Target) -> Side {
+    let mut e: kb::kvm_enable_cap = zeroed();
+    e.cap = kb::KVM_CAP_X86_USER_SPACE_MSR;
+    e.args[0] = gens::user_space_msr_mask(&mut c.rng);
+    if c.rng.percent(5) {
+        e.flags = c.rng.interesting() as u32;
+    }
+    prep_bytes(c, def("KVM_ENABLE_CAP", On::Vm), t.fd(), bytes_of(&e), Post::Nothing)
+}
+
+fn prep_guest_debug(c: &mut Ctx, v: &Arc<VcpuObj>) -> Side {
+    let g = gens::guest_debug(&mut c.rng, guest::CODE);
+    prep_bytes(c, def("KVM_SET_GUEST_DEBUG", On::Vcpu), v.fd, bytes_of(&g), Post::Nothing)
+}
+
+fn prep_setup_mce(c: &mut Ctx, v: &Arc<VcpuObj>) -> Side {
+    let cap = gens::mcg_cap(&mut c.rng);
+    prep_bytes(c, def("KVM_X86_SETUP_MCE", On::Vcpu), v.fd, cap.to_le_bytes().to_vec(), Post::Banks(v.clone(), (cap & 0xff) as u32))
+}
+
+fn prep_set_mce(c: &mut Ctx, v: &Arc<VcpuObj>) -> Side {
+    let m = gens::mce(&mut c.rng, v.mce_banks.load(Ordering::Relaxed));
+    prep_bytes(c, def("KVM_X86_SET_MCE", On::Vcpu), v.fd, bytes_of(&m), Post::Nothing)
+}
+
+// Table entries of the same ioctls (any target, wrong kinds included).
+
+/// `KVM_IOEVENTFD` from the table.
+pub fn ioeventfd(c: &mut Ctx, t: &Target, _: &Def) {
+    let g = c.rng.percent(20);
+    let p = prep_ioeventfd(c, t, g);
+    side_now(c, p);
+}
+
+/// `KVM_X86_SET_MSR_FILTER` from the table.
+pub fn msr_filter(c: &mut Ctx, t: &Target, d: &Def) {
+    match t.vm() {
+        Some(vm) => {
+            let p = prep_msr_filter(c, &vm.clone());
+            side_now(c, p);
+        }
+        None => {
+            let (bytes, _) = msr_filter_bytes(c);
+            let (arg, _) = c.place(&bytes);
+            c.ioctl(d.name, t.fd(), d.cmd, arg);
+        }
+    }
+}
+
+/// `KVM_X86_SETUP_MCE` / `KVM_X86_SET_MCE` from the table.
+pub fn mce(c: &mut Ctx, t: &Target, d: &Def) {
+    match t {
+        Target::Vcpu(v) if d.name == "KVM_X86_SETUP_MCE" => {
+            let p = prep_setup_mce(c, v);
+            side_now(c, p);
+        }
+        Target::Vcpu(v) => {
+            let p = prep_set_mce(c, v);
+            side_now(c, p);
+        }
+        _ => {
+            let bytes = if d.name == "KVM_X86_SETUP_MCE" { gens::mcg_cap(&mut c.rng).to_le_bytes().to_vec() } else { bytes_of(&gens::mce(&mut c.rng, 32)) };
+            let (arg, _) = c.place(&bytes);
+            c.ioctl(d.name, t.fd(), d.cmd, arg);
+        }
+    }
+}
+
+/// A non-blocking read of an eventfd (did an ioeventfd fire?), or its close (the ioeventfds
+/// that name it keep their reference; later ones get its number, closed or reused).
+fn eventfd_op(c: &mut Ctx) {
+    let close = c.rng.percent(15);
+    let mut t = c.sh.table.lock().unwrap();
+    if t.eventfds.is_empty() {
+        return;
+    }
+    let i = c.rng.index(t.eventfds.len());
+    let fd = t.eventfds[i];
+    if close {
+        t.eventfds.swap_remove(i);
+        // SAFETY: an eventfd this process opened, just removed from the table (under its lock,
+        // so its number is not handed out again before).
+        let r = unsafe { libc::close(fd) };
+        drop(t);
+        c.syscall("close(eventfd)", i64::from(r));
+        if c.closed_fds.len() < 8 {
+            c.closed_fds.push(fd);
+        }
+        return;
+    }
+    drop(t);
+    let mut v = 0u64;
+    // SAFETY: reads 8 bytes into a local; a non-blocking eventfd (or, after a race with another
+    // thread's close, whatever has the number: the read fails or fills the local).
+    let r = unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
+    c.syscall("read(eventfd)", r as i64);
 }
 
 /// Everything still open, closed at the end: every close must succeed.
 pub fn close_all(sh: &Shared) -> Result<usize, String> {
     let mut t = sh.table.lock().unwrap();
     let mut fds: Vec<i32> = t.stats.drain(..).collect();
+    fds.extend(t.eventfds.drain(..));
     fds.extend(t.vcpus.iter().map(|v| v.fd));
     fds.extend(t.vms.iter().map(|v| v.fd));
     fds.extend(t.devs.drain(..));

@@ -21,9 +21,24 @@ const STACK: u64 = 0x7e00;
 
 pub const MODES: [Mode; 4] = [Mode::Real, Mode::Prot32, Mode::Paged32, Mode::Long64];
 
+/// What the guest should aim at besides its usual targets: the VM's ioeventfds (port or address,
+/// length, the data they match), MSRs a filter covers.
+#[derive(Default, Clone, Debug)]
+pub struct Hints {
+    pub ports: Vec<(u16, u32, Option<u64>)>,
+    pub mmio: Vec<(u64, u32, Option<u64>)>,
+    pub msrs: Vec<u32>,
+}
+
+impl Hints {
+    fn is_empty(&self) -> bool {
+        self.ports.is_empty() && self.mmio.is_empty() && self.msrs.is_empty()
+    }
+}
+
 /// Writes a guest for `mode` into `mem` (RAM from guest-physical 0, at least [`RAM_MIN`]) and
 /// sets `sregs` (starting from the vCPU's current ones) and `regs`.
-pub fn build(rng: &mut Rng, mode: Mode, mem: &mut [u8], sregs: &mut kvm_sregs, regs: &mut kvm_regs) {
+pub fn build(rng: &mut Rng, mode: Mode, hints: &Hints, mem: &mut [u8], sregs: &mut kvm_sregs, regs: &mut kvm_regs) {
     let real = mode == Mode::Real;
     if real {
         real_mode_sregs(sregs);
@@ -59,7 +74,11 @@ pub fn build(rng: &mut Rng, mode: Mode, mem: &mut [u8], sregs: &mut kvm_sregs, r
             _ => 32,
         };
         for _ in 0..1 + rng.below(12) {
-            emit(rng, bits, &mut code);
+            if !hints.is_empty() && rng.percent(40) {
+                emit_hinted(rng, bits, hints, &mut code);
+            } else {
+                emit(rng, bits, &mut code);
+            }
         }
         if rng.percent(85) {
             code.push(0xf4); // hlt
@@ -169,6 +188,88 @@ fn mmio_addr(rng: &mut Rng) -> u32 {
         2 => 0xfec0_0000 + *rng.pick(&[0u32, 0x10]),
         3 => *rng.pick(&[0xd000_0000u32, 0x10_0000, 0x4_0000, 0x9000, 0xffff_fff0]),
         _ => rng.next() as u32 & !3,
+    }
+}
+
+/// The data of a write of `len` bytes to an ioeventfd: the value it matches mostly.
+fn hint_data(rng: &mut Rng, dm: Option<u64>) -> u64 {
+    match dm {
+        Some(v) if rng.percent(70) => v,
+        _ => rng.interesting(),
+    }
+}
+
+/// Appends one instruction group aimed at a hint: a write (sometimes a read) of an ioeventfd's
+/// port or address with its width and data, or RDMSR/WRMSR of a filtered MSR.
+pub fn emit_hinted(rng: &mut Rng, bits: u32, h: &Hints, out: &mut Vec<u8>) {
+    let pick = rng.below(3);
+    if pick == 0 && !h.ports.is_empty() {
+        let (port, len, dm) = *rng.pick(&h.ports);
+        mov16(bits, out, EDX, port);
+        mov32(bits, out, EAX, hint_data(rng, dm) as u32);
+        let len = if matches!(len, 1 | 2 | 4) && rng.percent(80) { len } else { *rng.pick(&[1u32, 2, 4]) };
+        let read = rng.percent(10);
+        match (len, read) {
+            (1, false) => out.push(0xee),
+            (1, true) => out.push(0xec),
+            (2, r) => {
+                out.push(if bits == 16 { 0x90 } else { 0x66 });
+                out.push(if r { 0xed } else { 0xef });
+            }
+            (_, r) => {
+                if bits == 16 {
+                    out.push(0x66);
+                }
+                out.push(if r { 0xed } else { 0xef });
+            }
+        }
+    } else if pick == 1 && !h.mmio.is_empty() {
+        let (addr, len, dm) = *rng.pick(&h.mmio);
+        let data = hint_data(rng, dm);
+        let m: u8 = if bits == 16 { 0x07 } else { 0x03 };
+        if bits == 16 {
+            if addr >= 0x10_0000 {
+                return;
+            }
+            mov16(bits, out, EAX, (addr >> 4) as u16);
+            out.extend_from_slice(&[0x8e, 0xd8]); // mov ds, ax
+            mov16(bits, out, EBX, (addr & 0xf) as u16);
+        } else {
+            mov32(bits, out, EBX, addr as u32);
+        }
+        let read = rng.percent(10);
+        if len == 8 && bits == 64 {
+            out.extend_from_slice(&[0x48, 0xb8]); // mov rax, imm64
+            out.extend_from_slice(&data.to_le_bytes());
+            out.extend_from_slice(&[0x48, if read { 0x8b } else { 0x89 }, m]);
+            return;
+        }
+        mov32(bits, out, EAX, data as u32);
+        let op: &[u8] = match (len, read) {
+            (1, false) => &[0x88],
+            (1, true) => &[0x8a],
+            (2, false) => &[0x66, 0x89],
+            (2, true) => &[0x66, 0x8b],
+            (_, false) => &[0x89],
+            (_, true) => &[0x8b],
+        };
+        // In 16-bit code the operand-size prefix flips: 0x66 makes it 32-bit, none is 16-bit.
+        match (bits, op) {
+            (16, [0x66, rest]) => out.push(*rest),
+            (16, [0x89]) | (16, [0x8b]) => {
+                out.push(0x66);
+                out.push(op[0]);
+            }
+            _ => out.extend_from_slice(op),
+        }
+        out.push(m);
+    } else if !h.msrs.is_empty() {
+        mov32(bits, out, ECX, *rng.pick(&h.msrs));
+        mov32(bits, out, EAX, rng.interesting() as u32);
+        mov32(bits, out, EDX, if rng.percent(70) { 0 } else { rng.interesting() as u32 });
+        out.extend_from_slice(if rng.percent(50) { &[0x0f, 0x30] } else { &[0x0f, 0x32] });
+    } else {
+        emit(rng, bits, out);
     }
 }
 
@@ -346,7 +447,12 @@ mod tests {
         for i in 0..400 {
             let mode = MODES[i % 4];
             let (mut s, mut r) = (kvm_sregs::default(), kvm_regs::default());
-            build(&mut rng, mode, &mut mem, &mut s, &mut r);
+            let hints = if i % 3 == 0 {
+                Hints { ports: vec![(0x500, 2, Some(7))], mmio: vec![(0x2000_0000, 8, None), (0xb_8000, 4, Some(1))], msrs: vec![0x10] }
+            } else {
+                Hints::default()
+            };
+            build(&mut rng, mode, &hints, &mut mem, &mut s, &mut r);
             assert_eq!(r.rip, CODE);
             match mode {
                 Mode::Real => assert_eq!(s.cr0 & 1, 0),
@@ -354,6 +460,33 @@ mod tests {
                 _ => assert_eq!(s.cr0 & 1, 1),
             }
         }
+    }
+
+    #[test]
+    fn hinted_encodings() {
+        let mut rng = Rng::new(1);
+        let h = Hints { ports: vec![(0x504, 4, Some(9))], ..Default::default() };
+        // A port hit in 32-bit code: mov dx, 0x504; mov eax, data; out dx, eax (or the read).
+        let mut seen = false;
+        for _ in 0..50 {
+            let mut v = Vec::new();
+            emit_hinted(&mut rng, 32, &h, &mut v);
+            if v.len() == 10 && v[..4] == [0x66, 0xba, 0x04, 0x05] && v[4] == 0xb8 && v[9] == 0xef {
+                seen = true;
+            }
+        }
+        assert!(seen);
+        let h = Hints { mmio: vec![(0x2000_0000, 8, Some(5))], ..Default::default() };
+        let mut seen = false;
+        for _ in 0..50 {
+            let mut v = Vec::new();
+            emit_hinted(&mut rng, 64, &h, &mut v);
+            // mov ebx, 0x20000000; mov rax, 5; mov [rbx], rax
+            if v == [0xbb, 0, 0, 0, 0x20, 0x48, 0xb8, 5, 0, 0, 0, 0, 0, 0, 0, 0x48, 0x89, 0x03] {
+                seen = true;
+            }
+        }
+        assert!(seen);
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! seeded, but which objects exist when a thread picks one depends on the interleaving.
 
 mod fuzz;
+mod gens;
 mod guest;
 mod rng;
 mod sys;

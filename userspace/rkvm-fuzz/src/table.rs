@@ -122,9 +122,9 @@ pub static DEFS: &[Def] = &[
     def!(KVM_IRQ_LINE_STATUS, Vm, _IOWR::<kb::kvm_irq_level>(KVMIO, 0x67), buf(size_of::<kb::kvm_irq_level>(), InOut, "irq_level", Some(irq_level))),
     def!(KVM_GET_IRQCHIP, Vm, _IOWR::<kb::kvm_irqchip>(KVMIO, 0x62), buf(size_of::<kb::kvm_irqchip>(), InOut, "irqchip", Some(irqchip_id))),
     def!(KVM_SET_IRQCHIP, Vm, _IOR::<kb::kvm_irqchip>(KVMIO, 0x63), buf(size_of::<kb::kvm_irqchip>(), In, "irqchip", None)),
-    // Ioctls other work adds; until then they get EINVAL/ENOTTY.
-    def!(KVM_IOEVENTFD, Vm, _IOW::<kb::kvm_ioeventfd>(KVMIO, 0x79), buf(size_of::<kb::kvm_ioeventfd>(), In, "ioeventfd", Some(ioeventfd)), Nothing, 4),
-    def!(KVM_X86_SET_MSR_FILTER, Vm, _IOW::<kb::kvm_msr_filter>(KVMIO, 0xc6), buf(size_of::<kb::kvm_msr_filter>(), In, "msr_filter", None), Nothing, 4),
+    // Structured generators in gens.rs; guest sessions use them too (fuzz::guest_session).
+    def!(KVM_IOEVENTFD, Vm, _IOW::<kb::kvm_ioeventfd>(KVMIO, 0x79), Arg::Custom(f::ioeventfd), Nothing, 6),
+    def!(KVM_X86_SET_MSR_FILTER, Vm, _IOW::<kb::kvm_msr_filter>(KVMIO, 0xc6), Arg::Custom(f::msr_filter), Nothing, 5),
     // vCPU fds (upstream kvm_vcpu_ioctl, kvm_arch_vcpu_ioctl).
     def!(KVM_RUN, Vcpu, _IO(KVMIO, 0x80), Arg::Custom(f::run), Nothing, 20),
     def!(KVM_GET_REGS, Vcpu, _IOR::<kb::kvm_regs>(KVMIO, 0x81), buf(size_of::<kb::kvm_regs>(), Out, "regs", None)),
@@ -158,9 +158,9 @@ pub static DEFS: &[Def] = &[
     def!(KVM_GET_STATS_FD, Vcpu, _IO(KVMIO, 0xce), Arg::Int(int_mostly_zero), Stats, 4),
     def!(KVM_PRE_FAULT_MEMORY, Vcpu, _IOWR::<kb::kvm_pre_fault_memory>(KVMIO, 0xd5), buf(size_of::<kb::kvm_pre_fault_memory>(), InOut, "pre_fault", Some(pre_fault))),
     def!(KVM_SET_GUEST_DEBUG, Vcpu, _IOW::<kb::kvm_guest_debug>(KVMIO, 0x9b), buf(size_of::<kb::kvm_guest_debug>(), In, "guest_debug", Some(guest_debug)), Nothing, 4),
-    def!(KVM_X86_SETUP_MCE, Vcpu, _IOW::<u64>(KVMIO, 0x9c), buf(8, In, "mce_cap", Some(u64_interesting)), Nothing, 3),
+    def!(KVM_X86_SETUP_MCE, Vcpu, _IOW::<u64>(KVMIO, 0x9c), Arg::Custom(f::mce), Nothing, 3),
     def!(KVM_X86_GET_MCE_CAP_SUPPORTED, Dev, _IOR::<u64>(KVMIO, 0x9d), buf(8, Out, "mce_cap", None), Nothing, 3),
-    def!(KVM_X86_SET_MCE, Vcpu, _IOW::<kb::kvm_x86_mce>(KVMIO, 0x9e), buf(size_of::<kb::kvm_x86_mce>(), In, "mce", None), Nothing, 3),
+    def!(KVM_X86_SET_MCE, Vcpu, _IOW::<kb::kvm_x86_mce>(KVMIO, 0x9e), Arg::Custom(f::mce), Nothing, 4),
 ];
 
 /// `0` nine times in ten (what the ioctl wants), else an interesting value.
@@ -309,6 +309,9 @@ fn enable_cap(c: &mut Ctx, _: &Target, b: &mut [u8]) {
     if c.rng.percent(40) {
         e.args[1..].fill(0);
     }
+    if e.cap == kb::KVM_CAP_X86_USER_SPACE_MSR && c.rng.percent(70) {
+        e.args[0] = crate::gens::user_space_msr_mask(&mut c.rng);
+    }
     put(b, &e);
 }
 
@@ -322,16 +325,6 @@ fn irq_level(c: &mut Ctx, _: &Target, b: &mut [u8]) {
 fn irqchip_id(c: &mut Ctx, _: &Target, b: &mut [u8]) {
     let id = if c.rng.percent(80) { c.rng.below(4) as u32 } else { c.rng.interesting() as u32 };
     put(b, &id);
-}
-
-fn ioeventfd(c: &mut Ctx, t: &Target, b: &mut [u8]) {
-    let mut e: kb::kvm_ioeventfd = zeroed();
-    e.addr = gpa(c, t);
-    e.len = *c.rng.pick(&[0u32, 1, 2, 4, 8, 3, 16]);
-    e.fd = if c.rng.percent(50) { c.rng.below(20) as i32 } else { c.rng.interesting() as i32 };
-    e.flags = if c.rng.percent(60) { c.rng.below(16) as u32 } else { c.rng.interesting() as u32 };
-    e.datamatch = c.rng.interesting();
-    put(b, &e);
 }
 
 fn regs(c: &mut Ctx, _: &Target, b: &mut [u8]) {
@@ -446,11 +439,7 @@ fn pre_fault(c: &mut Ctx, t: &Target, b: &mut [u8]) {
 }
 
 fn guest_debug(c: &mut Ctx, _: &Target, b: &mut [u8]) {
-    let mut g: kb::kvm_guest_debug = zeroed();
-    g.control = if c.rng.percent(70) { c.rng.below(0x10_0000) as u32 & 0x7_0003 } else { c.rng.interesting() as u32 };
-    for r in g.arch.debugreg.iter_mut() {
-        *r = if c.rng.percent(50) { 0 } else { c.rng.interesting() };
-    }
+    let g = crate::gens::guest_debug(&mut c.rng, crate::guest::CODE);
     put(b, &g);
 }
 
