@@ -5,6 +5,14 @@
  * A test program declares its cases with TEST(name) { ... } and lists them in main() with
  * ktap_run(); each case prints "ok N - name" or "not ok N - name", or "# SKIP reason". CHECK()
  * records a failure (with file:line, the expression and errno) and goes on; SKIP() ends the case.
+ *
+ * CHECK_ERRNO_WHY(call, want, "situation") is CHECK_ERRNO with the bad input described in words.
+ * With RKVM_ERRNO_LOG set in the environment, each one that passed is printed as a diagnostic
+ * line "# errno-log: suite<TAB>case<TAB>ENAME<TAB>situation<TAB>call", just before the case's
+ * "ok" line and only if the whole case passed (not skipped, not failed), so the README's table
+ * of bad inputs and their errnos (scripts/errno-table.py) lists only errnos a run verified.
+ * CHECK_ERRNO without a description (racing situations) is never logged. A check made some other
+ * way (in a child process, say) can call ktap_errno_log() itself once it passed.
  */
 #ifndef RKVM_KTAP_H
 #define RKVM_KTAP_H
@@ -24,6 +32,46 @@ static int ktap_failed_case;
 static const char *ktap_skip_reason;
 static char ktap_skip_buf[256] __attribute__((unused));
 static int ktap_total_failed;
+static const char *ktap_suite_name = "?", *ktap_case_name = "?";
+
+/* The current case's passed CHECK_ERRNO_WHYs (RKVM_ERRNO_LOG), printed when it ends as passed. */
+static char *ktap_errno_log_buf;
+static size_t ktap_errno_log_len, ktap_errno_log_cap;
+static int ktap_errno_log_lock;
+
+static inline void ktap_errno_log(const char *call, int err, const char *why)
+{
+	static int on = -1;
+	const char *name;
+	char line[1024];
+	int n;
+
+	if (on < 0)
+		on = getenv("RKVM_ERRNO_LOG") != NULL;
+	if (!on || !why)
+		return;
+	name = strerrorname_np(err);
+	n = snprintf(line, sizeof(line), "# errno-log: %s\t%s\t%s\t%s\t%s\n", ktap_suite_name,
+		     ktap_case_name, name ? name : "?", why, call);
+	if (n < 0 || n >= (int)sizeof(line))
+		return;
+	while (__atomic_exchange_n(&ktap_errno_log_lock, 1, __ATOMIC_ACQUIRE))
+		;
+	if (ktap_errno_log_len + n + 1 > ktap_errno_log_cap) {
+		size_t cap = (ktap_errno_log_cap + n + 1) * 2;
+		char *b = realloc(ktap_errno_log_buf, cap);
+
+		if (b) {
+			ktap_errno_log_buf = b;
+			ktap_errno_log_cap = cap;
+		}
+	}
+	if (ktap_errno_log_len + n + 1 <= ktap_errno_log_cap) {
+		memcpy(ktap_errno_log_buf + ktap_errno_log_len, line, n + 1);
+		ktap_errno_log_len += n;
+	}
+	__atomic_store_n(&ktap_errno_log_lock, 0, __ATOMIC_RELEASE);
+}
 
 #define CHECK(cond) do {							\
 	int _e = errno;								\
@@ -34,8 +82,9 @@ static int ktap_total_failed;
 	}									\
 } while (0)
 
-/* An ioctl-style call that must fail with -1 and the given errno. */
-#define CHECK_ERRNO(call, want) do {						\
+/* An ioctl-style call that must fail with -1 and the given errno; WHY (a string, or NULL) says
+ * what is wrong with the input, for the README's errno table. */
+#define CHECK_ERRNO_WHY(call, want, why) do {					\
 	errno = 0;								\
 	long _r = (long)(call);							\
 	int _e = errno;								\
@@ -43,8 +92,12 @@ static int ktap_total_failed;
 		printf("# %s:%d: %s returned %ld errno %d (%s), wanted -1 errno %d (%s)\n", \
 		       __FILE__, __LINE__, #call, _r, _e, strerror(_e), (want), strerror(want)); \
 		ktap_failed_case = 1;						\
+	} else {								\
+		ktap_errno_log(#call, _e, (why));				\
 	}									\
 } while (0)
+
+#define CHECK_ERRNO(call, want) CHECK_ERRNO_WHY(call, want, NULL)
 
 #define SKIP(...) do {								\
 	snprintf(ktap_skip_buf, sizeof(ktap_skip_buf), __VA_ARGS__);		\
@@ -84,9 +137,12 @@ static inline int ktap_run(const char *suite, const struct ktap_case *cases, int
 			   int argc, char **argv)
 {
 	printf("TAP version 13\n# %s\n1..%d\n", suite, n);
+	ktap_suite_name = suite;
 	for (int i = 0; i < n; i++) {
 		ktap_failed_case = 0;
 		ktap_skip_reason = NULL;
+		ktap_case_name = cases[i].name;
+		ktap_errno_log_len = 0;
 		fflush(stdout);
 		if (ktap_selected(cases[i].name, argc, argv))
 			cases[i].fn();
@@ -98,6 +154,8 @@ static inline int ktap_run(const char *suite, const struct ktap_case *cases, int
 		} else if (ktap_skip_reason) {
 			printf("ok %d - %s # SKIP %s\n", i + 1, cases[i].name, ktap_skip_reason);
 		} else {
+			if (ktap_errno_log_buf && ktap_errno_log_len)
+				fwrite(ktap_errno_log_buf, 1, ktap_errno_log_len, stdout);
 			printf("ok %d - %s\n", i + 1, cases[i].name);
 		}
 		fflush(stdout);
