@@ -71,7 +71,7 @@ fi
 
 if stage qemu; then
   vm_case qemu-selftests 0 --kernel base --emulator qemu --cpus 2 --modargs backend=none --run \
-    'export RKVM_ERRNO_LOG=1; test "$(nproc)" = 2 || echo "not ok - expected 2 CPUs, got $(nproc)"; rkvm-kvm-ioctls-test; /selftests/run_tests; s=$?; /selftests/kmemleak_check && exit $s'
+    'export RKVM_ERRNO_LOG=/tmp/errno-log; test "$(nproc)" = 2 || echo "not ok - expected 2 CPUs, got $(nproc)"; rkvm-kvm-ioctls-test; /selftests/run_tests; s=$?; /selftests/kmemleak_check && exit $s'
   count_ktap "$logs/qemu-selftests.log" "selftests (QEMU, backend=none, 2 CPUs)"
   # The ioctl fuzzer (scripts/fuzz.sh runs longer ones): its four checks, rmmod, kmemleak.
   vm_case qemu-fuzz 0 --kernel base --emulator qemu --cpus 2 --modargs backend=none --run \
@@ -95,7 +95,7 @@ if stage bochs; then
     leak='[ $f = 0 ] || s=1; /selftests/kmemleak_check && exit $s'; [ "$n" = 1 ] || leak='exit $s'
     pre=$fuzz; [ "$n" = 1 ] || pre=''
     vm_case "bochs-vmx-${n}cpu" 0 --emulator vmx --kernel base --cpus "$n" --modargs backend=vmx --timeout $((n * 300 + (n == 1 ? 300 : 0))) --run \
-      "export RKVM_ERRNO_LOG=1; $pre test \"\$(nproc)\" = $n || echo 'not ok - expected $n CPUs'; rkvm-demo > /tmp/demo.out 2>&1; cat /tmp/demo.out; \
+      "export RKVM_ERRNO_LOG=/tmp/errno-log; $pre test \"\$(nproc)\" = $n || echo 'not ok - expected $n CPUs'; rkvm-demo > /tmp/demo.out 2>&1; cat /tmp/demo.out; \
        if [ \"\$(cat /tmp/demo.out)\" = \"\$(printf '4\nKVM_EXIT_HLT')\" ]; then echo 'ok 1 - demo guest prints 4 and KVM_EXIT_HLT'; else echo 'not ok 1 - demo guest'; fi; \
        rkvm-kvm-ioctls-test; /selftests/vmx_guests; /selftests/run_tests; s=\$?; $leak"
     count_ktap "$logs/bochs-vmx-${n}cpu.log" "demo + selftests (Bochs, backend=vmx, $n CPU)"

@@ -18,8 +18,13 @@ build/check/bochs-vmx-1cpu.log. Both are fixed configurations, so the union is t
 `make check` to the next (a case that SKIPs makes no row; a case that runs in one of them makes
 the same rows every time).
 
+The column "kvm_intel" comes from the same selftests run against the kernel's kvm_intel
+(RKVM_DEV=/dev/kvm RKVM_UPSTREAM=1, in 1-CPU Bochs): "same" when that check passed there too, in a
+case that passed. Its rows are kept in selftests/errno-table-kvm_intel.txt (`make errno-table
+UPSTREAM=1` refreshes it), so that make check's comparison needs no kvm_intel boot.
+
 Usage:
-  errno-table.py [--readme README.md] [--write | --check | --subset] LOG...
+  errno-table.py [--readme README.md] [--kvm-intel FILE] [--write | --check | --subset] LOG...
     (default)  print the table
     --write    replace the README's table with it
     --check    exit 1 (and print a diff) if the README's table differs
@@ -142,8 +147,8 @@ def classify(suite, expr):
     return "other", fn or expr
 
 
-def read_rows(logs):
-    rows = {}
+def read_rows(logs, rows=None):
+    rows = {} if rows is None else rows
     for log in logs:
         with open(log, errors="replace") as f:
             for line in f:
@@ -170,16 +175,19 @@ def md(s):
     return s.replace("|", "\\|")
 
 
-def table(rows):
+def table(rows, upstream):
     out = [BEGIN,
            "",
-           "| fd | ioctl / call | bad input or situation | errno | test (selftests/SUITE.c, case) |",
-           "|---|---|---|---|---|"]
-    for (kind, req, why, ename) in sorted(rows, key=lambda k: (kind_order(k[0]), k[0], k[1],
-                                                              k[3], k[2])):
-        tests = ", ".join(sorted(rows[(kind, req, why, ename)]))
-        out.append(f"| {kind} | `{md(req)}` | {md(why)} | {ename} | {md(tests)} |")
-    out += ["", f"{len(rows)} rows.", END]
+           "| fd | ioctl / call | bad input or situation | errno | kvm_intel | test (selftests/SUITE.c, case) |",
+           "|---|---|---|---|---|---|"]
+    same = 0
+    for key in sorted(rows, key=lambda k: (kind_order(k[0]), k[0], k[1], k[3], k[2])):
+        kind, req, why, ename = key
+        tests = ", ".join(sorted(rows[key]))
+        up = "same" if key in upstream else "–"
+        same += key in upstream
+        out.append(f"| {kind} | `{md(req)}` | {md(why)} | {ename} | {up} | {md(tests)} |")
+    out += ["", f"{len(rows)} rows; kvm_intel verified the same errno for {same}.", END]
     return "\n".join(out) + "\n"
 
 
@@ -193,6 +201,8 @@ def readme_block(text):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--readme", default=os.path.join(TOP, "README.md"))
+    ap.add_argument("--kvm-intel", default=os.path.join(TOP, "selftests/errno-table-kvm_intel.txt"),
+                    help="errno-log lines of a run against kvm_intel (default: %(default)s)")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--write", action="store_true")
     g.add_argument("--check", action="store_true")
@@ -202,8 +212,9 @@ def main():
     rows = read_rows(a.logs)
     if not rows:
         sys.exit("errno-table: no '# errno-log:' lines in " + " ".join(a.logs) +
-                 " (were the selftests run with RKVM_ERRNO_LOG=1?)")
-    new = table(rows)
+                 " (were the selftests run with RKVM_ERRNO_LOG set?)")
+    upstream = read_rows([a.kvm_intel]) if os.path.exists(a.kvm_intel) else {}
+    new = table(rows, upstream)
     if not (a.write or a.check or a.subset):
         sys.stdout.write(new)
         return 0

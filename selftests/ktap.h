@@ -7,10 +7,13 @@
  * records a failure (with file:line, the expression and errno) and goes on; SKIP() ends the case.
  *
  * CHECK_ERRNO_WHY(call, want, "situation") is CHECK_ERRNO with the bad input described in words.
- * With RKVM_ERRNO_LOG set in the environment, each one that passed is printed as a diagnostic
- * line "# errno-log: suite<TAB>case<TAB>ENAME<TAB>situation<TAB>call", just before the case's
- * "ok" line and only if the whole case passed (not skipped, not failed), so the README's table
- * of bad inputs and their errnos (scripts/errno-table.py) lists only errnos a run verified.
+ * With RKVM_ERRNO_LOG set in the environment, each one that passed makes a diagnostic line
+ * "# errno-log: suite<TAB>case<TAB>ENAME<TAB>situation<TAB>call", written when its case ends and
+ * only if the whole case passed (not skipped, not failed), so the README's table of bad inputs
+ * and their errnos (scripts/errno-table.py) lists only errnos a run verified. RKVM_ERRNO_LOG=1
+ * prints the lines before the case's "ok" line; RKVM_ERRNO_LOG=/path appends them to that file,
+ * which run_tests prints at the end with the console's printk level lowered (on a serial console
+ * a kernel message can land inside a line of the tests' output).
  * CHECK_ERRNO without a description (racing situations) is never logged. A check made some other
  * way (in a child process, say) can call ktap_errno_log() itself once it passed.
  */
@@ -18,6 +21,8 @@
 #define RKVM_KTAP_H
 
 #include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -120,6 +125,24 @@ static inline void ktap_diag(const char *fmt, ...)
 	printf("\n");
 }
 
+/* Writes a passed case's errno-log lines: to stdout, or appended to the file RKVM_ERRNO_LOG
+ * names (one write, so processes running at once do not mix their lines). */
+static inline void ktap_errno_log_flush(void)
+{
+	const char *path = getenv("RKVM_ERRNO_LOG");
+	int fd;
+
+	if (!path || path[0] != '/') {
+		fwrite(ktap_errno_log_buf, 1, ktap_errno_log_len, stdout);
+		return;
+	}
+	fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0 || write(fd, ktap_errno_log_buf, ktap_errno_log_len) != (ssize_t)ktap_errno_log_len)
+		printf("# errno-log: cannot append to %s\n", path);
+	if (fd >= 0)
+		close(fd);
+}
+
 /* Runs the cases, prints the KTAP document, returns the exit status. */
 static inline int ktap_selected(const char *name, int argc, char **argv)
 {
@@ -155,7 +178,7 @@ static inline int ktap_run(const char *suite, const struct ktap_case *cases, int
 			printf("ok %d - %s # SKIP %s\n", i + 1, cases[i].name, ktap_skip_reason);
 		} else {
 			if (ktap_errno_log_buf && ktap_errno_log_len)
-				fwrite(ktap_errno_log_buf, 1, ktap_errno_log_len, stdout);
+				ktap_errno_log_flush();
 			printf("ok %d - %s\n", i + 1, cases[i].name);
 		}
 		fflush(stdout);

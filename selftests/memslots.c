@@ -51,7 +51,7 @@ static const struct bad {
 	{ "hva range wraps", 1, 0, 0, 0x2000, 0xfffffffffffff000UL, 1, EINVAL, 0 },
 	{ "slot id 32764 (too large)", 32764, 0, 0, 4096, 0, 0, EINVAL, 0 },
 	{ "slot id 0xffff", 0xffff, 0, 0, 4096, 0, 0, EINVAL, 0 },
-	{ "address space 1 (no SMM)", 1 << 16, 0, 0, 4096, 0, 0, EINVAL, 1 },
+	{ "address space 1 (rkvm: no SMM)", 1 << 16, 0, 0, 4096, 0, 0, EINVAL, 1 },
 	{ "address space 2", 2 << 16, 0, 0, 4096, 0, 0, EINVAL, 0 },
 	{ "gpa range wraps", 1, 0, 0xfffffffffffff000UL, 0x2000, 0, 0, EINVAL, 0 },
 	{ "delete a slot that does not exist", 5, 0, 0, 0, 0, 0, EINVAL, 0 },
