@@ -10,6 +10,9 @@
 # kernel memory of rkvm and then of the kernel's kvm_intel, side by side (scripts/bench.sh).
 # `make upstream-selftests` runs the kernel's own KVM selftests (selftests/upstream/list) against
 # rkvm and then kvm_intel in one Bochs boot and prints a table (scripts/upstream-selftests.sh).
+# `make errno-table` regenerates the README's table of bad inputs and their errnos from what the
+# selftests verify (scripts/errno-table.sh: one QEMU and one Bochs boot; FROM=build/check reuses
+# the logs of a `make check`).
 # Kbuild (not this file) describes the module itself; this file wraps `make -C $KDIR M=$PWD`.
 #
 # KERNEL=base|debug picks the test kernel flavour (scripts/kernel.sh; kernel/rkvm-debug.config:
@@ -39,7 +42,7 @@ KMOD_DIR = $(if $(filter base,$(1)),$(TOP),$(TOP)/build/kmod-$(1))
 KMOD_SRC := Kbuild Kconfig rust uapi
 
 .PHONY: all deps kernel module module-debug splat-canary hoststate hoststate-debug userspace selftests hosttest demo check bench vm-run clean \
-	upstream-selftests-build upstream-selftests fuzz
+	upstream-selftests-build upstream-selftests fuzz errno-table
 
 all: module userspace selftests
 
@@ -120,6 +123,11 @@ fuzz: override KERNEL := $(if $(filter command line environment,$(origin KERNEL)
 fuzz: module userspace selftests hoststate
 	@RKVM_KERNEL=$(KERNEL) EMULATOR=$(EMULATOR) COUNT=$(COUNT) FUZZ_SECONDS=$(SECONDS) SEED=$(SEED) THREADS=$(THREADS) \
 	  CPUS=$(CPUS) $(TOP)/scripts/fuzz.sh
+
+# The README's "Bad input and its errno" table from the selftests' passed CHECK_ERRNO_WHYs.
+errno-table: override KERNEL := base
+errno-table: $(if $(FROM),,module userspace selftests)
+	@FROM=$(FROM) $(TOP)/scripts/errno-table.sh
 
 # The kernel's KVM selftests, static, cached under ~/.cache/rkvm/kvm-selftests-*; prints nothing when warm.
 upstream-selftests-build: kernel

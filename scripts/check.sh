@@ -86,7 +86,7 @@ fi
 
 if stage qemu; then
   vm_case qemu-selftests 0 --kernel base --emulator qemu --cpus 2 --modargs backend=none --run \
-    'test "$(nproc)" = 2 || echo "not ok - expected 2 CPUs, got $(nproc)"; rkvm-kvm-ioctls-test; /selftests/run_tests; s=$?; /selftests/kmemleak_check && exit $s'
+    'export RKVM_ERRNO_LOG=/tmp/errno-log; test "$(nproc)" = 2 || echo "not ok - expected 2 CPUs, got $(nproc)"; rkvm-kvm-ioctls-test; /selftests/run_tests; s=$?; /selftests/kmemleak_check && exit $s'
   count_ktap "$logs/qemu-selftests.log" "selftests (QEMU, backend=none, 2 CPUs)"
   # The ioctl fuzzer (scripts/fuzz.sh runs longer ones): its four checks, rmmod, kmemleak.
   vm_case qemu-fuzz 0 --kernel base --emulator qemu --cpus 2 --modargs backend=none --run \
@@ -112,11 +112,27 @@ if stage bochs; then
     pre=$(fuzz_with_probe 8000 "$n")
     vm_case "bochs-vmx-${n}cpu" 0 --emulator vmx --kernel base --cpus "$n" --modargs backend=vmx --timeout $((n * 300 + 300)) \
       --extra build/hoststate-base/rkvm_hoststate.ko --run \
-      "$pre test \"\$(nproc)\" = $n || echo 'not ok - expected $n CPUs'; rkvm-demo > /tmp/demo.out 2>&1; cat /tmp/demo.out; \
+      "export RKVM_ERRNO_LOG=/tmp/errno-log; $pre test \"\$(nproc)\" = $n || echo 'not ok - expected $n CPUs'; rkvm-demo > /tmp/demo.out 2>&1; cat /tmp/demo.out; \
        if [ \"\$(cat /tmp/demo.out)\" = \"\$(printf '4\nKVM_EXIT_HLT')\" ]; then echo 'ok 1 - demo guest prints 4 and KVM_EXIT_HLT'; else echo 'not ok 1 - demo guest'; fi; \
        rkvm-kvm-ioctls-test; /selftests/vmx_guests; /selftests/run_tests; s=\$?; $leak"
     count_ktap "$logs/bochs-vmx-${n}cpu.log" "demo + selftests (Bochs, backend=vmx, $n CPU)"
   done
+fi
+
+# The README's table "Bad input and its errno" (scripts/errno-table.py) against the rows this run
+# verified (RKVM_ERRNO_LOG above): the union of the QEMU run and the 1-CPU Bochs run must give the
+# README's table exactly; with only one of them (CHECK_ONLY=qemu|bochs), each of its rows must be
+# in the README's table. A changed errno or a new CHECK_ERRNO_WHY without `make errno-table` fails.
+if stage qemu || stage bochs; then
+  errno_logs=()
+  for l in "$logs/qemu-selftests.log" "$logs/bochs-vmx-1cpu.log"; do [ -f "$l" ] && errno_logs+=("$l"); done
+  mode=--subset; [ "${#errno_logs[@]}" = 2 ] && mode=--check
+  if python3 scripts/errno-table.py $mode "${errno_logs[@]}" > "$logs/errno-table.log" 2>&1; then
+    pass=$((pass + 1)); say "  ok - README errno table ($(tail -1 "$logs/errno-table.log"))"
+  else
+    fail=$((fail + 1)); say "  FAIL - README errno table $mode (a failed case makes no rows; log: $logs/errno-table.log)"
+    tail -25 "$logs/errno-table.log" | sed 's/^/    | /' >&2
+  fi
 fi
 
 if stage debug; then

@@ -47,9 +47,10 @@ TEST(get_supported_cpuid)
 	struct kvm_cpuid_entry2 *e;
 
 	CHECK(kvm >= 0);
-	CHECK_ERRNO(ioctl(kvm, KVM_GET_SUPPORTED_CPUID, small), E2BIG);
+	CHECK_ERRNO_WHY(ioctl(kvm, KVM_GET_SUPPORTED_CPUID, small), E2BIG,
+		    "nent 1 (too small for the table)");
 	CHECK(small->nent == 1);
-	CHECK_ERRNO(ioctl(kvm, KVM_GET_SUPPORTED_CPUID, NULL), EFAULT);
+	CHECK_ERRNO_WHY(ioctl(kvm, KVM_GET_SUPPORTED_CPUID, NULL), EFAULT, "NULL pointer");
 	c = supported(kvm);
 	CHECK(c != NULL);
 	if (!c)
@@ -93,7 +94,7 @@ TEST(set_get_cpuid2)
 	CHECK(ioctl(vcpu, KVM_GET_CPUID2, empty) == 0 && empty->nent == 0);
 	CHECK(ioctl(vcpu, KVM_SET_CPUID2, c) == 0);
 	out = alloc_cpuid(c->nent - 1);
-	CHECK_ERRNO(ioctl(vcpu, KVM_GET_CPUID2, out), E2BIG);
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_GET_CPUID2, out), E2BIG, "nent one below the vCPU's table");
 	out->nent = MAXENT;
 	out = realloc(out, sizeof(*out) + MAXENT * sizeof(struct kvm_cpuid_entry2));
 	CHECK(ioctl(vcpu, KVM_GET_CPUID2, out) == 0);
@@ -115,9 +116,10 @@ TEST(set_get_cpuid2)
 		else
 			CHECK(a->eax == b->eax && a->ebx == b->ebx && a->ecx == b->ecx && a->edx == b->edx);
 	}
-	CHECK_ERRNO(ioctl(vcpu, KVM_SET_CPUID2, big), E2BIG);
-	CHECK_ERRNO(ioctl(vcpu, KVM_SET_CPUID2, NULL), EFAULT);
-	CHECK_ERRNO(ioctl(vcpu, KVM_GET_CPUID2, NULL), EFAULT);
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_SET_CPUID2, big), E2BIG,
+		    "nent 257 (above KVM_MAX_CPUID_ENTRIES)");
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_SET_CPUID2, NULL), EFAULT, "NULL pointer");
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_GET_CPUID2, NULL), EFAULT, "NULL pointer");
 	/* On the VM fd it is not a VM ioctl. */
 	CHECK(ioctl(vm, KVM_SET_CPUID2, c) == -1);
 	free(c);
@@ -169,7 +171,7 @@ TEST(guest_cpuid_from_the_table)
 	/* After KVM_RUN: the same table is accepted, a different one is not. */
 	CHECK(ioctl(v.vcpu, KVM_SET_CPUID2, c) == 0);
 	c->entries[2].eax = 0x23;
-	CHECK_ERRNO(ioctl(v.vcpu, KVM_SET_CPUID2, c), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(v.vcpu, KVM_SET_CPUID2, c), EINVAL, "different table after KVM_RUN");
 	free(c);
 	real_vm_free(&v);
 }

@@ -231,10 +231,13 @@ TEST(capability)
 	CHECK(ioctl(vm, KVM_CHECK_EXTENSION, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) ==
 	      (KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET));
 	/* Upstream's options check: INITIALLY_SET needs MANUAL_PROTECT_ENABLE; flags must be 0. */
-	CHECK_ERRNO(enable_manual(vm, KVM_DIRTY_LOG_INITIALLY_SET, 0), EINVAL);
-	CHECK_ERRNO(enable_manual(vm, 4, 0), EINVAL);
-	CHECK_ERRNO(enable_manual(vm, KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | 4, 0), EINVAL);
-	CHECK_ERRNO(enable_manual(vm, KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE, 1), EINVAL);
+	CHECK_ERRNO_WHY(enable_manual(vm, KVM_DIRTY_LOG_INITIALLY_SET, 0), EINVAL,
+		    "KVM_DIRTY_LOG_INITIALLY_SET without KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE");
+	CHECK_ERRNO_WHY(enable_manual(vm, 4, 0), EINVAL, "unknown option bit 2");
+	CHECK_ERRNO_WHY(enable_manual(vm, KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | 4, 0), EINVAL,
+		    "KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE with unknown bit 2");
+	CHECK_ERRNO_WHY(enable_manual(vm, KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE, 1), EINVAL,
+		    "nonzero flags");
 	CHECK(enable_manual(vm, KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE, 0) == 0);
 	CHECK(enable_manual(vm, KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET, 0) == 0);
 	CHECK(enable_manual(vm, 0, 0) == 0);
@@ -260,21 +263,24 @@ TEST(slot_flags)
 	CHECK(get_log(d.v.vm, 3, bitmap) == 0 && bitmap[0] == 0);
 	/* Toggled on an existing slot: the bitmap comes and goes with the flag. */
 	CHECK(dvm_slot(&d, 0) == 0);
-	CHECK_ERRNO(get_log(d.v.vm, DATA_SLOT, bitmap), ENOENT);
+	CHECK_ERRNO_WHY(get_log(d.v.vm, DATA_SLOT, bitmap), ENOENT,
+		    "slot whose logging was turned off");
 	CHECK(dvm_slot(&d, KVM_MEM_LOG_DIRTY_PAGES) == 0);
 	CHECK(get_log(d.v.vm, DATA_SLOT, bitmap) == 0 && bitmap[0] == 0);
 	/* Read-only still cannot change. */
-	CHECK_ERRNO(dvm_slot(&d, KVM_MEM_LOG_DIRTY_PAGES | KVM_MEM_READONLY), EINVAL);
-	CHECK_ERRNO(set_slot(d.v.vm, 2, KVM_MEM_LOG_DIRTY_PAGES, 0x100000, 1, d.data), EINVAL);
+	CHECK_ERRNO_WHY(dvm_slot(&d, KVM_MEM_LOG_DIRTY_PAGES | KVM_MEM_READONLY), EINVAL,
+		    "make a logging slot read-only");
+	CHECK_ERRNO_WHY(set_slot(d.v.vm, 2, KVM_MEM_LOG_DIRTY_PAGES, 0x100000, 1, d.data), EINVAL,
+		    "drop KVM_MEM_READONLY from a read-only logging slot");
 	CHECK(set_slot(d.v.vm, 2, KVM_MEM_READONLY, 0x100000, 1, d.data) == 0);
 	/* Moved while turning logging off, then on: the log follows. */
 	CHECK(set_slot(d.v.vm, 3, 0, 0x300000, 1, d.data) == 0);
-	CHECK_ERRNO(get_log(d.v.vm, 3, bitmap), ENOENT);
+	CHECK_ERRNO_WHY(get_log(d.v.vm, 3, bitmap), ENOENT, "slot moved with logging turned off");
 	CHECK(set_slot(d.v.vm, 3, KVM_MEM_LOG_DIRTY_PAGES, 0x400000, 1, d.data) == 0);
 	CHECK(get_log(d.v.vm, 3, bitmap) == 0);
 	/* Deleted: gone. */
 	CHECK(set_slot(d.v.vm, 3, 0, 0, 0, NULL) == 0);
-	CHECK_ERRNO(get_log(d.v.vm, 3, bitmap), ENOENT);
+	CHECK_ERRNO_WHY(get_log(d.v.vm, 3, bitmap), ENOENT, "deleted slot");
 	dvm_free(&d);
 }
 
@@ -286,15 +292,20 @@ TEST(get_errors)
 	CHECK(dvm_create_bare(&d, DATA_PAGES) == 0);
 	CHECK(dvm_slot(&d, KVM_MEM_LOG_DIRTY_PAGES) == 0);
 	CHECK(set_slot(d.v.vm, 2, 0, 0x100000, 1, d.data) == 0);
-	CHECK_ERRNO(get_log(d.v.vm, 7, bitmap), ENOENT);	/* no such slot */
-	CHECK_ERRNO(get_log(d.v.vm, 2, bitmap), ENOENT);	/* slot without logging */
-	CHECK_ERRNO(get_log(d.v.vm, 32764, bitmap), EINVAL);	/* beyond KVM_USER_MEM_SLOTS */
-	CHECK_ERRNO(get_log(d.v.vm, 2 << 16 | DATA_SLOT, bitmap), EINVAL); /* address space 2 */
+	CHECK_ERRNO_WHY(get_log(d.v.vm, 7, bitmap), ENOENT, "no such slot");	/* no such slot */
+	CHECK_ERRNO_WHY(get_log(d.v.vm, 2, bitmap), ENOENT,
+		    "slot without logging");	/* slot without logging */
+	CHECK_ERRNO_WHY(get_log(d.v.vm, 32764, bitmap), EINVAL,
+		    "slot id 32764 (beyond KVM_USER_MEM_SLOTS)");	/* beyond KVM_USER_MEM_SLOTS */
+	CHECK_ERRNO_WHY(get_log(d.v.vm, 2 << 16 | DATA_SLOT, bitmap), EINVAL,
+		    "address space 2"); /* address space 2 */
 	if (!upstream()) /* upstream x86 has an SMM address space 1 (then ENOENT) */
-		CHECK_ERRNO(get_log(d.v.vm, 1 << 16 | DATA_SLOT, bitmap), EINVAL);
-	CHECK_ERRNO(get_log(d.v.vm, DATA_SLOT, NULL), EFAULT);
-	CHECK_ERRNO(get_log(d.v.vm, DATA_SLOT, (void *)0xffff800000000000UL), EFAULT);
-	CHECK_ERRNO(ioctl(d.v.vm, KVM_GET_DIRTY_LOG, NULL), EFAULT);
+		CHECK_ERRNO_WHY(get_log(d.v.vm, 1 << 16 | DATA_SLOT, bitmap), EINVAL,
+			    "address space 1 (rkvm: no SMM; upstream ENOENT)");
+	CHECK_ERRNO_WHY(get_log(d.v.vm, DATA_SLOT, NULL), EFAULT, "NULL bitmap");
+	CHECK_ERRNO_WHY(get_log(d.v.vm, DATA_SLOT, (void *)0xffff800000000000UL), EFAULT,
+		    "kernel-half bitmap pointer");
+	CHECK_ERRNO_WHY(ioctl(d.v.vm, KVM_GET_DIRTY_LOG, NULL), EFAULT, "NULL pointer");
 	CHECK(get_log(d.v.vm, DATA_SLOT, bitmap) == 0);
 	dvm_free(&d);
 }
@@ -308,18 +319,27 @@ TEST(clear_errors)
 	CHECK(dvm_slot(&d, KVM_MEM_LOG_DIRTY_PAGES) == 0);
 	CHECK(set_slot(d.v.vm, 2, 0, 0x100000, 1, d.data) == 0);
 	/* Upstream's order: slot id, first_page alignment, slot, range, then the copy. */
-	CHECK_ERRNO(clear_log(d.v.vm, 32764, 0, 64, bitmap), EINVAL);
-	CHECK_ERRNO(clear_log(d.v.vm, DATA_SLOT, 1, 64, bitmap), EINVAL);	/* misaligned first_page */
-	CHECK_ERRNO(clear_log(d.v.vm, DATA_SLOT, 32, 64, bitmap), EINVAL);
-	CHECK_ERRNO(clear_log(d.v.vm, 7, 1, 64, bitmap), EINVAL);		/* before ENOENT */
-	CHECK_ERRNO(clear_log(d.v.vm, 7, 0, 64, bitmap), ENOENT);
-	CHECK_ERRNO(clear_log(d.v.vm, 2, 0, 1, bitmap), ENOENT);		/* no logging */
-	CHECK_ERRNO(clear_log(d.v.vm, DATA_SLOT, 0, 65, bitmap), EINVAL);	/* not a multiple of 64 */
-	CHECK_ERRNO(clear_log(d.v.vm, DATA_SLOT, 0, 192, bitmap), EINVAL);	/* beyond the slot */
-	CHECK_ERRNO(clear_log(d.v.vm, DATA_SLOT, 64, 65, bitmap), EINVAL);
-	CHECK_ERRNO(clear_log(d.v.vm, DATA_SLOT, 192, 0, bitmap), EINVAL);
-	CHECK_ERRNO(clear_log(d.v.vm, DATA_SLOT, 0, 64, NULL), EFAULT);
-	CHECK_ERRNO(ioctl(d.v.vm, KVM_CLEAR_DIRTY_LOG, NULL), EFAULT);
+	CHECK_ERRNO_WHY(clear_log(d.v.vm, 32764, 0, 64, bitmap), EINVAL,
+		    "slot id 32764 (beyond KVM_USER_MEM_SLOTS)");
+	CHECK_ERRNO_WHY(clear_log(d.v.vm, DATA_SLOT, 1, 64, bitmap), EINVAL,
+		    "first_page 1 (not a multiple of 64)");	/* misaligned first_page */
+	CHECK_ERRNO_WHY(clear_log(d.v.vm, DATA_SLOT, 32, 64, bitmap), EINVAL,
+		    "first_page 32 (not a multiple of 64)");
+	CHECK_ERRNO_WHY(clear_log(d.v.vm, 7, 1, 64, bitmap), EINVAL,
+		    "no such slot and misaligned first_page (alignment checked first)");		/* before ENOENT */
+	CHECK_ERRNO_WHY(clear_log(d.v.vm, 7, 0, 64, bitmap), ENOENT, "no such slot");
+	CHECK_ERRNO_WHY(clear_log(d.v.vm, 2, 0, 1, bitmap), ENOENT,
+		    "slot without logging");		/* no logging */
+	CHECK_ERRNO_WHY(clear_log(d.v.vm, DATA_SLOT, 0, 65, bitmap), EINVAL,
+		    "num_pages 65 (not a multiple of 64, not at the slot's end)");	/* not a multiple of 64 */
+	CHECK_ERRNO_WHY(clear_log(d.v.vm, DATA_SLOT, 0, 192, bitmap), EINVAL,
+		    "num_pages 192, past the 64-page slot");	/* beyond the slot */
+	CHECK_ERRNO_WHY(clear_log(d.v.vm, DATA_SLOT, 64, 65, bitmap), EINVAL,
+		    "range 64 + 65 pages, past the 64-page slot");
+	CHECK_ERRNO_WHY(clear_log(d.v.vm, DATA_SLOT, 192, 0, bitmap), EINVAL,
+		    "first_page 192, past the 64-page slot");
+	CHECK_ERRNO_WHY(clear_log(d.v.vm, DATA_SLOT, 0, 64, NULL), EFAULT, "NULL bitmap");
+	CHECK_ERRNO_WHY(ioctl(d.v.vm, KVM_CLEAR_DIRTY_LOG, NULL), EFAULT, "NULL pointer");
 	/* Valid: aligned pieces, the whole slot, and empty (nothing read, so NULL is fine). */
 	CHECK(clear_log(d.v.vm, DATA_SLOT, 64, 64, bitmap) == 0);
 	CHECK(clear_log(d.v.vm, DATA_SLOT, 0, 128, bitmap) == 0);
@@ -494,7 +514,8 @@ TEST(logging_turned_on_for_a_mapped_slot)
 	CHECK(log_is(&d, PAGES(1)));
 	/* Off: no log, and the write-protected pages are writable again for the guest. */
 	CHECK(dvm_slot(&d, 0) == 0);
-	CHECK_ERRNO(get_log(d.v.vm, DATA_SLOT, bitmap), ENOENT);
+	CHECK_ERRNO_WHY(get_log(d.v.vm, DATA_SLOT, bitmap), ENOENT,
+		    "slot whose logging was turned off after a guest ran");
 	CHECK(guest_write(&d, PAGES(1, 2)));
 	/* On again: a fresh log. */
 	CHECK(dvm_slot(&d, KVM_MEM_LOG_DIRTY_PAGES) == 0);
@@ -513,7 +534,8 @@ TEST(failed_copy_keeps_the_log)
 	CHECK(dvm_create(&d, writer, sizeof(writer), DATA_PAGES) == 0);
 	CHECK(dvm_slot(&d, KVM_MEM_LOG_DIRTY_PAGES) == 0);
 	CHECK(guest_write(&d, PAGES(3)));
-	CHECK_ERRNO(get_log(d.v.vm, DATA_SLOT, NULL), EFAULT);
+	CHECK_ERRNO_WHY(get_log(d.v.vm, DATA_SLOT, NULL), EFAULT,
+		    "NULL bitmap, guest wrote pages (the log is kept)");
 	/* rkvm puts the bits back; upstream has already cleared them (lost). */
 	if (!upstream())
 		CHECK(log_is(&d, PAGES(3)));

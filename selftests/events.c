@@ -90,8 +90,9 @@ TEST(interrupt_window_then_injection)
 	/* Inside the handler IF=0 (the interrupt gate cleared it). */
 	CHECK(v.run->if_flag == 0 && v.run->ready_for_interrupt_injection == 0);
 	irq.irq = 256;
-	CHECK_ERRNO(ioctl(v.vcpu, KVM_INTERRUPT, &irq), EINVAL);
-	CHECK_ERRNO(ioctl(v.vcpu, KVM_INTERRUPT, (void *)8), EFAULT);
+	CHECK_ERRNO_WHY(ioctl(v.vcpu, KVM_INTERRUPT, &irq), EINVAL,
+		    "vector 256 with the userspace irqchip");
+	CHECK_ERRNO_WHY(ioctl(v.vcpu, KVM_INTERRUPT, (void *)8), EFAULT, "unmapped pointer (8)");
 	real_vm_free(&v);
 }
 
@@ -193,27 +194,31 @@ TEST(vcpu_events_bad_input)
 	CHECK(vcpu >= 0);
 	/* Payloads and triple-fault events are not enabled; unknown flags are refused. */
 	ev.flags = KVM_VCPUEVENT_VALID_PAYLOAD;
-	CHECK_ERRNO(ioctl(vcpu, KVM_SET_VCPU_EVENTS, &ev), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_SET_VCPU_EVENTS, &ev), EINVAL,
+		    "KVM_VCPUEVENT_VALID_PAYLOAD without KVM_CAP_EXCEPTION_PAYLOAD enabled");
 	ev.flags = KVM_VCPUEVENT_VALID_TRIPLE_FAULT;
-	CHECK_ERRNO(ioctl(vcpu, KVM_SET_VCPU_EVENTS, &ev), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_SET_VCPU_EVENTS, &ev), EINVAL,
+		    "KVM_VCPUEVENT_VALID_TRIPLE_FAULT without KVM_CAP_X86_TRIPLE_FAULT_EVENT enabled");
 	ev.flags = 1u << 30;
-	CHECK_ERRNO(ioctl(vcpu, KVM_SET_VCPU_EVENTS, &ev), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_SET_VCPU_EVENTS, &ev), EINVAL, "unknown flag bit 30");
 	/* Exception vectors above 31, and NMI as an exception. */
 	ev.flags = 0;
 	ev.exception.injected = 1;
 	ev.exception.nr = 32;
-	CHECK_ERRNO(ioctl(vcpu, KVM_SET_VCPU_EVENTS, &ev), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_SET_VCPU_EVENTS, &ev), EINVAL, "exception vector 32");
 	ev.exception.nr = 2;
-	CHECK_ERRNO(ioctl(vcpu, KVM_SET_VCPU_EVENTS, &ev), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_SET_VCPU_EVENTS, &ev), EINVAL, "exception vector 2 (NMI)");
 	/* No SMM: the SMM flag only with nothing in SMM. */
 	memset(&ev, 0, sizeof(ev));
 	ev.flags = KVM_VCPUEVENT_VALID_SMM;
 	ev.smi.smm = 1;
 	if (!upstream()) /* upstream kernels built with CONFIG_KVM_SMM accept it */
-		CHECK_ERRNO(ioctl(vcpu, KVM_SET_VCPU_EVENTS, &ev), EINVAL);
-	CHECK_ERRNO(ioctl(vcpu, KVM_SET_VCPU_EVENTS, (void *)8), EFAULT);
+		CHECK_ERRNO_WHY(ioctl(vcpu, KVM_SET_VCPU_EVENTS, &ev), EINVAL,
+			    "KVM_VCPUEVENT_VALID_SMM with smi.smm = 1 (rkvm: no SMM)");
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_SET_VCPU_EVENTS, (void *)8), EFAULT, "unmapped pointer (8)");
 	if (!no_guests()) /* backend=none has no events: EINVAL first */
-		CHECK_ERRNO(ioctl(vcpu, KVM_GET_VCPU_EVENTS, (void *)8), EFAULT);
+		CHECK_ERRNO_WHY(ioctl(vcpu, KVM_GET_VCPU_EVENTS, (void *)8), EFAULT,
+			    "unmapped pointer (8)");
 	if (!no_guests() && !upstream()) {
 		ev.smi.smm = 0;
 		CHECK(ioctl(vcpu, KVM_SET_VCPU_EVENTS, &ev) == 0);
@@ -243,9 +248,9 @@ TEST(signal_mask_applies_during_run)
 	CHECK(events_vm(&v) == 0);
 	/* Errors: a sigset of the wrong size, an unreadable argument. */
 	mask.m.len = 4;
-	CHECK_ERRNO(ioctl(v.vcpu, KVM_SET_SIGNAL_MASK, &mask), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(v.vcpu, KVM_SET_SIGNAL_MASK, &mask), EINVAL, "sigset length 4 (not 8)");
 	mask.m.len = 8;
-	CHECK_ERRNO(ioctl(v.vcpu, KVM_SET_SIGNAL_MASK, (void *)8), EFAULT);
+	CHECK_ERRNO_WHY(ioctl(v.vcpu, KVM_SET_SIGNAL_MASK, (void *)8), EFAULT, "unmapped pointer (8)");
 	/* SIGUSR1 blocked in the thread and pending. */
 	sigaction(SIGUSR1, &sa, NULL);
 	sigemptyset(&usr1);
@@ -256,7 +261,8 @@ TEST(signal_mask_applies_during_run)
 	CHECK(run_to_port(&v, 0x10) == 0);
 	/* With an empty vCPU mask, SIGUSR1 is deliverable inside KVM_RUN: EINTR at once. */
 	CHECK(ioctl(v.vcpu, KVM_SET_SIGNAL_MASK, &mask) == 0);
-	CHECK_ERRNO(ioctl(v.vcpu, KVM_RUN, 0), EINTR);
+	CHECK_ERRNO_WHY(ioctl(v.vcpu, KVM_RUN, 0), EINTR,
+		    "signal unblocked by the vCPU's mask arrives during KVM_RUN");
 	CHECK(v.run->exit_reason == KVM_EXIT_INTR);
 	/* The thread's own mask is back, so the signal is still pending, not delivered. */
 	CHECK(sigpending(&pending) == 0 && sigismember(&pending, SIGUSR1) && !got_usr1);
@@ -296,14 +302,17 @@ TEST(user_memory_region2)
 	CHECK(ioctl(kvm, KVM_CHECK_EXTENSION, KVM_CAP_USER_MEMORY2) == 1);
 	CHECK(ioctl(vm, KVM_SET_USER_MEMORY_REGION2, &r) == 0);
 	/* The same slots as KVM_SET_USER_MEMORY_REGION: an overlap is refused. */
-	CHECK_ERRNO(ioctl(vm, KVM_SET_USER_MEMORY_REGION, &r1), EEXIST);
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_SET_USER_MEMORY_REGION, &r1), EEXIST,
+		    "range overlapping a slot made by KVM_SET_USER_MEMORY_REGION2");
 	/* No private memory in a default VM: KVM_MEM_GUEST_MEMFD is an invalid flag. */
 	r.slot = 5;
 	r.guest_phys_addr = 0x200000;
 	r.flags = KVM_MEM_GUEST_MEMFD;
-	CHECK_ERRNO(ioctl(vm, KVM_SET_USER_MEMORY_REGION2, &r), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_SET_USER_MEMORY_REGION2, &r), EINVAL,
+		    "KVM_MEM_GUEST_MEMFD flag (no guest_memfd)");
 	r.flags = 0;
-	CHECK_ERRNO(ioctl(vm, KVM_SET_USER_MEMORY_REGION2, (void *)8), EFAULT);
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_SET_USER_MEMORY_REGION2, (void *)8), EFAULT,
+		    "unmapped pointer (8)");
 	/* Deleted through the old ioctl. */
 	r1.slot = 3;
 	r1.memory_size = 0;
@@ -325,10 +334,12 @@ TEST(sync_regs)
 	CHECK(events_vm(&v) == 0);
 	/* Parts not offered are refused. */
 	v.run->kvm_valid_regs = 1 << 5;
-	CHECK_ERRNO(ioctl(v.vcpu, KVM_RUN, 0), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(v.vcpu, KVM_RUN, 0), EINVAL,
+		    "kvm_run->kvm_valid_regs bit 5 (not offered)");
 	v.run->kvm_valid_regs = 0;
 	v.run->kvm_dirty_regs = 1 << 5;
-	CHECK_ERRNO(ioctl(v.vcpu, KVM_RUN, 0), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(v.vcpu, KVM_RUN, 0), EINVAL,
+		    "kvm_run->kvm_dirty_regs bit 5 (not offered)");
 	v.run->kvm_dirty_regs = 0;
 	/* Stored after the run: registers, segments, events. */
 	v.run->kvm_valid_regs = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS | KVM_SYNC_X86_EVENTS;
@@ -350,7 +361,8 @@ TEST(sync_regs)
 	/* Dirty sregs go through KVM_SET_SREGS' checks: CR0.PG without PE is refused. */
 	v.run->s.regs.sregs.cr0 |= 0x80000000;
 	v.run->kvm_dirty_regs = KVM_SYNC_X86_SREGS;
-	CHECK_ERRNO(ioctl(v.vcpu, KVM_RUN, 0), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(v.vcpu, KVM_RUN, 0), EINVAL,
+		    "dirty sync sregs with CR0.PG without CR0.PE");
 	real_vm_free(&v);
 }
 
@@ -378,7 +390,7 @@ TEST(translate)
 	CHECK(t.valid == 1 && t.physical_address == 0x1234 && t.writeable == 1 && t.usermode == 0);
 	t.linear_address = 0x801234;
 	CHECK(ioctl(v.vcpu, KVM_TRANSLATE, &t) == 0 && t.valid == 0);
-	CHECK_ERRNO(ioctl(v.vcpu, KVM_TRANSLATE, (void *)8), EFAULT);
+	CHECK_ERRNO_WHY(ioctl(v.vcpu, KVM_TRANSLATE, (void *)8), EFAULT, "unmapped pointer (8)");
 	real_vm_free(&v);
 }
 

@@ -387,7 +387,8 @@ TEST(inject_db)
 	/* Injection needs no KVM_GUESTDBG_ENABLE; a second one while the first is pending is
 	 * EBUSY. */
 	CHECK(set_debug(&v, KVM_GUESTDBG_INJECT_DB, NULL) == 0);
-	CHECK_ERRNO(set_debug(&v, KVM_GUESTDBG_INJECT_BP, NULL), EBUSY);
+	CHECK_ERRNO_WHY(set_debug(&v, KVM_GUESTDBG_INJECT_BP, NULL), EBUSY,
+		    "KVM_GUESTDBG_INJECT_BP while an INJECT_DB is pending");
 	CHECK(ioctl(v.vcpu, KVM_GET_VCPU_EVENTS, &ev) == 0);
 	CHECK(ev.exception.injected == 1 && ev.exception.nr == 1);
 	/* The OUT completes first; the #DB arrives after it, DR6 untouched (no payload). */
@@ -464,17 +465,22 @@ TEST(caps_and_errors)
 	CHECK(dvm_create(&v, L_INJECT) == 0);
 	CHECK(ioctl(v.kvm, KVM_CHECK_EXTENSION, KVM_CAP_SET_GUEST_DEBUG) == 1);
 	CHECK(ioctl(v.kvm, KVM_CHECK_EXTENSION, KVM_CAP_SET_GUEST_DEBUG2) == mask);
-	CHECK_ERRNO(ioctl(v.vcpu, KVM_SET_GUEST_DEBUG, (void *)8), EFAULT);
+	CHECK_ERRNO_WHY(ioctl(v.vcpu, KVM_SET_GUEST_DEBUG, (void *)8), EFAULT, "unmapped pointer (8)");
 	/* Upstream 6.12 x86 ignores unknown flags and loads any DR7 (the entry then fails). */
 	if (!upstream()) {
-		CHECK_ERRNO(set_debug(&v, KVM_GUESTDBG_ENABLE | 0x4, NULL), EINVAL);
-		CHECK_ERRNO(set_debug(&v, KVM_GUESTDBG_ENABLE | 1U << 31, NULL), EINVAL);
-		CHECK_ERRNO(set_debug(&v, KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP, dr), EINVAL);
+		CHECK_ERRNO_WHY(set_debug(&v, KVM_GUESTDBG_ENABLE | 0x4, NULL), EINVAL,
+			    "unknown control bit 2 (rkvm; upstream 6.12 ignores it)");
+		CHECK_ERRNO_WHY(set_debug(&v, KVM_GUESTDBG_ENABLE | 1U << 31, NULL), EINVAL,
+			    "unknown control bit 31 (rkvm; upstream 6.12 ignores it)");
+		CHECK_ERRNO_WHY(set_debug(&v, KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP, dr), EINVAL,
+			    "KVM_GUESTDBG_USE_HW_BP with DR7 bit 32 set (rkvm; upstream 6.12 loads it)");
 	}
 	/* One pending injection at a time; other settings may change meanwhile. */
 	CHECK(set_debug(&v, KVM_GUESTDBG_INJECT_BP, NULL) == 0);
-	CHECK_ERRNO(set_debug(&v, KVM_GUESTDBG_INJECT_DB, NULL), EBUSY);
-	CHECK_ERRNO(set_debug(&v, KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_INJECT_BP, NULL), EBUSY);
+	CHECK_ERRNO_WHY(set_debug(&v, KVM_GUESTDBG_INJECT_DB, NULL), EBUSY,
+		    "KVM_GUESTDBG_INJECT_DB while an INJECT_BP is pending");
+	CHECK_ERRNO_WHY(set_debug(&v, KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_INJECT_BP, NULL), EBUSY,
+		    "KVM_GUESTDBG_ENABLE with INJECT_BP while one is pending");
 	CHECK(set_debug(&v, KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP, NULL) == 0);
 	CHECK(set_debug(&v, 0, NULL) == 0);
 	CHECK(ioctl(v.vcpu, KVM_GET_VCPU_EVENTS, &ev) == 0 && ev.exception.nr == 3);

@@ -74,21 +74,29 @@ TEST(assign_errors)
 	int kvm = open_dev(), vm = create_vm(kvm), efd = new_eventfd(), closed = dup(efd);
 
 	close(closed);
-	CHECK_ERRNO(ioctl(vm, KVM_IOEVENTFD, NULL), EFAULT);
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_IOEVENTFD, NULL), EFAULT, "NULL pointer");
 	for (__u32 len = 3; len < 17; len++)
 		if (len != 4 && len != 8)
-			CHECK_ERRNO(ioeventfd(vm, 0x1000, len, efd, 0, 0), EINVAL);
-	CHECK_ERRNO(ioeventfd(vm, 0x1000, 3, -1, 0, 0), EINVAL); /* before the fd */
-	CHECK_ERRNO(ioeventfd(vm, -4ull, 4, efd, 0, 0), EINVAL); /* ends at 2^64: wraps */
-	CHECK_ERRNO(ioeventfd(vm, -2ull, 4, efd, PIO, 0), EINVAL);
-	CHECK_ERRNO(ioeventfd(vm, 0x1000, 4, efd, 1 << 5, 0), EINVAL);
-	CHECK_ERRNO(ioeventfd(vm, 0x1000, 4, efd, 0x80000000, 0), EINVAL);
-	CHECK_ERRNO(ioeventfd(vm, 0x1000, 0, efd, DM, 0), EINVAL);
-	CHECK_ERRNO(ioeventfd(vm, 0x1000, 0, efd, DM | PIO, 0), EINVAL);
-	CHECK_ERRNO(ioeventfd(vm, 0x1000, 4, -1, 0, 0), EBADF);
-	CHECK_ERRNO(ioeventfd(vm, 0x1000, 4, closed, 0, 0), EBADF);
-	CHECK_ERRNO(ioeventfd(vm, 0x1000, 4, vm, 0, 0), EINVAL); /* not an eventfd */
-	CHECK_ERRNO(ioeventfd(vm, 0x1000, 4, kvm, 0, 0), EINVAL);
+			CHECK_ERRNO_WHY(ioeventfd(vm, 0x1000, len, efd, 0, 0), EINVAL,
+				    "length other than 0, 1, 2, 4, 8");
+	CHECK_ERRNO_WHY(ioeventfd(vm, 0x1000, 3, -1, 0, 0), EINVAL,
+		    "length 3 with fd -1 (length checked before the fd)"); /* before the fd */
+	CHECK_ERRNO_WHY(ioeventfd(vm, -4ull, 4, efd, 0, 0), EINVAL,
+		    "MMIO range ending at 2^64 (wraps)"); /* ends at 2^64: wraps */
+	CHECK_ERRNO_WHY(ioeventfd(vm, -2ull, 4, efd, PIO, 0), EINVAL,
+		    "PIO range ending past 2^64 (wraps)");
+	CHECK_ERRNO_WHY(ioeventfd(vm, 0x1000, 4, efd, 1 << 5, 0), EINVAL, "unknown flag bit 5");
+	CHECK_ERRNO_WHY(ioeventfd(vm, 0x1000, 4, efd, 0x80000000, 0), EINVAL, "unknown flag bit 31");
+	CHECK_ERRNO_WHY(ioeventfd(vm, 0x1000, 0, efd, DM, 0), EINVAL,
+		    "KVM_IOEVENTFD_FLAG_DATAMATCH with length 0");
+	CHECK_ERRNO_WHY(ioeventfd(vm, 0x1000, 0, efd, DM | PIO, 0), EINVAL,
+		    "DATAMATCH with length 0 on the PIO bus");
+	CHECK_ERRNO_WHY(ioeventfd(vm, 0x1000, 4, -1, 0, 0), EBADF, "fd -1");
+	CHECK_ERRNO_WHY(ioeventfd(vm, 0x1000, 4, closed, 0, 0), EBADF, "closed fd");
+	CHECK_ERRNO_WHY(ioeventfd(vm, 0x1000, 4, vm, 0, 0), EINVAL,
+		    "fd that is not an eventfd (a VM fd)"); /* not an eventfd */
+	CHECK_ERRNO_WHY(ioeventfd(vm, 0x1000, 4, kvm, 0, 0), EINVAL,
+		    "fd that is not an eventfd (/dev/kvm)");
 	/* What is accepted: every length (0 on both buses), the last byte of the address space,
 	 * the flag bit upstream reserves for fast MMIO, and virtio-ccw (its own bus, never written
 	 * on x86). */
@@ -104,7 +112,8 @@ TEST(assign_errors)
 	CHECK(ioeventfd(vm, 0x3000, 4, efd, CCW, 0) == 0);
 	CHECK(ioeventfd(vm, 0x3000, 4, efd, CCW | DEASSIGN, 0) == 0);
 	CHECK(ioeventfd(vm, 0x3000, 4, efd, CCW | PIO, 0) == 0); /* PIO wins */
-	CHECK_ERRNO(ioeventfd(vm, 0x3000, 4, efd, PIO, 0), EEXIST);
+	CHECK_ERRNO_WHY(ioeventfd(vm, 0x3000, 4, efd, PIO, 0), EEXIST,
+		    "same PIO address, length and eventfd already assigned (by CCW and PIO: PIO wins)");
 	close(efd);
 	close(vm);
 	close(kvm);
@@ -116,16 +125,21 @@ TEST(duplicates)
 	int kvm = open_dev(), vm = create_vm(kvm), e1 = new_eventfd(), e2 = new_eventfd();
 
 	CHECK(ioeventfd(vm, 0x1000, 4, e1, DM, 1) == 0);
-	CHECK_ERRNO(ioeventfd(vm, 0x1000, 4, e1, DM, 1), EEXIST);
-	CHECK_ERRNO(ioeventfd(vm, 0x1000, 4, e2, DM, 1), EEXIST);
-	CHECK_ERRNO(ioeventfd(vm, 0x1000, 4, e2, 0, 0), EEXIST);	/* any data covers 1 */
-	CHECK_ERRNO(ioeventfd(vm, 0x1000, 0, e2, 0, 0), EEXIST);	/* any length covers 4 */
+	CHECK_ERRNO_WHY(ioeventfd(vm, 0x1000, 4, e1, DM, 1), EEXIST,
+		    "same address, length, data and eventfd again");
+	CHECK_ERRNO_WHY(ioeventfd(vm, 0x1000, 4, e2, DM, 1), EEXIST,
+		    "same address, length and data with another eventfd");
+	CHECK_ERRNO_WHY(ioeventfd(vm, 0x1000, 4, e2, 0, 0), EEXIST,
+		    "wildcard over an address with a DATAMATCH entry");	/* any data covers 1 */
+	CHECK_ERRNO_WHY(ioeventfd(vm, 0x1000, 0, e2, 0, 0), EEXIST,
+		    "length 0 over an address with a 4-byte entry");	/* any length covers 4 */
 	CHECK(ioeventfd(vm, 0x1000, 4, e2, DM, 2) == 0);
 	CHECK(ioeventfd(vm, 0x1000, 2, e2, DM, 1) == 0);
 	CHECK(ioeventfd(vm, 0x1000, 4, e1, DM | PIO, 1) == 0);	/* the other bus */
 	CHECK(ioeventfd(vm, 0x1001, 4, e1, DM, 1) == 0);
 	CHECK(ioeventfd(vm, 0x2000, 0, e1, PIO, 0) == 0);
-	CHECK_ERRNO(ioeventfd(vm, 0x2000, 1, e2, DM | PIO, 7), EEXIST);
+	CHECK_ERRNO_WHY(ioeventfd(vm, 0x2000, 1, e2, DM | PIO, 7), EEXIST,
+		    "DATAMATCH over a PIO address with a length-0 wildcard");
 	CHECK(ioeventfd(vm, 0x2000, 1, e2, DM, 7) == 0);
 	close(e1);
 	close(e2);
@@ -142,20 +156,29 @@ TEST(deassign)
 	CHECK(ioeventfd(vm, 0x1000, 4, e1, DM, 1) == 0);
 	CHECK(ioeventfd(vm, 0x2000, 2, e1, PIO, 0) == 0);
 	CHECK(ioeventfd(vm, 0x3000, 0, e2, 0, 0) == 0);
-	CHECK_ERRNO(ioeventfd(vm, 0x1000, 4, e1, DEASSIGN | DM, 2), ENOENT);
-	CHECK_ERRNO(ioeventfd(vm, 0x1000, 4, e1, DEASSIGN, 1), ENOENT);
-	CHECK_ERRNO(ioeventfd(vm, 0x1000, 4, e2, DEASSIGN | DM, 1), ENOENT);
-	CHECK_ERRNO(ioeventfd(vm, 0x1000, 2, e1, DEASSIGN | DM, 1), ENOENT);
-	CHECK_ERRNO(ioeventfd(vm, 0x1000, 4, e1, DEASSIGN | DM | PIO, 1), ENOENT);
-	CHECK_ERRNO(ioeventfd(vm, 0x1000, 3, e1, DEASSIGN | DM, 1), ENOENT); /* no length check */
-	CHECK_ERRNO(ioeventfd(vm, 0x1000, 4, -1, DEASSIGN | DM, 1), EBADF);
-	CHECK_ERRNO(ioeventfd(vm, 0x1000, 4, vm, DEASSIGN | DM, 1), EINVAL);
+	CHECK_ERRNO_WHY(ioeventfd(vm, 0x1000, 4, e1, DEASSIGN | DM, 2), ENOENT,
+		    "deassign with another data value");
+	CHECK_ERRNO_WHY(ioeventfd(vm, 0x1000, 4, e1, DEASSIGN, 1), ENOENT,
+		    "deassign without DATAMATCH (entry has it)");
+	CHECK_ERRNO_WHY(ioeventfd(vm, 0x1000, 4, e2, DEASSIGN | DM, 1), ENOENT,
+		    "deassign with another eventfd");
+	CHECK_ERRNO_WHY(ioeventfd(vm, 0x1000, 2, e1, DEASSIGN | DM, 1), ENOENT,
+		    "deassign with another length");
+	CHECK_ERRNO_WHY(ioeventfd(vm, 0x1000, 4, e1, DEASSIGN | DM | PIO, 1), ENOENT,
+		    "deassign on the other bus (PIO)");
+	CHECK_ERRNO_WHY(ioeventfd(vm, 0x1000, 3, e1, DEASSIGN | DM, 1), ENOENT,
+		    "deassign with length 3 (no length check on deassign)"); /* no length check */
+	CHECK_ERRNO_WHY(ioeventfd(vm, 0x1000, 4, -1, DEASSIGN | DM, 1), EBADF, "deassign with fd -1");
+	CHECK_ERRNO_WHY(ioeventfd(vm, 0x1000, 4, vm, DEASSIGN | DM, 1), EINVAL,
+		    "deassign with a fd that is not an eventfd");
 	CHECK(ioeventfd(vm, 0x1000, 4, e1dup, DEASSIGN | DM, 1) == 0); /* same eventfd, other fd */
-	CHECK_ERRNO(ioeventfd(vm, 0x1000, 4, e1, DEASSIGN | DM, 1), ENOENT);
+	CHECK_ERRNO_WHY(ioeventfd(vm, 0x1000, 4, e1, DEASSIGN | DM, 1), ENOENT,
+		    "deassign an entry already removed through a dup of its eventfd");
 	CHECK(ioeventfd(vm, 0x1000, 4, e1, DM, 1) == 0);		/* again */
 	CHECK(ioeventfd(vm, 0x2000, 2, e1, DEASSIGN | PIO, 0x55) == 0); /* data ignored: wildcard */
 	CHECK(ioeventfd(vm, 0x3000, 0, e2, DEASSIGN, 0) == 0);
-	CHECK_ERRNO(ioeventfd(vm, 0x3000, 0, e2, DEASSIGN, 0), ENOENT);
+	CHECK_ERRNO_WHY(ioeventfd(vm, 0x3000, 0, e2, DEASSIGN, 0), ENOENT,
+		    "deassign a wildcard already removed");
 	/* Extra flags are not checked on deassignment. */
 	CHECK(ioeventfd(vm, 0x1000, 4, e1, DEASSIGN | DM | (1 << 20), 1) == 0);
 	close(e1dup);
@@ -184,9 +207,12 @@ TEST(limits)
 	}
 	CHECK(ok);
 	z.addr = 0x300000;
-	CHECK_ERRNO(ioctl(vm, KVM_REGISTER_COALESCED_MMIO, &z), ENOSPC);
-	CHECK_ERRNO(ioeventfd(vm, 0x400000, 4, efd, 0, 0), ENOSPC);
-	CHECK_ERRNO(ioeventfd(vm, 0x100000, 4, efd, 0, 0), EEXIST);
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_REGISTER_COALESCED_MMIO, &z), ENOSPC,
+		    "coalesced MMIO zone beyond NR_IOBUS_DEVS (1000) on the MMIO bus");
+	CHECK_ERRNO_WHY(ioeventfd(vm, 0x400000, 4, efd, 0, 0), ENOSPC,
+		    "MMIO ioeventfd on a full MMIO bus (1000 coalesced zones)");
+	CHECK_ERRNO_WHY(ioeventfd(vm, 0x100000, 4, efd, 0, 0), EEXIST,
+		    "full MMIO bus, address already assigned (EEXIST checked first)");
 	CHECK(ioeventfd(vm, 0x400000, 4, efd, PIO, 0) == 0);
 	z.pio = 1;
 	CHECK(ioctl(vm, KVM_REGISTER_COALESCED_MMIO, &z) == 0);	/* the PIO bus has room */

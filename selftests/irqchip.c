@@ -537,51 +537,58 @@ TEST(api_errors)
 	vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
 	vcpu1 = ioctl(vm, KVM_CREATE_VCPU, 1);
 	CHECK(vcpu >= 0 && vcpu1 >= 0);
-	CHECK_ERRNO(ioctl(vcpu, KVM_GET_LAPIC, &lapic), EINVAL);
-	CHECK_ERRNO(ioctl(vcpu, KVM_SET_LAPIC, &lapic), EINVAL);
-	CHECK_ERRNO(ioctl(vcpu, KVM_GET_LAPIC, (void *)8), EINVAL);
-	CHECK_ERRNO(ioctl(vm, KVM_GET_IRQCHIP, &chip), ENXIO);
-	CHECK_ERRNO(ioctl(vm, KVM_SET_IRQCHIP, &chip), ENXIO);
-	CHECK_ERRNO(ioctl(vm, KVM_GET_IRQCHIP, (void *)8), EFAULT);
-	CHECK_ERRNO(irq_line(vm, 5, 1), ENXIO);
-	CHECK_ERRNO(ioctl(vm, KVM_IRQ_LINE, (void *)8), EFAULT);
-	CHECK_ERRNO(set_mp_state(vcpu, KVM_MP_STATE_HALTED), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_GET_LAPIC, &lapic), EINVAL, "no in-kernel irqchip");
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_SET_LAPIC, &lapic), EINVAL, "no in-kernel irqchip");
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_GET_LAPIC, (void *)8), EINVAL,
+		    "no in-kernel irqchip, unmapped pointer (irqchip checked first)");
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_GET_IRQCHIP, &chip), ENXIO, "no in-kernel irqchip");
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_SET_IRQCHIP, &chip), ENXIO, "no in-kernel irqchip");
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_GET_IRQCHIP, (void *)8), EFAULT,
+		    "no in-kernel irqchip, unmapped pointer (copied in first)");
+	CHECK_ERRNO_WHY(irq_line(vm, 5, 1), ENXIO, "no in-kernel irqchip");
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_IRQ_LINE, (void *)8), EFAULT, "unmapped pointer (8)");
+	CHECK_ERRNO_WHY(set_mp_state(vcpu, KVM_MP_STATE_HALTED), EINVAL,
+		    "KVM_MP_STATE_HALTED without an in-kernel irqchip");
 	/* Every vCPU starts runnable without an in-kernel LAPIC. */
 	CHECK(mp_state(vcpu) == KVM_MP_STATE_RUNNABLE && mp_state(vcpu1) == KVM_MP_STATE_RUNNABLE);
 	/* Too late once a vCPU exists. */
-	CHECK_ERRNO(ioctl(vm, KVM_CREATE_IRQCHIP, 0), EINVAL);
-	CHECK_ERRNO(ioctl(vm, KVM_GET_IRQCHIP, &chip), ENXIO);
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_CREATE_IRQCHIP, 0), EINVAL, "after a vCPU was created");
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_GET_IRQCHIP, &chip), ENXIO,
+		    "no in-kernel irqchip (after a refused KVM_CREATE_IRQCHIP)");
 
 	/* With one (vm2): once only. */
 	CHECK(ioctl(vm2, KVM_CREATE_IRQCHIP, 0) == 0);
-	CHECK_ERRNO(ioctl(vm2, KVM_CREATE_IRQCHIP, 0), EEXIST);
+	CHECK_ERRNO_WHY(ioctl(vm2, KVM_CREATE_IRQCHIP, 0), EEXIST, "irqchip already created");
 	vcpu2 = ioctl(vm2, KVM_CREATE_VCPU, 0);
 	CHECK(vcpu2 >= 0);
-	CHECK_ERRNO(ioctl(vm2, KVM_CREATE_IRQCHIP, 0), EEXIST);
+	CHECK_ERRNO_WHY(ioctl(vm2, KVM_CREATE_IRQCHIP, 0), EEXIST,
+		    "irqchip already created, vCPU exists");
 	CHECK(ioctl(vm2, KVM_GET_IRQCHIP, &chip) == 0);
 	chip.chip_id = 3;
-	CHECK_ERRNO(ioctl(vm2, KVM_GET_IRQCHIP, &chip), EINVAL);
-	CHECK_ERRNO(ioctl(vm2, KVM_SET_IRQCHIP, &chip), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vm2, KVM_GET_IRQCHIP, &chip), EINVAL, "chip_id 3");
+	CHECK_ERRNO_WHY(ioctl(vm2, KVM_SET_IRQCHIP, &chip), EINVAL, "chip_id 3");
 	chip.chip_id = 0x80000000u;
-	CHECK_ERRNO(ioctl(vm2, KVM_GET_IRQCHIP, &chip), EINVAL);
-	CHECK_ERRNO(ioctl(vm2, KVM_GET_IRQCHIP, (void *)8), EFAULT);
-	CHECK_ERRNO(ioctl(vm2, KVM_SET_IRQCHIP, (void *)8), EFAULT);
-	CHECK_ERRNO(ioctl(vcpu2, KVM_GET_LAPIC, (void *)8), EFAULT);
-	CHECK_ERRNO(ioctl(vcpu2, KVM_SET_LAPIC, (void *)8), EFAULT);
-	CHECK_ERRNO(ioctl(vm2, KVM_IRQ_LINE, (void *)8), EFAULT);
+	CHECK_ERRNO_WHY(ioctl(vm2, KVM_GET_IRQCHIP, &chip), EINVAL, "chip_id 0x80000000");
+	CHECK_ERRNO_WHY(ioctl(vm2, KVM_GET_IRQCHIP, (void *)8), EFAULT, "unmapped pointer (8)");
+	CHECK_ERRNO_WHY(ioctl(vm2, KVM_SET_IRQCHIP, (void *)8), EFAULT, "unmapped pointer (8)");
+	CHECK_ERRNO_WHY(ioctl(vcpu2, KVM_GET_LAPIC, (void *)8), EFAULT, "unmapped pointer (8)");
+	CHECK_ERRNO_WHY(ioctl(vcpu2, KVM_SET_LAPIC, (void *)8), EFAULT, "unmapped pointer (8)");
+	CHECK_ERRNO_WHY(ioctl(vm2, KVM_IRQ_LINE, (void *)8), EFAULT, "unmapped pointer (8)");
 	CHECK(irq_line(vm2, 5, 1) == 0 && irq_line(vm2, 5, 0) == 0);
 	/* A GSI with no route is not an error: KVM_IRQ_LINE returns 0 (the status says -1). */
 	CHECK(irq_line(vm2, 1000, 1) == 0);
 	/* KVM_INTERRUPT is for a userspace PIC only: ENXIO with the in-kernel one (a vector
 	 * past 255 is EINVAL first, a bad pointer EFAULT). */
-	CHECK_ERRNO(ioctl(vcpu2, KVM_INTERRUPT, &intr), ENXIO);
+	CHECK_ERRNO_WHY(ioctl(vcpu2, KVM_INTERRUPT, &intr), ENXIO,
+		    "in-kernel irqchip (KVM_INTERRUPT is for a userspace PIC)");
 	intr.irq = 256;
-	CHECK_ERRNO(ioctl(vcpu2, KVM_INTERRUPT, &intr), EINVAL);
-	CHECK_ERRNO(ioctl(vcpu2, KVM_INTERRUPT, (void *)8), EFAULT);
+	CHECK_ERRNO_WHY(ioctl(vcpu2, KVM_INTERRUPT, &intr), EINVAL,
+		    "vector 256 with the in-kernel irqchip (checked before ENXIO)");
+	CHECK_ERRNO_WHY(ioctl(vcpu2, KVM_INTERRUPT, (void *)8), EFAULT, "unmapped pointer (8)");
 	/* mp_state: halted is accepted with the in-kernel LAPIC, an unknown state is not. */
 	CHECK(set_mp_state(vcpu2, KVM_MP_STATE_HALTED) == 0);
 	CHECK(mp_state(vcpu2) == KVM_MP_STATE_HALTED);
-	CHECK_ERRNO(set_mp_state(vcpu2, 100), EINVAL);
+	CHECK_ERRNO_WHY(set_mp_state(vcpu2, 100), EINVAL, "unknown mp_state 100");
 	CHECK(set_mp_state(vcpu2, KVM_MP_STATE_RUNNABLE) == 0);
 	CHECK(mp_state(vcpu2) == KVM_MP_STATE_RUNNABLE);
 	close(vcpu2);
@@ -1123,7 +1130,8 @@ TEST(x2apic_ipis)
 	CHECK(reg(&l, APIC_ID) == 1);
 	CHECK(ioctl(v.vcpu[1], KVM_SET_LAPIC, &l) == 0);
 	set_reg(&l, APIC_ID, 1 << 24);
-	CHECK_ERRNO(ioctl(v.vcpu[1], KVM_SET_LAPIC, &l), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(v.vcpu[1], KVM_SET_LAPIC, &l), EINVAL,
+		    "APIC ID register not the vCPU id with KVM_X2APIC_API_USE_32BIT_IDS");
 	/* Userspace may take vCPU 1 straight back to xAPIC mode: the xAPIC ID again. */
 	{
 		struct { struct kvm_msrs h; struct kvm_msr_entry e; } m = {
@@ -1176,21 +1184,25 @@ TEST(boot_cpu_id)
 	__u32 d = 0;
 
 	CHECK(ioctl(kvm, KVM_CHECK_EXTENSION, KVM_CAP_SET_BOOT_CPU_ID) == 1);
-	CHECK_ERRNO(ioctl(vm, KVM_SET_BOOT_CPU_ID, max_id + 1), EINVAL);
-	CHECK_ERRNO(ioctl(vm, KVM_SET_BOOT_CPU_ID, 1UL << 32), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_SET_BOOT_CPU_ID, max_id + 1), EINVAL,
+		    "id above KVM_CAP_MAX_VCPU_ID");
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_SET_BOOT_CPU_ID, 1UL << 32), EINVAL, "id 2^32");
 	CHECK(ioctl(vm, KVM_SET_BOOT_CPU_ID, 5) == 0);
-	CHECK_ERRNO(ioctl(vm, KVM_ENABLE_CAP, &cap), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_ENABLE_CAP, &cap), EINVAL,
+		    "KVM_CAP_MAX_VCPU_ID at or below the boot CPU id already set");
 	cap.args[0] = 8;
 	CHECK(ioctl(vm, KVM_ENABLE_CAP, &cap) == 0);
-	CHECK_ERRNO(ioctl(vm, KVM_SET_BOOT_CPU_ID, 9), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_SET_BOOT_CPU_ID, 9), EINVAL,
+		    "id at or above the VM's KVM_CAP_MAX_VCPU_ID");
 	CHECK(ioctl(vm, KVM_SET_BOOT_CPU_ID, 1) == 0);
 	vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
 	CHECK(vcpu >= 0);
-	CHECK_ERRNO(ioctl(vm, KVM_SET_BOOT_CPU_ID, 0), EBUSY);
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_SET_BOOT_CPU_ID, 0), EBUSY, "after a vCPU was created");
 	/* Without an irqchip every vCPU is runnable, the boot CPU included. */
 	CHECK(mp_state(vcpu) == KVM_MP_STATE_RUNNABLE);
 	close(vcpu);
-	CHECK_ERRNO(ioctl(vm, KVM_SET_BOOT_CPU_ID, 0), EBUSY);
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_SET_BOOT_CPU_ID, 0), EBUSY,
+		    "after a vCPU was created and its fd closed");
 	close(vm);
 	close(kvm);
 
@@ -1232,22 +1244,26 @@ TEST(apic_bus_cycle)
 	__u32 left;
 
 	CHECK(ioctl(kvm, KVM_CHECK_EXTENSION, KVM_CAP_X86_APIC_BUS_CYCLES_NS) == 1);
-	CHECK_ERRNO(ioctl(vm, KVM_ENABLE_CAP, &cap), ENXIO);
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_ENABLE_CAP, &cap), ENXIO,
+		    "KVM_CAP_X86_APIC_BUS_CYCLES_NS without an in-kernel irqchip");
 	close(vm);
 	close(kvm);
 
 	REQUIRE(icvm_create(&v, 0, 1) == 0, &v);
 	cap.args[0] = 0;
-	CHECK_ERRNO(ioctl(v.vm, KVM_ENABLE_CAP, &cap), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(v.vm, KVM_ENABLE_CAP, &cap), EINVAL,
+		    "KVM_CAP_X86_APIC_BUS_CYCLES_NS of 0 ns");
 	cap.args[0] = ~0ull / (0xffffffffull * 128) + 1;
-	CHECK_ERRNO(ioctl(v.vm, KVM_ENABLE_CAP, &cap), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(v.vm, KVM_ENABLE_CAP, &cap), EINVAL,
+		    "KVM_CAP_X86_APIC_BUS_CYCLES_NS so long that a timer overflows 64 bits of ns");
 	cap.args[0] = 40;
 	CHECK(ioctl(v.vm, KVM_ENABLE_CAP, &cap) == 0);
 	CHECK(ioctl(v.vm, KVM_ENABLE_CAP, &cap) == 0);
 	v.vcpu[0] = ioctl(v.vm, KVM_CREATE_VCPU, 0);
 	v.n = 1;
 	REQUIRE(v.vcpu[0] >= 0, &v);
-	CHECK_ERRNO(ioctl(v.vm, KVM_ENABLE_CAP, &cap), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(v.vm, KVM_ENABLE_CAP, &cap), EINVAL,
+		    "KVM_CAP_X86_APIC_BUS_CYCLES_NS after a vCPU was created");
 	CHECK(ioctl(v.vcpu[0], KVM_GET_LAPIC, &l) == 0);
 	set_reg(&l, APIC_TDCR, 0xb);
 	set_reg(&l, APIC_TMICT, 1000000);

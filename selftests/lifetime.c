@@ -114,7 +114,8 @@ TEST(many_vms_then_unload)
 			ioctl(vms[i], KVM_CREATE_VCPU, j); /* fds leak on purpose: closed at exit below */
 	}
 	close(kvm);
-	CHECK_ERRNO(unload("rkvm"), EWOULDBLOCK);
+	CHECK_ERRNO_WHY(unload("rkvm"), EWOULDBLOCK,
+		    "rmmod rkvm while 16 VMs with 4 vCPUs each are open");
 	for (int fd = 3; fd < 256; fd++)
 		close(fd);
 	CHECK(unload("rkvm") == 0);
@@ -244,9 +245,11 @@ TEST(stats_fds_pin_the_module)
 	close(vcpu);
 	close(vm);
 	close(kvm);
-	CHECK_ERRNO(unload("rkvm"), EWOULDBLOCK);
+	CHECK_ERRNO_WHY(unload("rkvm"), EWOULDBLOCK,
+		    "rmmod rkvm while a VM's and a vCPU's stats fds are open (all else closed)");
 	close(vm_stats);
-	CHECK_ERRNO(unload("rkvm"), EWOULDBLOCK);
+	CHECK_ERRNO_WHY(unload("rkvm"), EWOULDBLOCK,
+		    "rmmod rkvm while a vCPU's stats fd is open (all else closed)");
 	close(vcpu_stats);
 	CHECK(unload("rkvm") == 0);
 	CHECK(reload() == 0);
@@ -317,7 +320,8 @@ TEST(killed_mid_run)
 	CHECK(pid > 0 && read(p[0], &c, 1) == 1);
 	close(p[0]);
 	/* The child holds the module; SIGKILL while its threads are inside KVM_RUN. */
-	CHECK_ERRNO(unload("rkvm"), EWOULDBLOCK);
+	CHECK_ERRNO_WHY(unload("rkvm"), EWOULDBLOCK,
+		    "rmmod rkvm while a process has vCPUs inside KVM_RUN");
 	CHECK(kill(pid, SIGKILL) == 0);
 	CHECK(waitpid(pid, &status, 0) == pid && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
 	/* Its files were released on the way out: nothing holds the module any more. */
@@ -385,7 +389,8 @@ TEST(dropin_refused_while_kvm_loaded)
 		SKIP("the kernel's KVM does not load on this CPU (needs VMX or SVM)");
 	}
 	snprintf(args, sizeof(args), "%s devname=kvm", params);
-	CHECK_ERRNO(load(MODULE_FILE, args), EBUSY);
+	CHECK_ERRNO_WHY(load(MODULE_FILE, args), EBUSY,
+		    "insmod rkvm devname=kvm while kvm_intel holds /dev/kvm");
 	/*
 	 * One clear line in the kernel log says why: /dev/kvm is taken, or (backend=vmx) VMX itself
 	 * is already owned by kvm_intel, which is checked first.

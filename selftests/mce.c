@@ -94,7 +94,7 @@ TEST(caps_and_supported)
 	CHECK(ioctl(kvm, KVM_X86_GET_MCE_CAP_SUPPORTED, &sup) == 0);
 	/* x86 offers MCG_CTL_P and MCG_SER_P; VMX adds LMCE and CMCI. */
 	CHECK(sup == (MCG_CTL_P | MCG_SER_P | MCG_LMCE_P | MCG_CMCI_P));
-	CHECK_ERRNO(ioctl(kvm, KVM_X86_GET_MCE_CAP_SUPPORTED, NULL), EFAULT);
+	CHECK_ERRNO_WHY(ioctl(kvm, KVM_X86_GET_MCE_CAP_SUPPORTED, NULL), EFAULT, "NULL pointer");
 	close(kvm);
 }
 
@@ -106,24 +106,30 @@ TEST(setup_and_set_mce_errors)
 	CHECK(vcpu >= 0);
 	/* Before any KVM_X86_SETUP_MCE a vCPU has 32 banks. */
 	CHECK(set_mce(vcpu, 31, CE, 0, 0) == 0);
-	CHECK_ERRNO(set_mce(vcpu, 32, CE, 0, 0), EINVAL);
+	CHECK_ERRNO_WHY(set_mce(vcpu, 32, CE, 0, 0), EINVAL,
+		    "bank 32 before KVM_X86_SETUP_MCE (32 banks by default)");
 	/* 1 to 32 banks, supported capabilities and the extended-register count only. */
-	CHECK_ERRNO(setup_mce(vcpu, 0), EINVAL);
-	CHECK_ERRNO(setup_mce(vcpu, MCG_CTL_P), EINVAL);
-	CHECK_ERRNO(setup_mce(vcpu, 33), EINVAL);
-	CHECK_ERRNO(setup_mce(vcpu, 0xff), EINVAL);
-	CHECK_ERRNO(setup_mce(vcpu, MCG_EXT_P | 4), EINVAL);
-	CHECK_ERRNO(setup_mce(vcpu, MCG_TES_P | 4), EINVAL);
-	CHECK_ERRNO(setup_mce(vcpu, (1ull << 40) | 4), EINVAL);
-	CHECK_ERRNO(ioctl(vcpu, KVM_X86_SETUP_MCE, NULL), EFAULT);
+	CHECK_ERRNO_WHY(setup_mce(vcpu, 0), EINVAL, "0 banks");
+	CHECK_ERRNO_WHY(setup_mce(vcpu, MCG_CTL_P), EINVAL, "MCG_CTL_P with 0 banks");
+	CHECK_ERRNO_WHY(setup_mce(vcpu, 33), EINVAL, "33 banks");
+	CHECK_ERRNO_WHY(setup_mce(vcpu, 0xff), EINVAL, "255 banks");
+	CHECK_ERRNO_WHY(setup_mce(vcpu, MCG_EXT_P | 4), EINVAL,
+		    "MCG_EXT_P (not supported) with 4 banks");
+	CHECK_ERRNO_WHY(setup_mce(vcpu, MCG_TES_P | 4), EINVAL,
+		    "MCG_TES_P (not supported) with 4 banks");
+	CHECK_ERRNO_WHY(setup_mce(vcpu, (1ull << 40) | 4), EINVAL,
+		    "capability bit 40 (not supported) with 4 banks");
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_X86_SETUP_MCE, NULL), EFAULT, "NULL pointer");
 	CHECK(setup_mce(vcpu, MCG_CTL_P | MCG_SER_P | MCG_LMCE_P | MCG_CMCI_P | 0x30000 | 32) == 0);
 	CHECK(setup_mce(vcpu, MCG_CTL_P | 4) == 0);
 	/* SET_MCE: a bank within the count, a valid status. */
 	CHECK(set_mce(vcpu, 3, CE, 0, 0) == 0);
-	CHECK_ERRNO(set_mce(vcpu, 4, CE, 0, 0), EINVAL);
-	CHECK_ERRNO(set_mce(vcpu, 255, CE, 0, 0), EINVAL);
-	CHECK_ERRNO(set_mce(vcpu, 0, CE & ~MCI_VAL, 0, 0), EINVAL);
-	CHECK_ERRNO(ioctl(vcpu, KVM_X86_SET_MCE, NULL), EFAULT);
+	CHECK_ERRNO_WHY(set_mce(vcpu, 4, CE, 0, 0), EINVAL,
+		    "bank 4 after KVM_X86_SETUP_MCE with 4 banks");
+	CHECK_ERRNO_WHY(set_mce(vcpu, 255, CE, 0, 0), EINVAL,
+		    "bank 255 after KVM_X86_SETUP_MCE with 4 banks");
+	CHECK_ERRNO_WHY(set_mce(vcpu, 0, CE & ~MCI_VAL, 0, 0), EINVAL, "status without MCI_STATUS_VAL");
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_X86_SET_MCE, NULL), EFAULT, "NULL pointer");
 	CHECK(ioctl(vcpu, KVM_X86_SET_MCE, &m) == 0);
 	close(vcpu);
 	close(vm);

@@ -51,7 +51,7 @@ static const struct bad {
 	{ "hva range wraps", 1, 0, 0, 0x2000, 0xfffffffffffff000UL, 1, EINVAL, 0 },
 	{ "slot id 32764 (too large)", 32764, 0, 0, 4096, 0, 0, EINVAL, 0 },
 	{ "slot id 0xffff", 0xffff, 0, 0, 4096, 0, 0, EINVAL, 0 },
-	{ "address space 1 (no SMM)", 1 << 16, 0, 0, 4096, 0, 0, EINVAL, 1 },
+	{ "address space 1 (rkvm: no SMM)", 1 << 16, 0, 0, 4096, 0, 0, EINVAL, 1 },
 	{ "address space 2", 2 << 16, 0, 0, 4096, 0, 0, EINVAL, 0 },
 	{ "gpa range wraps", 1, 0, 0xfffffffffffff000UL, 0x2000, 0, 0, EINVAL, 0 },
 	{ "delete a slot that does not exist", 5, 0, 0, 0, 0, 0, EINVAL, 0 },
@@ -82,6 +82,8 @@ TEST(bad_requests)
 		if (r != -1 || e != b->err) {
 			printf("# ^ wanted %s\n", strerrorname_np(b->err));
 			ktap_failed_case = 1;
+		} else {
+			ktap_errno_log("ioctl(vm, KVM_SET_USER_MEMORY_REGION, &r)", e, b->what);
 		}
 	}
 	/* The refusals left slot 0 as it was: the same request is a no-op success. */
@@ -91,8 +93,9 @@ TEST(bad_requests)
 TEST(bad_pointer)
 {
 	setup();
-	CHECK_ERRNO(ioctl(vm, KVM_SET_USER_MEMORY_REGION, NULL), EFAULT);
-	CHECK_ERRNO(ioctl(vm, KVM_SET_USER_MEMORY_REGION, (void *)0xffff800000000000UL), EFAULT);
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_SET_USER_MEMORY_REGION, NULL), EFAULT, "NULL pointer");
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_SET_USER_MEMORY_REGION, (void *)0xffff800000000000UL), EFAULT,
+		    "kernel-half pointer");
 }
 
 TEST(adjacent_move_delete_reuse)
@@ -107,13 +110,15 @@ TEST(adjacent_move_delete_reuse)
 	/* Its old place is free again. */
 	CHECK(set(vm, 3, 0, 2 * MB, 4096, hva) == 0);
 	/* A move onto another slot is EEXIST. */
-	CHECK_ERRNO(set(vm, 2, 0, 2 * MB, 4096, hva), EEXIST);
+	CHECK_ERRNO_WHY(set(vm, 2, 0, 2 * MB, 4096, hva), EEXIST,
+		    "move a slot onto another slot's range");
 	/* Delete and reuse the id and the range with other parameters. */
 	CHECK(set(vm, 3, 0, 2 * MB, 0, hva) == 0);
-	CHECK_ERRNO(set(vm, 3, 0, 2 * MB, 0, hva), EINVAL);
+	CHECK_ERRNO_WHY(set(vm, 3, 0, 2 * MB, 0, hva), EINVAL, "delete a slot that no longer exists");
 	CHECK(set(vm, 3, KVM_MEM_READONLY, 2 * MB, 8192, hva + 8192) == 0);
 	/* A read-only slot stays read-only. */
-	CHECK_ERRNO(set(vm, 3, 0, 2 * MB, 8192, hva + 8192), EINVAL);
+	CHECK_ERRNO_WHY(set(vm, 3, 0, 2 * MB, 8192, hva + 8192), EINVAL,
+		    "drop KVM_MEM_READONLY from a read-only slot");
 	CHECK(set(vm, 3, KVM_MEM_READONLY, 2 * MB, 8192, hva + 8192) == 0);
 	/* The same host memory may back several slots. */
 	CHECK(set(vm, 4, 0, 8 * MB, 4096, hva) == 0);
@@ -134,7 +139,8 @@ TEST(slot_limit)
 			break;
 		}
 	}
-	CHECK_ERRNO(set(vm2, n, 0, (__u64)n << 12, 4096, hva), EINVAL);
+	CHECK_ERRNO_WHY(set(vm2, n, 0, (__u64)n << 12, 4096, hva), EINVAL,
+		    "one slot more than KVM_CAP_NR_MEMSLOTS");
 	/* Deleting one in the middle frees its id and range. */
 	CHECK(set(vm2, 100, 0, 0, 0, 0) == 0);
 	CHECK(set(vm2, 100, 0, 100UL << 12, 4096, hva) == 0);
@@ -162,17 +168,18 @@ TEST(pre_fault_memory)
 	CHECK(ioctl(v.vcpu, KVM_PRE_FAULT_MEMORY, &r) == 0);
 	CHECK(r.gpa == 0x10000 && r.size == 2 * ps);
 	/* Nothing mapped at all: ENOENT, range unchanged. */
-	CHECK_ERRNO(ioctl(v.vcpu, KVM_PRE_FAULT_MEMORY, &r), ENOENT);
+	CHECK_ERRNO_WHY(ioctl(v.vcpu, KVM_PRE_FAULT_MEMORY, &r), ENOENT,
+		    "no slot at any gfn of the range (nothing mapped)");
 	CHECK(r.gpa == 0x10000 && r.size == 2 * ps);
 	r.flags = 1;
-	CHECK_ERRNO(ioctl(v.vcpu, KVM_PRE_FAULT_MEMORY, &r), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(v.vcpu, KVM_PRE_FAULT_MEMORY, &r), EINVAL, "nonzero flags");
 	r.flags = 0;
 	r.gpa = 1;
-	CHECK_ERRNO(ioctl(v.vcpu, KVM_PRE_FAULT_MEMORY, &r), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(v.vcpu, KVM_PRE_FAULT_MEMORY, &r), EINVAL, "gpa not page aligned");
 	r.gpa = 0;
 	r.size = 0;
-	CHECK_ERRNO(ioctl(v.vcpu, KVM_PRE_FAULT_MEMORY, &r), EINVAL);
-	CHECK_ERRNO(ioctl(v.vcpu, KVM_PRE_FAULT_MEMORY, NULL), EFAULT);
+	CHECK_ERRNO_WHY(ioctl(v.vcpu, KVM_PRE_FAULT_MEMORY, &r), EINVAL, "size 0");
+	CHECK_ERRNO_WHY(ioctl(v.vcpu, KVM_PRE_FAULT_MEMORY, NULL), EFAULT, "NULL pointer");
 	/* The guest still runs on the pre-faulted memory. */
 	CHECK(ioctl(v.vcpu, KVM_RUN, 0) == 0 && v.run->exit_reason == KVM_EXIT_HLT);
 	real_vm_free(&v);

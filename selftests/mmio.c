@@ -272,8 +272,9 @@ TEST(coalesced_mmio_and_pio)
 	CHECK(ioctl(v.kvm, KVM_GET_VCPU_MMAP_SIZE, 0) == 3 * psz);
 	ring = (void *)((char *)v.run + KVM_COALESCED_MMIO_PAGE_OFFSET * psz);
 	e = ring->coalesced_mmio;
-	CHECK_ERRNO(ioctl(v.vm, KVM_REGISTER_COALESCED_MMIO, &bad), EINVAL);
-	CHECK_ERRNO(ioctl(v.vm, KVM_REGISTER_COALESCED_MMIO, NULL), EFAULT);
+	CHECK_ERRNO_WHY(ioctl(v.vm, KVM_REGISTER_COALESCED_MMIO, &bad), EINVAL,
+		    "zone with pio = 2 (not 0 or 1)");
+	CHECK_ERRNO_WHY(ioctl(v.vm, KVM_REGISTER_COALESCED_MMIO, NULL), EFAULT, "NULL pointer");
 	CHECK(ioctl(v.vm, KVM_REGISTER_COALESCED_MMIO, &mz) == 0);
 	CHECK(ioctl(v.vm, KVM_REGISTER_COALESCED_MMIO, &pz) == 0);
 	/* Three writes coalesced, in order; the fourth, outside every zone, exits. */
@@ -293,7 +294,8 @@ TEST(coalesced_mmio_and_pio)
 	CHECK(run_expect(&v, KVM_EXIT_MMIO) && mmio_is(&v, 0x20010, 2, 1));
 	CHECK(*(__u16 *)v.run->mmio.data == 0x9abc);
 	CHECK(ring->last == 0 && e[max - 1].pio && e[max - 1].phys_addr == 0x70);
-	CHECK_ERRNO(ioctl(v.vm, KVM_UNREGISTER_COALESCED_MMIO, &bad), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(v.vm, KVM_UNREGISTER_COALESCED_MMIO, &bad), EINVAL,
+		    "zone with pio = 2 (not 0 or 1)");
 	/* Binary stats: three MMIO exits to userspace, each at least one VM exit. */
 	if (!upstream()) {
 		__u64 exits = stat_value(v.vcpu, "exits"), mmio = stat_value(v.vcpu, "mmio_exits");
@@ -325,7 +327,8 @@ TEST(exit_on_emulation_failure)
 		SKIP("backend=none enters no guest");
 	CHECK(real_vm_create(&v, code, sizeof(code)) == 0);
 	CHECK(ioctl(v.kvm, KVM_CHECK_EXTENSION, KVM_CAP_EXIT_ON_EMULATION_FAILURE) == 1);
-	CHECK_ERRNO(ioctl(v.vm, KVM_ENABLE_CAP, &cap), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(v.vm, KVM_ENABLE_CAP, &cap), EINVAL,
+		    "KVM_CAP_EXIT_ON_EMULATION_FAILURE with args[0] = 2 (not 0 or 1)");
 	cap.args[0] = 1;
 	CHECK(ioctl(v.vm, KVM_ENABLE_CAP, &cap) == 0);
 	CHECK(run_expect(&v, KVM_EXIT_INTERNAL_ERROR));

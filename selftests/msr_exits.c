@@ -99,12 +99,14 @@ TEST(caps_and_enable_cap_bits)
 		if ((1ull << bit) & KVM_MSR_EXIT_REASON_VALID_MASK)
 			CHECK(user_space_msr(vm, 1ull << bit) == 0);
 		else
-			CHECK_ERRNO(user_space_msr(vm, 1ull << bit), EINVAL);
+			CHECK_ERRNO_WHY(user_space_msr(vm, 1ull << bit), EINVAL,
+				    "KVM_CAP_X86_USER_SPACE_MSR with a reason bit outside KVM_MSR_EXIT_REASON_VALID_MASK");
 	}
 	CHECK(user_space_msr(vm, KVM_MSR_EXIT_REASON_VALID_MASK) == 0);
 	CHECK(user_space_msr(vm, 0) == 0);
-	CHECK_ERRNO(ioctl(vm, KVM_ENABLE_CAP, &cap), EINVAL);
-	CHECK_ERRNO(ioctl(vm, KVM_ENABLE_CAP, NULL), EFAULT);
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_ENABLE_CAP, &cap), EINVAL,
+		    "KVM_CAP_X86_USER_SPACE_MSR with nonzero flags");
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_ENABLE_CAP, NULL), EFAULT, "NULL pointer");
 	close(vm);
 	close(kvm);
 }
@@ -129,7 +131,8 @@ TEST(filter_errors)
 		if (bit == 0)
 			CHECK(ioctl(vm, KVM_X86_SET_MSR_FILTER, &f) == 0);
 		else
-			CHECK_ERRNO(ioctl(vm, KVM_X86_SET_MSR_FILTER, &f), EINVAL);
+			CHECK_ERRNO_WHY(ioctl(vm, KVM_X86_SET_MSR_FILTER, &f), EINVAL,
+				    "filter flag other than KVM_MSR_FILTER_DEFAULT_DENY");
 	}
 	/* Range flags: READ, WRITE, both; not 0. */
 	for (int bit = 0; bit < 32; bit++) {
@@ -138,18 +141,20 @@ TEST(filter_errors)
 		if (bit < 2)
 			CHECK(ioctl(vm, KVM_X86_SET_MSR_FILTER, &f) == 0);
 		else
-			CHECK_ERRNO(ioctl(vm, KVM_X86_SET_MSR_FILTER, &f), EINVAL);
+			CHECK_ERRNO_WHY(ioctl(vm, KVM_X86_SET_MSR_FILTER, &f), EINVAL,
+				    "range flag other than READ and WRITE");
 	}
 	f = ONE_RANGE(0);
 	f.ranges[0].flags = 0;
-	CHECK_ERRNO(ioctl(vm, KVM_X86_SET_MSR_FILTER, &f), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_X86_SET_MSR_FILTER, &f), EINVAL, "range with flags 0");
 	/* A range of no MSRs is skipped, whatever its flags and bitmap. */
 	f = ONE_RANGE(0);
 	f.ranges[3] = (struct kvm_msr_filter_range){ .flags = 0xffff, .nmsrs = 0, .bitmap = NULL };
 	CHECK(ioctl(vm, KVM_X86_SET_MSR_FILTER, &f) == 0);
 	/* Deny by default needs a range; allow with none turns filtering off. */
 	f = (struct kvm_msr_filter){ .flags = KVM_MSR_FILTER_DEFAULT_DENY };
-	CHECK_ERRNO(ioctl(vm, KVM_X86_SET_MSR_FILTER, &f), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_X86_SET_MSR_FILTER, &f), EINVAL,
+		    "KVM_MSR_FILTER_DEFAULT_DENY with no range");
 	f.flags = 0;
 	CHECK(ioctl(vm, KVM_X86_SET_MSR_FILTER, &f) == 0);
 	/* The bitmap: at most KVM_MSR_FILTER_MAX_BITMAP_SIZE bytes (nmsrs rounded up to longs). */
@@ -157,21 +162,24 @@ TEST(filter_errors)
 	f.ranges[0].nmsrs = KVM_MSR_FILTER_MAX_BITMAP_SIZE * 8;
 	CHECK(ioctl(vm, KVM_X86_SET_MSR_FILTER, &f) == 0);
 	f.ranges[0].nmsrs++;
-	CHECK_ERRNO(ioctl(vm, KVM_X86_SET_MSR_FILTER, &f), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_X86_SET_MSR_FILTER, &f), EINVAL,
+		    "range bitmap one MSR over KVM_MSR_FILTER_MAX_BITMAP_SIZE");
 	f.ranges[0].nmsrs = 0xffffffff;
-	CHECK_ERRNO(ioctl(vm, KVM_X86_SET_MSR_FILTER, &f), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_X86_SET_MSR_FILTER, &f), EINVAL, "range of 0xffffffff MSRs");
 	/* Bad pointers: the filter, a bitmap; ranges are checked and copied in order. */
-	CHECK_ERRNO(ioctl(vm, KVM_X86_SET_MSR_FILTER, NULL), EFAULT);
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_X86_SET_MSR_FILTER, NULL), EFAULT, "NULL pointer");
 	f = ONE_RANGE(0);
 	f.ranges[0].bitmap = NULL;
-	CHECK_ERRNO(ioctl(vm, KVM_X86_SET_MSR_FILTER, &f), EFAULT);
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_X86_SET_MSR_FILTER, &f), EFAULT, "NULL range bitmap");
 	f.ranges[0].bitmap = hole;
-	CHECK_ERRNO(ioctl(vm, KVM_X86_SET_MSR_FILTER, &f), EFAULT);
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_X86_SET_MSR_FILTER, &f), EFAULT, "unreadable range bitmap");
 	f.ranges[1] = (struct kvm_msr_filter_range){ .flags = 4, .nmsrs = 1, .bitmap = bits };
-	CHECK_ERRNO(ioctl(vm, KVM_X86_SET_MSR_FILTER, &f), EFAULT);
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_X86_SET_MSR_FILTER, &f), EFAULT,
+		    "unreadable bitmap in range 0, bad flags in range 1 (ranges copied in order)");
 	f.ranges[0].bitmap = bits;
 	f.ranges[1].bitmap = hole;
-	CHECK_ERRNO(ioctl(vm, KVM_X86_SET_MSR_FILTER, &f), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vm, KVM_X86_SET_MSR_FILTER, &f), EINVAL,
+		    "bad flags in range 1, unreadable bitmap there (flags checked first)");
 	/* All 16 ranges used. */
 	f = ONE_RANGE(KVM_MSR_FILTER_DEFAULT_DENY);
 	for (int i = 0; i < KVM_MSR_FILTER_MAX_RANGES; i++)

@@ -70,7 +70,8 @@ TEST(index_list)
 	CHECK(n >= 10 && n < 1000);
 	l = calloc(1, sizeof(*l) + n * sizeof(__u32));
 	l->nmsrs = n - 1;
-	CHECK_ERRNO(ioctl(kvm, KVM_GET_MSR_INDEX_LIST, l), E2BIG);
+	CHECK_ERRNO_WHY(ioctl(kvm, KVM_GET_MSR_INDEX_LIST, l), E2BIG,
+		    "nmsrs one below the list's length");
 	CHECK(l->nmsrs == (__u32)n);
 	l->nmsrs = n;
 	CHECK(ioctl(kvm, KVM_GET_MSR_INDEX_LIST, l) == 0);
@@ -83,7 +84,7 @@ TEST(index_list)
 			dup += l->indices[i] == l->indices[j];
 	}
 	CHECK(lstar == 1 && star == 1 && kgs == 1 && dup == 0);
-	CHECK_ERRNO(ioctl(kvm, KVM_GET_MSR_INDEX_LIST, NULL), EFAULT);
+	CHECK_ERRNO_WHY(ioctl(kvm, KVM_GET_MSR_INDEX_LIST, NULL), EFAULT, "NULL pointer");
 	free(l);
 	close(kvm);
 }
@@ -127,9 +128,9 @@ TEST(bad_requests)
 	CHECK(real_vm_create(&v, (const unsigned char *)"\xf4", 1) == 0);
 	big = calloc(1, sizeof(*big) + 256 * sizeof(struct kvm_msr_entry));
 	big->nmsrs = 256;
-	CHECK_ERRNO(ioctl(v.vcpu, KVM_GET_MSRS, big), E2BIG);
-	CHECK_ERRNO(ioctl(v.vcpu, KVM_SET_MSRS, big), E2BIG);
-	CHECK_ERRNO(ioctl(v.vcpu, KVM_GET_MSRS, NULL), EFAULT);
+	CHECK_ERRNO_WHY(ioctl(v.vcpu, KVM_GET_MSRS, big), E2BIG, "256 MSRs (MAX_IO_MSRS is 256)");
+	CHECK_ERRNO_WHY(ioctl(v.vcpu, KVM_SET_MSRS, big), E2BIG, "256 MSRs (MAX_IO_MSRS is 256)");
+	CHECK_ERRNO_WHY(ioctl(v.vcpu, KVM_GET_MSRS, NULL), EFAULT, "NULL pointer");
 	/* A header that says 4 entries, in front of memory that is not mapped. */
 	{
 		long ps = page_size();
@@ -138,8 +139,10 @@ TEST(bad_requests)
 
 		munmap(p + ps, ps);
 		h->nmsrs = 4;
-		CHECK_ERRNO(ioctl(v.vcpu, KVM_SET_MSRS, h), EFAULT);
-		CHECK_ERRNO(ioctl(v.vcpu, KVM_GET_MSRS, h), EFAULT);
+		CHECK_ERRNO_WHY(ioctl(v.vcpu, KVM_SET_MSRS, h), EFAULT,
+			    "entries on an unmapped page after the header");
+		CHECK_ERRNO_WHY(ioctl(v.vcpu, KVM_GET_MSRS, h), EFAULT,
+			    "entries on an unmapped page after the header");
 		munmap(p, ps);
 	}
 	free(big);
@@ -259,7 +262,8 @@ TEST(feature_msrs)
 		SKIP("backend=none has no feature MSRs");
 	}
 	CHECK(ioctl(kvm, KVM_CHECK_EXTENSION, KVM_CAP_GET_MSR_FEATURES) == 1);
-	CHECK_ERRNO(ioctl(kvm, KVM_GET_MSR_FEATURE_INDEX_LIST, &probe), E2BIG);
+	CHECK_ERRNO_WHY(ioctl(kvm, KVM_GET_MSR_FEATURE_INDEX_LIST, &probe), E2BIG,
+		    "nmsrs 0 (too small)");
 	n = probe.nmsrs;
 	CHECK(n >= 1 && n < 1000);
 	l = calloc(1, sizeof(*l) + n * sizeof(__u32));
@@ -273,13 +277,15 @@ TEST(feature_msrs)
 	CHECK(ucode == 1);
 	CHECK(msr_io(kvm, KVM_GET_MSRS, &m, 2, (uint32_t[]){ UCODE_REV, 0x12345 }, NULL) == 1);
 	CHECK(msr_io(kvm, KVM_GET_MSRS, &m, 1, (uint32_t[]){ 0x12345 }, NULL) == 0);
-	CHECK_ERRNO(ioctl(kvm, KVM_GET_MSR_FEATURE_INDEX_LIST, NULL), EFAULT);
-	CHECK_ERRNO(ioctl(kvm, KVM_GET_MSRS, NULL), EFAULT);
+	CHECK_ERRNO_WHY(ioctl(kvm, KVM_GET_MSR_FEATURE_INDEX_LIST, NULL), EFAULT, "NULL pointer");
+	CHECK_ERRNO_WHY(ioctl(kvm, KVM_GET_MSRS, NULL), EFAULT,
+		    "feature MSRs on /dev/kvm, NULL pointer");
 	{
 		struct kvm_msrs *big = calloc(1, sizeof(*big) + 256 * sizeof(struct kvm_msr_entry));
 
 		big->nmsrs = 256;
-		CHECK_ERRNO(ioctl(kvm, KVM_GET_MSRS, big), E2BIG);
+		CHECK_ERRNO_WHY(ioctl(kvm, KVM_GET_MSRS, big), E2BIG,
+			    "256 feature MSRs on /dev/kvm (MAX_IO_MSRS is 256)");
 		free(big);
 	}
 	free(l);

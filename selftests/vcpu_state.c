@@ -42,8 +42,8 @@ TEST(reset_regs)
 	CHECK(r.rip == 0xfff0 && r.rflags == 0x2 && r.rdx == 0x600);
 	CHECK(!r.rax && !r.rbx && !r.rcx && !r.rsi && !r.rdi && !r.rsp && !r.rbp);
 	CHECK(!r.r8 && !r.r9 && !r.r10 && !r.r11 && !r.r12 && !r.r13 && !r.r14 && !r.r15);
-	CHECK_ERRNO(ioctl(vcpu, KVM_GET_REGS, NULL), EFAULT);
-	CHECK_ERRNO(ioctl(vcpu, KVM_SET_REGS, NULL), EFAULT);
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_GET_REGS, NULL), EFAULT, "NULL pointer");
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_SET_REGS, NULL), EFAULT, "NULL pointer");
 }
 
 TEST(reset_sregs)
@@ -63,7 +63,7 @@ TEST(reset_sregs)
 	CHECK(s.apic_base == 0);
 	for (int i = 0; i < 4; i++)
 		CHECK(s.interrupt_bitmap[i] == 0);
-	CHECK_ERRNO(ioctl(vcpu, KVM_GET_SREGS, (void *)8), EFAULT);
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_GET_SREGS, (void *)8), EFAULT, "unmapped pointer (8)");
 }
 
 TEST(regs_round_trip)
@@ -149,6 +149,7 @@ TEST(sregs_invalid)
 #define BAD(what, stmt) do { s = good; stmt; errno = 0;					\
 	if (ioctl(vcpu, KVM_SET_SREGS, &s) != -1 || errno != EINVAL) {			\
 		printf("# %s: accepted or wrong errno %d\n", what, errno); ktap_failed_case = 1; } \
+	else ktap_errno_log("ioctl(vcpu, KVM_SET_SREGS, &s)", EINVAL, what);			\
 	} while (0)
 	BAD("EFER.LMA without LME and paging", s.efer = 0x400);
 	BAD("64-bit paging without CR4.PAE", (long_mode(&s), s.cr4 = 0));
@@ -164,7 +165,7 @@ TEST(sregs_invalid)
 	BAD("APIC base x2APIC without x2APIC in CPUID", s.apic_base = 0xfee00c00);
 	BAD("CR3 beyond MAXPHYADDR in long mode", (long_mode(&s), s.cr3 = 1ULL << 52));
 #undef BAD
-	CHECK_ERRNO(ioctl(vcpu, KVM_SET_SREGS, NULL), EFAULT);
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_SET_SREGS, NULL), EFAULT, "NULL pointer");
 	/* Nothing was changed by the refusals. */
 	CHECK(ioctl(vcpu, KVM_GET_SREGS, &s) == 0);
 	CHECK(memcmp(&s, &good, sizeof(s)) == 0);
@@ -200,9 +201,12 @@ TEST(mmap_rules)
 		munmap(p, ps);
 	}
 	if (!upstream()) {
-		CHECK_ERRNO(mmap(NULL, sz + ps, PROT_READ, MAP_SHARED, vcpu, 0) == MAP_FAILED ? -1 : 0, EINVAL);
-		CHECK_ERRNO(mmap(NULL, ps, PROT_READ, MAP_SHARED, vcpu, sz) == MAP_FAILED ? -1 : 0, EINVAL);
-		CHECK_ERRNO(mmap(NULL, ps, PROT_READ, MAP_SHARED, vcpu, 100 * ps) == MAP_FAILED ? -1 : 0, EINVAL);
+		CHECK_ERRNO_WHY(mmap(NULL, sz + ps, PROT_READ, MAP_SHARED, vcpu, 0) == MAP_FAILED ? -1 : 0, EINVAL,
+			    "mapping longer than KVM_GET_VCPU_MMAP_SIZE (rkvm; upstream SIGBUSes on access)");
+		CHECK_ERRNO_WHY(mmap(NULL, ps, PROT_READ, MAP_SHARED, vcpu, sz) == MAP_FAILED ? -1 : 0, EINVAL,
+			    "mapping at the offset KVM_GET_VCPU_MMAP_SIZE (rkvm; upstream SIGBUSes on access)");
+		CHECK_ERRNO_WHY(mmap(NULL, ps, PROT_READ, MAP_SHARED, vcpu, 100 * ps) == MAP_FAILED ? -1 : 0, EINVAL,
+			    "mapping at page offset 100 (rkvm; upstream SIGBUSes on access)");
 	}
 	/* The mapping outlives the vCPU fd (and the VM fd). */
 	close(vcpu);
@@ -244,27 +248,31 @@ TEST(run_prechecks)
 	CHECK(run != MAP_FAILED);
 	if (run == MAP_FAILED)
 		return;
-	CHECK_ERRNO(ioctl(vcpu, KVM_RUN, 1), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_RUN, 1), EINVAL, "nonzero argument");
 	/* Sync-register bits beyond KVM_SYNC_X86_VALID_FIELDS are refused. */
 	run->kvm_valid_regs = 1 << 8;
-	CHECK_ERRNO(ioctl(vcpu, KVM_RUN, 0), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_RUN, 0), EINVAL,
+		    "kvm_run->kvm_valid_regs bit beyond KVM_SYNC_X86_VALID_FIELDS");
 	run->kvm_valid_regs = 0;
 	run->kvm_dirty_regs = 1 << 3;
-	CHECK_ERRNO(ioctl(vcpu, KVM_RUN, 0), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_RUN, 0), EINVAL,
+		    "kvm_run->kvm_dirty_regs bit beyond KVM_SYNC_X86_VALID_FIELDS");
 	run->kvm_dirty_regs = 0;
 	/* Userspace irqchip: kvm_run->cr8 is the TPR, 4 bits. */
 	run->cr8 = 16;
-	CHECK_ERRNO(ioctl(vcpu, KVM_RUN, 0), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_RUN, 0), EINVAL,
+		    "kvm_run->cr8 = 16 with the userspace irqchip (TPR has 4 bits)");
 	run->cr8 = 0;
 	/* immediate_exit: EINTR before anything runs (exit_reason untouched, as upstream). */
 	run->immediate_exit = 1;
 	run->exit_reason = 0x1234;
-	CHECK_ERRNO(ioctl(vcpu, KVM_RUN, 0), EINTR);
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_RUN, 0), EINTR, "kvm_run->immediate_exit set");
 	CHECK(run->exit_reason == 0x1234);
 	run->immediate_exit = 0;
 	/* With backend=none nothing can run: ENOEXEC. */
 	if (getenv("RKVM_BACKEND_NONE"))
-		CHECK_ERRNO(ioctl(vcpu, KVM_RUN, 0), ENOEXEC);
+		CHECK_ERRNO_WHY(ioctl(vcpu, KVM_RUN, 0), ENOEXEC,
+			    "backend=none (rkvm: no guest can run)");
 	munmap(run, sz);
 }
 
@@ -293,7 +301,7 @@ TEST(fpu)
 	/* Reserved MXCSR bits are not looked at either (FXRSTOR would fault on them). */
 	f.mxcsr = 1u << 20;
 	CHECK(ioctl(vcpu, KVM_SET_FPU, &f) == 0);
-	CHECK_ERRNO(ioctl(vcpu, KVM_GET_FPU, NULL), EFAULT);
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_GET_FPU, NULL), EFAULT, "NULL pointer");
 }
 
 /* KVM_GET/SET_DEBUGREGS: RESET DR6/DR7, a round trip, flags and high bits refused. */
@@ -313,10 +321,10 @@ TEST(debugregs)
 	CHECK(ioctl(vcpu, KVM_GET_DEBUGREGS, &e) == 0);
 	CHECK(e.db[0] == 0x1000 && e.db[3] == d.db[3] && e.dr7 == 0x401);
 	d.flags = 1;
-	CHECK_ERRNO(ioctl(vcpu, KVM_SET_DEBUGREGS, &d), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_SET_DEBUGREGS, &d), EINVAL, "nonzero flags");
 	d.flags = 0;
 	d.dr7 = 1ull << 32;
-	CHECK_ERRNO(ioctl(vcpu, KVM_SET_DEBUGREGS, &d), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_SET_DEBUGREGS, &d), EINVAL, "DR7 with bit 32 set");
 }
 
 /*
@@ -351,16 +359,18 @@ TEST(xsave)
 	CHECK(ioctl(vcpu, KVM_GET_XSAVE, y) == 0 && *(__u32 *)(y + 24) == 0x1fc0);
 	/* Compacted format and reserved MXCSR bits are refused. */
 	*(__u64 *)(x + 520) = 1ull << 63;
-	CHECK_ERRNO(ioctl(vcpu, KVM_SET_XSAVE, x), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_SET_XSAVE, x), EINVAL,
+		    "XSAVE header XCOMP_BV bit 63 (compacted format)");
 	*(__u64 *)(x + 520) = 0;
 	*(__u32 *)(x + 24) = 1u << 20;
-	CHECK_ERRNO(ioctl(vcpu, KVM_SET_XSAVE, x), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_SET_XSAVE, x), EINVAL, "reserved MXCSR bit 20");
 	*(__u32 *)(x + 24) = 0x1f80;
 	/* A component the guest cannot have (rkvm: anything beyond x87|SSE|AVX; bit 62 anywhere). */
 	*(__u64 *)(x + 512) = 3 | (1ull << 62);
-	CHECK_ERRNO(ioctl(vcpu, KVM_SET_XSAVE, x), EINVAL);
-	CHECK_ERRNO(ioctl(vcpu, KVM_GET_XSAVE, (void *)8), EFAULT);
-	CHECK_ERRNO(ioctl(vcpu, KVM_SET_XSAVE, (void *)8), EFAULT);
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_SET_XSAVE, x), EINVAL,
+		    "XSTATE_BV with a component the guest cannot have (bit 62)");
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_GET_XSAVE, (void *)8), EFAULT, "unmapped pointer (8)");
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_SET_XSAVE, (void *)8), EFAULT, "unmapped pointer (8)");
 }
 
 /*
@@ -417,16 +427,16 @@ TEST(xcrs)
 	CHECK(ioctl(vcpu, KVM_SET_XCRS, &x) == 0);
 	CHECK(ioctl(vcpu, KVM_GET_XCRS, &y) == 0 && y.xcrs[0].value == 3);
 	x.xcrs[0].value = 2;
-	CHECK_ERRNO(ioctl(vcpu, KVM_SET_XCRS, &x), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_SET_XCRS, &x), EINVAL, "XCR0 = 2 (SSE without x87)");
 	x.xcrs[0].value = 3;
 	x.xcrs[0].xcr = 1;
-	CHECK_ERRNO(ioctl(vcpu, KVM_SET_XCRS, &x), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_SET_XCRS, &x), EINVAL, "unknown XCR index 1");
 	x.xcrs[0].xcr = 0;
 	x.nr_xcrs = 17;
-	CHECK_ERRNO(ioctl(vcpu, KVM_SET_XCRS, &x), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_SET_XCRS, &x), EINVAL, "nr_xcrs = 17 (above KVM_MAX_XCRS)");
 	x.nr_xcrs = 1;
 	x.flags = 1;
-	CHECK_ERRNO(ioctl(vcpu, KVM_SET_XCRS, &x), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_SET_XCRS, &x), EINVAL, "nonzero flags");
 }
 
 /* KVM_GET/SET_MP_STATE without an in-kernel irqchip: runnable, and only runnable. */
@@ -439,7 +449,8 @@ TEST(mp_state)
 	CHECK(ioctl(vcpu, KVM_GET_MP_STATE, &m) == 0 && m.mp_state == KVM_MP_STATE_RUNNABLE);
 	CHECK(ioctl(vcpu, KVM_SET_MP_STATE, &m) == 0);
 	m.mp_state = KVM_MP_STATE_HALTED;
-	CHECK_ERRNO(ioctl(vcpu, KVM_SET_MP_STATE, &m), EINVAL);
+	CHECK_ERRNO_WHY(ioctl(vcpu, KVM_SET_MP_STATE, &m), EINVAL,
+		    "KVM_MP_STATE_HALTED without an in-kernel irqchip");
 }
 
 KTAP_MAIN("rkvm vcpu_state",

@@ -39,7 +39,8 @@ TEST(signal_ends_run_with_eintr)
 	CHECK(ioctl(v.vcpu, KVM_SET_REGS, &regs) == 0);
 	sigaction(SIGALRM, &sa, NULL);
 	setitimer(ITIMER_REAL, &it, NULL);
-	CHECK_ERRNO(ioctl(v.vcpu, KVM_RUN, 0), EINTR);
+	CHECK_ERRNO_WHY(ioctl(v.vcpu, KVM_RUN, 0), EINTR,
+		    "a signal (SIGALRM) arrives while the guest runs");
 	CHECK(v.run->exit_reason == KVM_EXIT_INTR);
 	/* The guest was running its loop and can be inspected. */
 	CHECK(ioctl(v.vcpu, KVM_GET_REGS, &regs) == 0 && regs.rip == 0x1000);
