@@ -102,14 +102,20 @@ if stage bochs; then
   # warm; several times that on a loaded machine), so a hang fails fast instead of eating the CI
   # budget. The kmemleak scan runs in the 1-CPU boot only:
   # with 2 emulated CPUs one scan did not finish within 5 minutes.
-  # The 1-CPU boot starts with a short fuzz run that enters random guests (about 20 s), then
-  # reloads the module (it must unload cleanly) before the other tests; its kmemleak scan at the
+  # Each boot has a short fuzz run entering random guests (8000 ioctls, about 20 s; from two
+  # threads with 2 CPUs) between two reads of the host-state probe, then reloads the module (it
+  # must unload cleanly); in the 1-CPU boot before the other tests, so its kmemleak scan at the
   # end covers the fuzz run too.
-  # Each boot starts with a short fuzz run entering random guests (8000 ioctls; from two threads
-  # with 2 CPUs) between two reads of the host-state probe.
   for n in 1 2; do
-    leak='[ $f = 0 ] || s=1; /selftests/kmemleak_check && exit $s'; [ "$n" = 1 ] || leak='[ $f = 0 ] || s=1; exit $s'
-    pre=$(fuzz_with_probe 8000 "$n")
+    # With 2 CPUs the fuzz run comes after the selftests: once it ran first and events'
+    # nmi_blocked_until_iret then never returned from KVM_RUN (Bochs 2.7 keeps a CPU's virtual-NMI
+    # blocking from the last guest that ran there, see selftests/events.c; with 2 CPUs the
+    # fuzzer's guests leave it on both).
+    if [ "$n" = 1 ]; then
+      pre=$(fuzz_with_probe 8000 1); leak='[ $f = 0 ] || s=1; /selftests/kmemleak_check && exit $s'
+    else
+      pre=''; leak="$(fuzz_with_probe 8000 2) [ \$f = 0 ] || s=1; exit \$s"
+    fi
     vm_case "bochs-vmx-${n}cpu" 0 --emulator vmx --kernel base --cpus "$n" --modargs backend=vmx --timeout $((n * 300 + 300)) \
       --extra build/hoststate-base/rkvm_hoststate.ko --run \
       "export RKVM_ERRNO_LOG=/tmp/errno-log; $pre test \"\$(nproc)\" = $n || echo 'not ok - expected $n CPUs'; rkvm-demo > /tmp/demo.out 2>&1; cat /tmp/demo.out; \
