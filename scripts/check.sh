@@ -63,17 +63,12 @@ vm_case() {
   fi
 }
 
-# fuzz_with_probe COUNT THREADS: the start of a Bochs run (rkvm loaded with backend=vmx): the
-# fuzzer entering random guests, with the host-state probe (selftests/hoststate: CR0/CR4/EFER,
-# GDT/IDT/TR, DR6/DR7 and host MSRs of every CPU) read before and after, which must be equal;
-# then rkvm unloads and loads again. Sets f=1 in the VM if any of that failed. The VM needs
+# fuzz_with_probe COUNT THREADS: VM-side shell for a Bochs run (rkvm loaded with backend=vmx):
+# the fuzzer entering random guests between two readings of the host-state probe, which must be
+# equal (hoststate_before/after in env.sh); then rkvm unloads and loads again. Sets f=1 in the VM if any of that failed. The VM needs
 # --extra build/hoststate-<kernel>/rkvm_hoststate.ko.
 fuzz_with_probe() {
-  local probe=/sys/module/rkvm_hoststate/parameters/state
-  echo "insmod /extra/rkvm_hoststate.ko && cat $probe > /tmp/host-before; rkvm-fuzz --seed 1 --count $1 --threads $2; f=\$?; \
-    if cat $probe > /tmp/host-after && [ -s /tmp/host-before ] && cmp -s /tmp/host-before /tmp/host-after; then \
-      echo 'ok 5 - host registers unchanged on every CPU after fuzzing'; \
-    else echo 'not ok 5 - host registers changed by fuzzing'; diff /tmp/host-before /tmp/host-after | sed 's/^/# /'; f=1; fi; \
+  echo "$(hoststate_before) rkvm-fuzz --seed 1 --count $1 --threads $2; f=\$?; $(hoststate_after 5 f) \
     if rmmod rkvm && insmod /lib/modules/rkvm.ko backend=vmx; then echo 'ok 6 - rmmod and insmod after fuzzing'; \
     else echo 'not ok 6 - rmmod and insmod after fuzzing'; f=1; fi;"
 }

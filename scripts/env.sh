@@ -19,3 +19,16 @@ kmake_args() {
 
 # Print a progress line (stderr) so long steps are visibly alive.
 say() { printf '[rkvm] %s\n' "$*" >&2; }
+
+# VM-side shell around a fuzz run for the host-state probe (selftests/hoststate: CR0/CR4/EFER,
+# GDT/IDT/TR, DR6/DR7 and host MSRs of every CPU; the VM needs --extra
+# build/hoststate-<kernel>/rkvm_hoststate.ko). hoststate_before: load the probe, first reading.
+# hoststate_after N VAR: second reading, KTAP line N saying whether both are equal, VAR=1 in the
+# VM if not.
+HOSTSTATE=/sys/module/rkvm_hoststate/parameters/state
+hoststate_before() { echo "insmod /extra/rkvm_hoststate.ko && cat $HOSTSTATE > /tmp/host-before;"; }
+hoststate_after() {
+  echo "if cat $HOSTSTATE > /tmp/host-after && [ -s /tmp/host-before ] && cmp -s /tmp/host-before /tmp/host-after; then \
+    echo 'ok $1 - host registers unchanged on every CPU after fuzzing'; \
+  else echo 'not ok $1 - host registers changed by fuzzing'; diff /tmp/host-before /tmp/host-after | sed 's/^/# /'; $2=1; fi;"
+}

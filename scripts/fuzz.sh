@@ -35,14 +35,11 @@ log=$logs/fuzz-$kernel-$emu-seed$seed.log
 say "fuzz: $kernel kernel, $emu ($modargs, $cpus CPU), seed $seed, count $count${secs:+, at most $secs s}, $threads thread(s); console: $log"
 # Host state on every CPU (selftests/hoststate: control, debug and descriptor-table registers,
 # host MSRs) before the fuzzing and after it must be the same.
-probe=/sys/module/rkvm_hoststate/parameters/state
 python3 scripts/vm-run.py --kernel "$kernel" --emulator "$emu" --cpus "$cpus" --modargs "$modargs" --timeout "$limit" \
   --extra "build/hoststate-$kernel/rkvm_hoststate.ko" --run \
-  "insmod /extra/rkvm_hoststate.ko && cat $probe > /tmp/host-before
+  "$(hoststate_before)
    rkvm-fuzz --seed $seed --count $count --seconds $secs --threads $threads; s=\$?
-   if cat $probe > /tmp/host-after && [ -s /tmp/host-before ] && cmp -s /tmp/host-before /tmp/host-after; then
-     echo 'ok 5 - host CR0/CR4/EFER, GDT/IDT/TR, DR6/DR7 and MSRs unchanged on every CPU'
-   else echo 'not ok 5 - host registers changed:'; diff /tmp/host-before /tmp/host-after | sed 's/^/# /'; s=1; fi
+   $(hoststate_after 5 s)
    if rmmod rkvm; then echo 'ok 6 - rmmod rkvm after fuzzing'; else echo 'not ok 6 - rmmod rkvm after fuzzing'; s=1; fi
    $leak
    exit \$s" > "$log" 2>&1

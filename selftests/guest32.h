@@ -72,23 +72,7 @@ static inline int set_slot(int vm, __u32 slot, __u32 flags, __u64 gpa, __u64 siz
 /* Reads guest-iso32.bin (next to this program) into slot 0's memory at G32_CODE_GPA. */
 static inline int g32_load_code(unsigned char *slot0)
 {
-	char path[PATH_MAX], *slash;
-	ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 32);
-	int fd;
-
-	if (n <= 0)
-		return -1;
-	path[n] = 0;
-	slash = strrchr(path, '/');
-	strcpy(slash ? slash + 1 : path, "guest-iso32.bin");
-	fd = open(path, O_RDONLY);
-	if (fd < 0) {
-		printf("# %s: %s\n", path, strerror(errno));
-		return -1;
-	}
-	n = read(fd, slot0 + G32_CODE_GPA, 0x1000);
-	close(fd);
-	return n > 0 ? 0 : -1;
+	return load_guest_bin("guest-iso32.bin", slot0 + G32_CODE_GPA, 0x1000) > 0 ? 0 : -1;
 }
 
 /* Flat 32-bit segments (base 0, limit 4 GiB), CR0.PE; no paging, interrupts off. */

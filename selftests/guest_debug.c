@@ -58,25 +58,7 @@ struct dvm {
 
 static int load_guest(unsigned char *mem)
 {
-	char path[4096];
-	ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - sizeof(GUEST_BIN) - 1);
-	char *slash;
-	FILE *f;
-	size_t len;
-
-	if (n <= 0)
-		return -1;
-	path[n] = 0;
-	slash = strrchr(path, '/');
-	strcpy(slash ? slash + 1 : path, GUEST_BIN);
-	f = fopen(path, "rb");
-	if (!f) {
-		printf("# %s: %s\n", path, strerror(errno));
-		return -1;
-	}
-	len = fread(mem + CODE, 1, DATA - CODE, f);
-	fclose(f);
-	return len > LABELS ? 0 : -1;
+	return load_guest_bin(GUEST_BIN, mem + CODE, DATA - CODE) > LABELS ? 0 : -1;
 }
 
 /* A VM with the guest loaded, its #DB/#BP vectors set, and the vCPU at label `start`. */

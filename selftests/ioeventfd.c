@@ -261,25 +261,7 @@ struct gvm {
 
 static int load_guest(unsigned char *mem)
 {
-	char path[4096];
-	ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - sizeof(GUEST_BIN) - 1);
-	char *slash;
-	FILE *f;
-	size_t len;
-
-	if (n <= 0)
-		return -1;
-	path[n] = 0;
-	slash = strrchr(path, '/');
-	strcpy(slash ? slash + 1 : path, GUEST_BIN);
-	f = fopen(path, "rb");
-	if (!f) {
-		printf("# %s: %s\n", path, strerror(errno));
-		return -1;
-	}
-	len = fread(mem, 1, 0x8000, f);
-	fclose(f);
-	return len > 0 ? 0 : -1;
+	return load_guest_bin(GUEST_BIN, mem, 0x8000) > 0 ? 0 : -1;
 }
 
 /* The supported CPUID as the vCPU's (upstream wants long mode in it for EFER.LME). */

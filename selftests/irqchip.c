@@ -201,25 +201,7 @@ struct icvm {
 
 static int load_guest(unsigned char *mem)
 {
-	char path[4096];
-	ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - sizeof(GUEST_BIN) - 1);
-	char *slash;
-	FILE *f;
-	size_t len;
-
-	if (n <= 0)
-		return -1;
-	path[n] = 0;
-	slash = strrchr(path, '/');
-	strcpy(slash ? slash + 1 : path, GUEST_BIN);
-	f = fopen(path, "rb");
-	if (!f) {
-		printf("# %s: %s\n", path, strerror(errno));
-		return -1;
-	}
-	len = fread(mem, 1, GDT_GPA, f);
-	fclose(f);
-	return len > 0 ? 0 : -1;
+	return load_guest_bin(GUEST_BIN, mem, GDT_GPA) > 0 ? 0 : -1;
 }
 
 static __u64 gdt_entry(__u32 limit, __u8 access, __u8 flags)

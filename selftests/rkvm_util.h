@@ -14,6 +14,31 @@
 #include "ktap.h"
 
 /* The device under test: $RKVM_DEV, default /dev/rkvm. */
+/*
+ * Reads the guest binary NAME (built next to this program, selftests/guests/) into DST, at most
+ * MAX bytes: the number of bytes read, or -1 with a diagnostic line.
+ */
+static inline ssize_t load_guest_bin(const char *name, void *dst, size_t max)
+{
+	char path[4096], *slash;
+	ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - strlen(name) - 1);
+	int fd;
+
+	if (n <= 0)
+		return -1;
+	path[n] = 0;
+	slash = strrchr(path, '/');
+	strcpy(slash ? slash + 1 : path, name);
+	fd = open(path, O_RDONLY);
+	if (fd < 0) {
+		printf("# %s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	n = read(fd, dst, max);
+	close(fd);
+	return n;
+}
+
 static inline const char *dev_path(void)
 {
 	const char *p = getenv("RKVM_DEV");

@@ -831,11 +831,12 @@ fn stats_read(c: &mut Ctx) {
     let junk = vec![0u8; (len as usize).min(ARENA / 2)];
     let (buf, _) = c.place(&junk);
     let len = if buf == c.arena.addr() as u64 { len.min(ARENA as u64 - 8) } else { len };
-    // SAFETY: reads into our arena (length bounded by it) or into a bad pointer, which the kernel
-    // must refuse with EFAULT.
     let r = if c.rng.percent(80) {
+        // SAFETY: reads into our arena (length bounded by it) or into a bad pointer, which the
+        // kernel must refuse with EFAULT.
         unsafe { libc::pread(fd, buf as *mut libc::c_void, len as usize, off as i64) }
     } else {
+        // SAFETY: as for the pread above: our arena, bounded, or a pointer the kernel refuses.
         unsafe { libc::read(fd, buf as *mut libc::c_void, len as usize) }
     };
     c.syscall("read(stats)", r as i64);
@@ -899,10 +900,10 @@ fn fork_child(c: &mut Ctx) {
 /// Makes the shared flaky region accessible or not under other threads' ioctls.
 fn flaky(c: &mut Ctx) {
     let a = c.sh.flaky as *mut libc::c_void;
+    // mprotect, not munmap: an unmapped range could be handed to a later mapping of ours.
+    let prot = if c.rng.percent(50) { libc::PROT_NONE } else { libc::PROT_READ | libc::PROT_WRITE };
     // SAFETY: the flaky region's address range is reserved for this: nothing of ours but bad
     // pointers ever points there, and the fuzzer never dereferences it.
-    // (mprotect, not munmap: an unmapped range could be handed to a later mapping of ours.)
-    let prot = if c.rng.percent(50) { libc::PROT_NONE } else { libc::PROT_READ | libc::PROT_WRITE };
     let r = unsafe { libc::mprotect(a, 4 * PAGE, prot) as i64 };
     c.syscall("flaky map/unmap", r);
 }
