@@ -286,10 +286,15 @@ impl MsrCtx<'_> {
 
 /// Boxes a backend vCPU as a trait object (6.12's `KBox` has no unsizing coercion).
 pub(crate) fn boxed<V: BackendVcpu + 'static>(v: V) -> Result<KBox<dyn BackendVcpu>> {
-    let b = KBox::new(v, GFP_KERNEL_ACCOUNT)?;
+    Ok(unsize(KBox::new(v, GFP_KERNEL_ACCOUNT)?))
+}
+
+/// A boxed backend vCPU as the trait object (for a vCPU built in its box: too large to be
+/// moved through the stack, see `VmxVcpu::new`).
+pub(crate) fn unsize<V: BackendVcpu + 'static>(b: KBox<V>) -> KBox<dyn BackendVcpu> {
     // SAFETY: the pointer comes from `into_raw` of a live box of the same allocator and is only
     // unsized (same address, vtable added), so `from_raw` takes back ownership of that box.
-    Ok(unsafe { KBox::from_raw(KBox::into_raw(b) as *mut dyn BackendVcpu) })
+    unsafe { KBox::from_raw(KBox::into_raw(b) as *mut dyn BackendVcpu) }
 }
 
 /// What a backend needs from the generic layer during `KVM_RUN`.

@@ -582,6 +582,6 @@ impl Backend for VmxBackend {
 
     fn create_vcpu(&self, vm: &dyn BackendVm, id: u32, apic: Option<crate::irq::VcpuApic>) -> Result<KBox<dyn BackendVcpu>> {
         let vm = vm.as_any().downcast_ref::<ept::VmxVm>().ok_or(EINVAL)?;
-        crate::backend::boxed(vcpu::VmxVcpu::new(&self.g, vm.eptp(), id, apic)?)
+        Ok(crate::backend::unsize(vcpu::VmxVcpu::new(&self.g, vm.eptp(), id, apic)?))
     }
 }
