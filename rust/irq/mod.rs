@@ -444,7 +444,10 @@ fn pic_from_uapi(s: &b::kvm_pic_state) -> pic::ChipState {
 /// The in-kernel half of one vCPU's interrupt state: its LAPIC, its posted area and the VM's
 /// irqchip (upstream: `vcpu->arch.apic`). Owned by the backend vCPU, under the vCPU mutex.
 pub(crate) struct VcpuApic {
-    pub(crate) lapic: Lapic,
+    /// Boxed: the model holds the 1 KiB register page, and a `VcpuApic` travels by value from
+    /// `Vm::create_vcpu` through the backend into the vCPU (a by-value `Lapic` put 4.4 KiB on
+    /// KVM_CREATE_VCPU's kernel stack frame).
+    pub(crate) lapic: KBox<Lapic>,
     pub(crate) posted: Arc<Posted>,
     chip: Arc<Irqchip>,
     /// The timer deadline the hrtimer is armed for.
@@ -489,10 +492,11 @@ impl VcpuApic {
             },
             GFP_KERNEL_ACCOUNT,
         )?;
+        let lapic = KBox::new(Lapic::new(id, bsp).with_bus_cycle_ns(bus_cycle_ns), GFP_KERNEL_ACCOUNT)?;
         // A spinlock is held: no sleeping allocation (the vector grows rarely, one per vCPU).
         chip.targets.lock().push(posted.clone(), GFP_NOWAIT)?;
         let a = VcpuApic {
-            lapic: Lapic::new(id, bsp).with_bus_cycle_ns(bus_cycle_ns),
+            lapic,
             posted,
             chip: chip.clone(),
             armed: None,
