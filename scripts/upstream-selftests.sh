@@ -188,9 +188,18 @@ run() {
   local vmtimeout=${UPSTREAM_VM_TIMEOUT:-1200}
   local modes=${UPSTREAM_MODES:-rkvm-nosysfs rkvm kvm_intel}
   local only=${UPSTREAM_TESTS:-}
-  local n
+  local n t
   n=$(list_tests | wc -l)
   [ -z "$only" ] || n=$(wc -w <<<"$only")
+  # A name the list does not have would show as "not run": refuse it, with the list's spelling
+  # when only the x86_64/ prefix differs (steal_time and system_counter_offset_test have none).
+  for t in $only; do
+    list_tests | grep -qxF -- "$t" && continue
+    local alt
+    alt=$(list_tests | grep -xF -e "x86_64/$t" -e "${t#x86_64/}" | head -1)
+    echo "upstream: UPSTREAM_TESTS: no test '$t' in selftests/upstream/list${alt:+ (did you mean '$alt'?)}" >&2
+    exit 2
+  done
   say "upstream: one Bochs boot (1 CPU): $n tests against rkvm, then against kvm_intel" \
       "(per-test timeout ${timeout}s, whole run at most ${vmtimeout}s; console: $log)"
   local t0 rc
