@@ -227,222 +227,14 @@ impl FileKind for VcpuKind {
             return Err(EINVAL);
         }
         let mut arch = f.vcpu.arch.lock();
-        match cmd {
-            b::KVM_RUN => {
-                if arg != 0 {
-                    return Err(EINVAL);
-                }
-                run(f, &mut **arch)?;
-                Ok(0)
+        if cmd == b::KVM_RUN {
+            if arg != 0 {
+                return Err(EINVAL);
             }
-            b::KVM_GET_REGS => {
-                let mut regs = b::kvm_regs::default();
-                arch.get_regs(&mut regs)?;
-                write_user(arg, &regs)?;
-                Ok(0)
-            }
-            b::KVM_SET_REGS => set_regs(&mut **arch, read_user(arg)?).map(|()| 0),
-            b::KVM_GET_SREGS => {
-                let mut sregs = b::kvm_sregs::default();
-                arch.get_sregs(&mut sregs)?;
-                write_user(arg, &sregs)?;
-                Ok(0)
-            }
-            b::KVM_SET_SREGS => set_sregs(f, &mut **arch, &read_user(arg)?).map(|()| 0),
-            // Upstream `kvm_arch_vcpu_ioctl_translate`: a supervisor read through the guest's
-            // page tables; `writeable` is always 1 and `usermode` 0, as upstream reports.
-            b::KVM_TRANSLATE => {
-                let mut t: b::kvm_translation = read_user(arg)?;
-                let gpa = arch.translate(&f.vm, t.linear_address)?;
-                t.physical_address = gpa.unwrap_or(u64::MAX);
-                t.valid = gpa.is_some().into();
-                t.writeable = 1;
-                t.usermode = 0;
-                write_user(arg, &t).map(|()| 0)
-            }
-            b::KVM_SET_CPUID2 => {
-                let mut entries = read_cpuid2(arg, cpuid::MAX_ENTRIES)?.0;
-                // Upstream `kvm_update_cpuid_runtime`'s PV part, which follows VM state.
-                pvclock::update_runtime(&mut entries, f.vm.hlt_in_guest.load(Ordering::Relaxed));
-                let mut table = f.vcpu.cpuid.lock();
-                // After the first entry the table may only be set again unchanged, the bits that
-                // follow guest state aside (upstream `kvm_set_cpuid`: `__kvm_update_cpuid_runtime`
-                // of the new table, then `kvm_cpuid_check_equal`).
-                if arch.has_run() {
-                    let (cr4, xcr0) = arch.cpuid_runtime_state()?;
-                    let mut old = runtime_copy(&table)?;
-                    cpuid::update_runtime(&mut old, cr4, xcr0);
-                    cpuid::update_runtime(&mut entries, cr4, xcr0);
-                    return if entries[..] == old[..] { Ok(0) } else { Err(EINVAL) };
-                }
-                *table = entries;
-                arch.after_set_cpuid(&table);
-                Ok(0)
-            }
-            // The table with the bits that follow guest state as they are now (upstream keeps
-            // its copy updated: `kvm_update_cpuid_runtime`).
-            b::KVM_GET_CPUID2 => {
-                let nent: u32 = read_user(arg)?;
-                let table = f.vcpu.cpuid.lock();
-                if (nent as usize) < table.len() {
-                    return Err(E2BIG);
-                }
-                let (cr4, xcr0) = arch.cpuid_runtime_state()?;
-                let mut out = runtime_copy(&table)?;
-                cpuid::update_runtime(&mut out, cr4, xcr0);
-                write_cpuid2(arg, &out)?;
-                Ok(0)
-            }
-            b::KVM_GET_FPU => {
-                let mut fpu = b::kvm_fpu::default();
-                arch.get_fpu(&mut fpu)?;
-                write_user(arg, &fpu).map(|()| 0)
-            }
-            b::KVM_SET_FPU => arch.set_fpu(&read_user(arg)?).map(|()| 0),
-            b::KVM_GET_DEBUGREGS => {
-                let mut d = b::kvm_debugregs::default();
-                arch.get_debugregs(&mut d)?;
-                write_user(arg, &d).map(|()| 0)
-            }
-            b::KVM_SET_DEBUGREGS => {
-                let d: b::kvm_debugregs = read_user(arg)?;
-                // Upstream `kvm_vcpu_ioctl_x86_set_debugregs`: no flags, 32-bit DR6/DR7.
-                if d.flags != 0 || d.dr6 >> 32 != 0 || d.dr7 >> 32 != 0 {
-                    return Err(EINVAL);
-                }
-                arch.set_debugregs(&d).map(|()| 0)
-            }
-            // Upstream `kvm_arch_vcpu_ioctl_set_guest_debug`; rkvm refuses unknown flags and a
-            // debugger DR7 with bits 63:32 set (EINVAL) instead of ignoring them or failing the
-            // next VM entry (x86/debug.rs).
-            b::KVM_SET_GUEST_DEBUG => {
-                let dbg: b::kvm_guest_debug = read_user(arg)?;
-                if dbg.control & !crate::x86::debug::VALID_MASK != 0 {
-                    return Err(EINVAL);
-                }
-                arch.set_guest_debug(&dbg).map(|()| 0)
-            }
-            b::KVM_GET_XCRS => {
-                let mut x = b::kvm_xcrs::default();
-                arch.get_xcrs(&mut x)?;
-                write_user(arg, &x).map(|()| 0)
-            }
-            b::KVM_SET_XCRS => {
-                let x: b::kvm_xcrs = read_user(arg)?;
-                // Upstream `kvm_vcpu_ioctl_x86_set_xcrs`.
-                if x.flags != 0 || x.nr_xcrs as usize > x.xcrs.len() {
-                    return Err(EINVAL);
-                }
-                arch.set_xcrs(&x).map(|()| 0)
-            }
-            // RUNNABLE, or HALTED with an in-kernel LAPIC (INIT/SIPI states are not modelled).
-            // Without an in-kernel LAPIC a vCPU is always runnable (HLT exits to userspace).
-            b::KVM_GET_MP_STATE => {
-                let mp_state = arch.apic().map_or(b::KVM_MP_STATE_RUNNABLE, |a| a.mp);
-                write_user(arg, &b::kvm_mp_state { mp_state }).map(|()| 0)
-            }
-            // Upstream `kvm_arch_vcpu_ioctl_set_mpstate`: only RUNNABLE without one.
-            b::KVM_SET_MP_STATE => {
-                let s: b::kvm_mp_state = read_user(arg)?;
-                let sipi = arch.sipi_vector();
-                match arch.apic() {
-                    Some(a) => a.set_mp_state(s.mp_state, sipi).map(|()| 0),
-                    None if s.mp_state == b::KVM_MP_STATE_RUNNABLE => Ok(0),
-                    None => Err(EINVAL),
-                }
-            }
-            // EINVAL without an in-kernel LAPIC, checked first (upstream).
-            b::KVM_GET_LAPIC => {
-                let a = arch.apic().ok_or(EINVAL)?;
-                let mut st = b::kvm_lapic_state::default();
-                a.get_state(lapic_regs(&mut st));
-                write_user(arg, &st).map(|()| 0)
-            }
-            b::KVM_SET_LAPIC => {
-                let a = arch.apic().ok_or(EINVAL)?;
-                let mut st: b::kvm_lapic_state = read_user(arg)?;
-                a.set_state(lapic_regs(&mut st)).map(|()| 0)
-            }
-            // Upstream `kvm_vcpu_ioctl_x86_get_xsave` / `_get_xsave2` / `_set_xsave`: the area is
-            // `KVM_CAP_XSAVE2` bytes, which is exactly `struct kvm_xsave` here.
-            b::KVM_GET_XSAVE | b::KVM_GET_XSAVE2 => {
-                let mut area = KVec::from_elem(0u8, xsave::SIZE, GFP_KERNEL_ACCOUNT)?;
-                arch.get_xsave(&mut area)?;
-                UserSlice::new(arg, xsave::SIZE).writer().write_slice(&area).map(|()| 0)
-            }
-            b::KVM_SET_XSAVE => {
-                let mut area = KVec::from_elem(0u8, xsave::SIZE, GFP_KERNEL_ACCOUNT)?;
-                UserSlice::new(arg, xsave::SIZE).reader().read_slice(&mut area)?;
-                arch.set_xsave(&area).map(|()| 0)
-            }
-            b::KVM_SET_SIGNAL_MASK => {
-                *f.vcpu.sigmask.lock() = read_sigmask(arg)?;
-                Ok(0)
-            }
-            // No TSC scaling: a vCPU's TSC runs at the host's rate (upstream
-            // `vcpu->arch.virtual_tsc_khz`).
-            b::KVM_GET_TSC_KHZ => Ok(crate::ffi::tsc_khz() as isize),
-            // Userspace irqchip model (upstream `kvm_vcpu_ioctl_interrupt`).
-            b::KVM_INTERRUPT => {
-                let irq: b::kvm_interrupt = read_user(arg)?;
-                if irq.irq >= 256 {
-                    return Err(EINVAL);
-                }
-                // Not with an in-kernel PIC.
-                if arch.apic().is_some() {
-                    return Err(ENXIO);
-                }
-                arch.queue_interrupt(irq.irq as u8).map(|()| 0)
-            }
-            b::KVM_NMI => arch.queue_nmi().map(|()| 0),
-            b::KVM_GET_VCPU_EVENTS => {
-                let mut e = b::kvm_vcpu_events::default();
-                arch.get_vcpu_events(&mut e)?;
-                write_user(arg, &e).map(|()| 0)
-            }
-            b::KVM_SET_VCPU_EVENTS => set_vcpu_events(&mut **arch, &read_user(arg)?).map(|()| 0),
-            // Upstream `kvm_vcpu_ioctl`: the range left is copied back whatever the result.
-            b::KVM_PRE_FAULT_MEMORY => {
-                let mut range: b::kvm_pre_fault_memory = read_user(arg)?;
-                let r = pre_fault_memory(&f.vm, &mut range);
-                write_user(arg, &range)?;
-                r.map(|()| 0)
-            }
-            b::KVM_GET_STATS_FD => {
-                crate::statsfd::create_fd(crate::statsfd::StatsFile::Vcpu(f.vm.clone(), f.vcpu.clone())).map(|fd| fd as isize)
-            }
-            b::KVM_GET_MSRS | b::KVM_SET_MSRS => {
-                let table = f.vcpu.cpuid.lock();
-                let ctx = MsrCtx { host: true, vm: &f.vm, cpuid: &table };
-                let set = cmd == b::KVM_SET_MSRS;
-                msr_io(arg, set, |index, data| {
-                    if set {
-                        arch.set_msr(&ctx, index, *data)
-                    } else {
-                        arch.get_msr(&ctx, index).map(|v| {
-                            *data = v.unwrap_or(0);
-                            v.is_some()
-                        })
-                    }
-                })
-            }
-            b::KVM_X86_SETUP_MCE => setup_mce(&mut **arch, read_user(arg)?).map(|()| 0),
-            b::KVM_X86_SET_MCE => set_mce(&mut **arch, &read_user(arg)?).map(|()| 0),
-            // Upstream `kvm_vcpu_ioctl_enable_cap`: no flags; only the PV CPUID enforcement.
-            b::KVM_ENABLE_CAP => {
-                let cap: b::kvm_enable_cap = read_user(arg)?;
-                if cap.flags != 0 || cap.cap != b::KVM_CAP_ENFORCE_PV_FEATURE_CPUID {
-                    return Err(EINVAL);
-                }
-                let table = f.vcpu.cpuid.lock();
-                arch.set_pv_enforce(cap.args[0] != 0, &table).map(|()| 0)
-            }
-            b::KVM_HAS_DEVICE_ATTR | b::KVM_GET_DEVICE_ATTR | b::KVM_SET_DEVICE_ATTR => {
-                device_attr(f, &mut **arch, cmd, &read_user(arg)?).map(|()| 0)
-            }
-            // Upstream x86's `kvm_arch_vcpu_ioctl` default.
-            _ => Err(EINVAL),
+            run(f, &mut **arch)?;
+            return Ok(0);
         }
+        state_ioctl(f, &mut **arch, cmd, arg)
     }
 
     fn mmap(f: &VcpuFile, pgoff: u64, pages: u64) -> Result {
@@ -463,6 +255,223 @@ impl FileKind for VcpuKind {
         // SAFETY: `page` is one of the vCPU's live pages; the mapping gets its own reference.
         unsafe { b::rkvm_get_page(page) };
         Some(page)
+    }
+}
+
+/// The vCPU ioctls other than KVM_RUN, on the locked vCPU state (upstream: the rest of
+/// `kvm_vcpu_ioctl` and x86's `kvm_arch_vcpu_ioctl`). Not inlined into the ioctl entry: their
+/// argument structs (LAPIC page, FPU, CPUID entries) would otherwise sit in the frame under
+/// every KVM_RUN (3.3 KiB of it, with the VMX run loop and the host interrupt handlers above).
+#[inline(never)]
+fn state_ioctl(f: &VcpuFile, arch: &mut dyn BackendVcpu, cmd: u32, arg: usize) -> Result<isize> {
+    match cmd {
+        b::KVM_GET_REGS => {
+            let mut regs = b::kvm_regs::default();
+            arch.get_regs(&mut regs)?;
+            write_user(arg, &regs)?;
+            Ok(0)
+        }
+        b::KVM_SET_REGS => set_regs(arch, read_user(arg)?).map(|()| 0),
+        b::KVM_GET_SREGS => {
+            let mut sregs = b::kvm_sregs::default();
+            arch.get_sregs(&mut sregs)?;
+            write_user(arg, &sregs)?;
+            Ok(0)
+        }
+        b::KVM_SET_SREGS => set_sregs(f, arch, &read_user(arg)?).map(|()| 0),
+        // Upstream `kvm_arch_vcpu_ioctl_translate`: a supervisor read through the guest's
+        // page tables; `writeable` is always 1 and `usermode` 0, as upstream reports.
+        b::KVM_TRANSLATE => {
+            let mut t: b::kvm_translation = read_user(arg)?;
+            let gpa = arch.translate(&f.vm, t.linear_address)?;
+            t.physical_address = gpa.unwrap_or(u64::MAX);
+            t.valid = gpa.is_some().into();
+            t.writeable = 1;
+            t.usermode = 0;
+            write_user(arg, &t).map(|()| 0)
+        }
+        b::KVM_SET_CPUID2 => {
+            let mut entries = read_cpuid2(arg, cpuid::MAX_ENTRIES)?.0;
+            // Upstream `kvm_update_cpuid_runtime`'s PV part, which follows VM state.
+            pvclock::update_runtime(&mut entries, f.vm.hlt_in_guest.load(Ordering::Relaxed));
+            let mut table = f.vcpu.cpuid.lock();
+            // After the first entry the table may only be set again unchanged, the bits that
+            // follow guest state aside (upstream `kvm_set_cpuid`: `__kvm_update_cpuid_runtime`
+            // of the new table, then `kvm_cpuid_check_equal`).
+            if arch.has_run() {
+                let (cr4, xcr0) = arch.cpuid_runtime_state()?;
+                let mut old = runtime_copy(&table)?;
+                cpuid::update_runtime(&mut old, cr4, xcr0);
+                cpuid::update_runtime(&mut entries, cr4, xcr0);
+                return if entries[..] == old[..] { Ok(0) } else { Err(EINVAL) };
+            }
+            *table = entries;
+            arch.after_set_cpuid(&table);
+            Ok(0)
+        }
+        // The table with the bits that follow guest state as they are now (upstream keeps
+        // its copy updated: `kvm_update_cpuid_runtime`).
+        b::KVM_GET_CPUID2 => {
+            let nent: u32 = read_user(arg)?;
+            let table = f.vcpu.cpuid.lock();
+            if (nent as usize) < table.len() {
+                return Err(E2BIG);
+            }
+            let (cr4, xcr0) = arch.cpuid_runtime_state()?;
+            let mut out = runtime_copy(&table)?;
+            cpuid::update_runtime(&mut out, cr4, xcr0);
+            write_cpuid2(arg, &out)?;
+            Ok(0)
+        }
+        b::KVM_GET_FPU => {
+            let mut fpu = b::kvm_fpu::default();
+            arch.get_fpu(&mut fpu)?;
+            write_user(arg, &fpu).map(|()| 0)
+        }
+        b::KVM_SET_FPU => arch.set_fpu(&read_user(arg)?).map(|()| 0),
+        b::KVM_GET_DEBUGREGS => {
+            let mut d = b::kvm_debugregs::default();
+            arch.get_debugregs(&mut d)?;
+            write_user(arg, &d).map(|()| 0)
+        }
+        b::KVM_SET_DEBUGREGS => {
+            let d: b::kvm_debugregs = read_user(arg)?;
+            // Upstream `kvm_vcpu_ioctl_x86_set_debugregs`: no flags, 32-bit DR6/DR7.
+            if d.flags != 0 || d.dr6 >> 32 != 0 || d.dr7 >> 32 != 0 {
+                return Err(EINVAL);
+            }
+            arch.set_debugregs(&d).map(|()| 0)
+        }
+        // Upstream `kvm_arch_vcpu_ioctl_set_guest_debug`; rkvm refuses unknown flags and a
+        // debugger DR7 with bits 63:32 set (EINVAL) instead of ignoring them or failing the
+        // next VM entry (x86/debug.rs).
+        b::KVM_SET_GUEST_DEBUG => {
+            let dbg: b::kvm_guest_debug = read_user(arg)?;
+            if dbg.control & !crate::x86::debug::VALID_MASK != 0 {
+                return Err(EINVAL);
+            }
+            arch.set_guest_debug(&dbg).map(|()| 0)
+        }
+        b::KVM_GET_XCRS => {
+            let mut x = b::kvm_xcrs::default();
+            arch.get_xcrs(&mut x)?;
+            write_user(arg, &x).map(|()| 0)
+        }
+        b::KVM_SET_XCRS => {
+            let x: b::kvm_xcrs = read_user(arg)?;
+            // Upstream `kvm_vcpu_ioctl_x86_set_xcrs`.
+            if x.flags != 0 || x.nr_xcrs as usize > x.xcrs.len() {
+                return Err(EINVAL);
+            }
+            arch.set_xcrs(&x).map(|()| 0)
+        }
+        // RUNNABLE, or HALTED with an in-kernel LAPIC (INIT/SIPI states are not modelled).
+        // Without an in-kernel LAPIC a vCPU is always runnable (HLT exits to userspace).
+        b::KVM_GET_MP_STATE => {
+            let mp_state = arch.apic().map_or(b::KVM_MP_STATE_RUNNABLE, |a| a.mp);
+            write_user(arg, &b::kvm_mp_state { mp_state }).map(|()| 0)
+        }
+        // Upstream `kvm_arch_vcpu_ioctl_set_mpstate`: only RUNNABLE without one.
+        b::KVM_SET_MP_STATE => {
+            let s: b::kvm_mp_state = read_user(arg)?;
+            let sipi = arch.sipi_vector();
+            match arch.apic() {
+                Some(a) => a.set_mp_state(s.mp_state, sipi).map(|()| 0),
+                None if s.mp_state == b::KVM_MP_STATE_RUNNABLE => Ok(0),
+                None => Err(EINVAL),
+            }
+        }
+        // EINVAL without an in-kernel LAPIC, checked first (upstream).
+        b::KVM_GET_LAPIC => {
+            let a = arch.apic().ok_or(EINVAL)?;
+            let mut st = b::kvm_lapic_state::default();
+            a.get_state(lapic_regs(&mut st));
+            write_user(arg, &st).map(|()| 0)
+        }
+        b::KVM_SET_LAPIC => {
+            let a = arch.apic().ok_or(EINVAL)?;
+            let mut st: b::kvm_lapic_state = read_user(arg)?;
+            a.set_state(lapic_regs(&mut st)).map(|()| 0)
+        }
+        // Upstream `kvm_vcpu_ioctl_x86_get_xsave` / `_get_xsave2` / `_set_xsave`: the area is
+        // `KVM_CAP_XSAVE2` bytes, which is exactly `struct kvm_xsave` here.
+        b::KVM_GET_XSAVE | b::KVM_GET_XSAVE2 => {
+            let mut area = KVec::from_elem(0u8, xsave::SIZE, GFP_KERNEL_ACCOUNT)?;
+            arch.get_xsave(&mut area)?;
+            UserSlice::new(arg, xsave::SIZE).writer().write_slice(&area).map(|()| 0)
+        }
+        b::KVM_SET_XSAVE => {
+            let mut area = KVec::from_elem(0u8, xsave::SIZE, GFP_KERNEL_ACCOUNT)?;
+            UserSlice::new(arg, xsave::SIZE).reader().read_slice(&mut area)?;
+            arch.set_xsave(&area).map(|()| 0)
+        }
+        b::KVM_SET_SIGNAL_MASK => {
+            *f.vcpu.sigmask.lock() = read_sigmask(arg)?;
+            Ok(0)
+        }
+        // No TSC scaling: a vCPU's TSC runs at the host's rate (upstream
+        // `vcpu->arch.virtual_tsc_khz`).
+        b::KVM_GET_TSC_KHZ => Ok(crate::ffi::tsc_khz() as isize),
+        // Userspace irqchip model (upstream `kvm_vcpu_ioctl_interrupt`).
+        b::KVM_INTERRUPT => {
+            let irq: b::kvm_interrupt = read_user(arg)?;
+            if irq.irq >= 256 {
+                return Err(EINVAL);
+            }
+            // Not with an in-kernel PIC.
+            if arch.apic().is_some() {
+                return Err(ENXIO);
+            }
+            arch.queue_interrupt(irq.irq as u8).map(|()| 0)
+        }
+        b::KVM_NMI => arch.queue_nmi().map(|()| 0),
+        b::KVM_GET_VCPU_EVENTS => {
+            let mut e = b::kvm_vcpu_events::default();
+            arch.get_vcpu_events(&mut e)?;
+            write_user(arg, &e).map(|()| 0)
+        }
+        b::KVM_SET_VCPU_EVENTS => set_vcpu_events(arch, &read_user(arg)?).map(|()| 0),
+        // Upstream `kvm_vcpu_ioctl`: the range left is copied back whatever the result.
+        b::KVM_PRE_FAULT_MEMORY => {
+            let mut range: b::kvm_pre_fault_memory = read_user(arg)?;
+            let r = pre_fault_memory(&f.vm, &mut range);
+            write_user(arg, &range)?;
+            r.map(|()| 0)
+        }
+        b::KVM_GET_STATS_FD => {
+            crate::statsfd::create_fd(crate::statsfd::StatsFile::Vcpu(f.vm.clone(), f.vcpu.clone())).map(|fd| fd as isize)
+        }
+        b::KVM_GET_MSRS | b::KVM_SET_MSRS => {
+            let table = f.vcpu.cpuid.lock();
+            let ctx = MsrCtx { host: true, vm: &f.vm, cpuid: &table };
+            let set = cmd == b::KVM_SET_MSRS;
+            msr_io(arg, set, |index, data| {
+                if set {
+                    arch.set_msr(&ctx, index, *data)
+                } else {
+                    arch.get_msr(&ctx, index).map(|v| {
+                        *data = v.unwrap_or(0);
+                        v.is_some()
+                    })
+                }
+            })
+        }
+        b::KVM_X86_SETUP_MCE => setup_mce(arch, read_user(arg)?).map(|()| 0),
+        b::KVM_X86_SET_MCE => set_mce(arch, &read_user(arg)?).map(|()| 0),
+        // Upstream `kvm_vcpu_ioctl_enable_cap`: no flags; only the PV CPUID enforcement.
+        b::KVM_ENABLE_CAP => {
+            let cap: b::kvm_enable_cap = read_user(arg)?;
+            if cap.flags != 0 || cap.cap != b::KVM_CAP_ENFORCE_PV_FEATURE_CPUID {
+                return Err(EINVAL);
+            }
+            let table = f.vcpu.cpuid.lock();
+            arch.set_pv_enforce(cap.args[0] != 0, &table).map(|()| 0)
+        }
+        b::KVM_HAS_DEVICE_ATTR | b::KVM_GET_DEVICE_ATTR | b::KVM_SET_DEVICE_ATTR => {
+            device_attr(f, arch, cmd, &read_user(arg)?).map(|()| 0)
+        }
+        // Upstream x86's `kvm_arch_vcpu_ioctl` default.
+        _ => Err(EINVAL),
     }
 }
 
