@@ -331,8 +331,10 @@ def run(cmd, serial, timeout, uncounted_after=None):
             print(l, flush=True)
             if START in l:
                 started = True
-            elif l.startswith(MARKER):
-                status = int(l.split()[1])
+            elif MARKER in l:
+                # Anywhere in the line: a kernel message can precede it on the same line (the
+                # console prints printk output between two writes of the tty's).
+                status = int(l.split(MARKER, 1)[1].split()[0])
             elif uncounted_after and not uncounted and re.search(uncounted_after, l):
                 uncounted = True
             elif started and SPLAT.search(l) and not FRAME.search(l):
