@@ -86,10 +86,22 @@ if [ $status = 0 ]; then
     sh /etc/vm-run.cmd
     status=$?
 fi
-# Let the serial port drain before the marker and the power-off.
-sleep 1
+# Let the serial port drain before the marker and the power-off: Bochs' UART sends about 900
+# bytes per second of guest time, and the tty can still hold KBs of a burst that ended just now
+# (a fixed 2 s here lost the last lines and the marker after a 6 KB burst). Waits until the
+# UART's transmit count (/proc/tty/driver/serial) stops moving, at most about a minute.
+drain() {
+    prev=none; i=0
+    while [ $i -lt 200 ]; do
+        cur=$(sed -n 's/.*tx:\([0-9]*\).*/\1/p' /proc/tty/driver/serial 2>/dev/null | head -1)
+        [ "$cur" = "$prev" ] && break
+        prev=$cur; i=$((i + 1)); sleep 0.3
+    done
+}
+drain
 echo "@@RKVM-VM-RUN-EXIT@@ $status"
-sleep 1
+drain
+sleep 0.2
 poweroff -f
 """
 
