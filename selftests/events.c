@@ -30,7 +30,7 @@
  * the state), so a vCPU can start NMI-blocked after another guest on that CPU was left blocked
  * (the fuzzer's guests). Only a guest IRET clears it there. Without it, KVM_NMI in
  * nmi_blocked_until_iret waited for an NMI window that never came (2-CPU Bochs after rkvm-fuzz,
- * 2 of 5 boots: KVM_RUN never returned).
+ * 1 of 6 boots in session 8: KVM_RUN never returned).
  */
 static const unsigned char guest[] = {
 	0xfa, 0xe6, 0x10, 0xfb, 0x90, 0xeb, 0xfe,
